@@ -1,0 +1,55 @@
+//! A TCP relay that keeps half-close intact: put it in front of any TCP service.
+//!
+//! ```text
+//! cargo run -p halfclose-io --example tcp_relay -- 127.0.0.1:8080 127.0.0.1:9000
+//! ```
+//!
+//! Every connection accepted on the first address is relayed to the second. When
+//! one side sends FIN, the relay passes it on and keeps carrying the other
+//! direction; a side that resets is answered by resetting the other one. After a
+//! FIN, the other side has 60 seconds to finish; an idle connection is closed
+//! after 10 minutes.
+
+use std::time::Duration;
+
+use halfclose_io::Tunnel;
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(target)) = (args.next(), args.next()) else {
+        eprintln!("usage: tcp_relay LISTEN_ADDR TARGET_ADDR");
+        std::process::exit(2);
+    };
+    let listener = TcpListener::bind(&listen).await?;
+    println!("relaying {} -> {target}", listener.local_addr()?);
+    let tunnel = Tunnel::new()
+        .idle_timeout(Duration::from_secs(600))
+        .half_close_timeout(Duration::from_secs(60));
+
+    loop {
+        let (mut client, peer) = listener.accept().await?;
+        let target = target.clone();
+        tokio::spawn(async move {
+            let mut server = match TcpStream::connect(&target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{peer}: cannot reach {target}: {e}");
+                    return;
+                }
+            };
+            match tunnel.copy(&mut client, &mut server).await {
+                Ok(t) => println!("{peer}: {t}"),
+                Err(e) => {
+                    eprintln!("{peer}: {e}");
+                    if e.is_reset() {
+                        // Pass the abortive close on: both sockets reset on drop.
+                        let _ = client.set_zero_linger();
+                        let _ = server.set_zero_linger();
+                    }
+                }
+            }
+        });
+    }
+}

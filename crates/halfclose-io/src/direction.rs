@@ -1,0 +1,366 @@
+//! One copy direction: read from a source, write to a destination, then pass the
+//! source's EOF on as a shutdown of the destination's write half.
+//!
+//! Buffering: reads go into a per-thread scratch buffer and are written straight
+//! on. Only bytes the destination cannot take yet are moved into a buffer owned by
+//! this direction, which is released as soon as the source has nothing more to read
+//! (read returns `Pending`). So an idle direction holds no copy buffer, and a busy
+//! one holds at most one buffer of `buffer_size` bytes.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Copying bytes; the source has not reached EOF or bytes are still pending.
+    Copying,
+    /// The source reached EOF and every byte was written: shutting down the
+    /// destination's write half (this flushes it first).
+    ShuttingDown,
+    /// FIN passed on. Nothing more to do in this direction.
+    Done,
+}
+
+/// A failure in one direction: which step failed and the IO error.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: Kind,
+    pub(crate) error: io::Error,
+}
+
+impl Failure {
+    fn read(error: io::Error) -> Self {
+        Failure {
+            kind: Kind::Read,
+            error,
+        }
+    }
+
+    fn write(error: io::Error) -> Self {
+        Failure {
+            kind: Kind::Write,
+            error,
+        }
+    }
+}
+
+fn write_zero() -> Failure {
+    Failure::write(io::Error::new(
+        io::ErrorKind::WriteZero,
+        "destination accepted no bytes",
+    ))
+}
+
+/// The state of one copy direction.
+#[derive(Debug)]
+pub(crate) struct HalfDuplex {
+    state: State,
+    /// Owned buffer, present only while bytes are pending for the destination or
+    /// the source keeps producing faster than the destination consumes.
+    buf: Option<Box<[u8]>>,
+    /// Pending bytes are `buf[pos..cap]`.
+    pos: usize,
+    cap: usize,
+    /// The source returned EOF.
+    read_eof: bool,
+    /// Bytes were written since the last flush.
+    need_flush: bool,
+    /// Bytes written to the destination.
+    pub(crate) copied: u64,
+}
+
+thread_local! {
+    /// Per-thread buffer that reads land in first. Only unwritten leftovers are
+    /// copied out of it, so an idle direction needs no buffer of its own.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `len` bytes: the thread's own if it is free, a
+/// temporary one otherwise (re-entrant polls, or thread-local teardown).
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    let mut f = Some(f);
+    let res = SCRATCH.try_with(|cell| {
+        let mut scratch = cell.try_borrow_mut().ok()?;
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let f = f.take()?;
+        Some(f(&mut scratch[..len]))
+    });
+    match (res, f) {
+        (Ok(Some(out)), _) => out,
+        (_, Some(f)) => f(&mut vec![0; len]),
+        // `f` was taken only when the scratch buffer was lent, which returned `Some`.
+        (_, None) => unreachable!("scratch closure consumed without a result"),
+    }
+}
+
+impl HalfDuplex {
+    pub(crate) fn new() -> Self {
+        HalfDuplex {
+            state: State::Copying,
+            buf: None,
+            pos: 0,
+            cap: 0,
+            read_eof: false,
+            need_flush: false,
+            copied: 0,
+        }
+    }
+
+    /// The source has reached EOF (its peer sent FIN).
+    pub(crate) fn read_eof(&self) -> bool {
+        self.read_eof
+    }
+
+    /// The direction has passed its FIN on and is finished.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes of owned buffer memory this direction holds now.
+    #[cfg(test)]
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Drives this direction until it is done, fails, or must wait.
+    pub(crate) fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<Result<(), Failure>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            match self.state {
+                State::Copying => {
+                    // 1. Bytes already read go out before anything else is read.
+                    ready!(self.poll_write_pending(cx, writer.as_mut()))?;
+                    if self.read_eof {
+                        self.buf = None;
+                        self.state = State::ShuttingDown;
+                        continue;
+                    }
+                    // 2. Read more: into the owned buffer if we hold one (the
+                    //    destination was slow a moment ago), else into scratch.
+                    let read = match self.buf.as_deref_mut() {
+                        Some(buf) => {
+                            let mut rb = ReadBuf::new(buf);
+                            match reader.as_mut().poll_read(cx, &mut rb) {
+                                Poll::Ready(Ok(())) => {
+                                    self.pos = 0;
+                                    self.cap = rb.filled().len();
+                                    Poll::Ready(Ok(self.cap))
+                                }
+                                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::read(e))),
+                                Poll::Pending => Poll::Pending,
+                            }
+                        }
+                        None => self.poll_read_scratch(
+                            cx,
+                            buffer_size,
+                            reader.as_mut(),
+                            writer.as_mut(),
+                        ),
+                    };
+                    match read {
+                        Poll::Ready(Ok(0)) => self.read_eof = true,
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(failure)) => return Poll::Ready(Err(failure)),
+                        Poll::Pending => {
+                            // Nothing to read now: the direction is idle. Flush what
+                            // was written, and give the buffer back.
+                            self.buf = None;
+                            if self.need_flush {
+                                ready!(writer.as_mut().poll_flush(cx)).map_err(Failure::write)?;
+                                self.need_flush = false;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                State::ShuttingDown => {
+                    // `poll_shutdown` flushes before it closes the write half.
+                    match ready!(writer.as_mut().poll_shutdown(cx)) {
+                        Ok(()) => {}
+                        // The peer is already gone (macOS reports this on shutdown):
+                        // there is nobody left to tell, the direction is finished.
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(error) => {
+                            return Poll::Ready(Err(Failure {
+                                kind: Kind::Shutdown,
+                                error,
+                            }));
+                        }
+                    }
+                    self.need_flush = false;
+                    self.state = State::Done;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// Writes `buf[pos..cap]` until it is empty.
+    fn poll_write_pending<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<Result<(), Failure>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        let Some(buf) = self.buf.as_deref() else {
+            return Poll::Ready(Ok(()));
+        };
+        while self.pos < self.cap {
+            let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))
+                .map_err(Failure::write)?;
+            if n == 0 {
+                return Poll::Ready(Err(write_zero()));
+            }
+            self.pos += n;
+            self.copied += n as u64;
+            self.need_flush = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads into the thread's scratch buffer and writes straight on; whatever the
+    /// destination does not take now is kept in a new owned buffer. Returns the
+    /// number of bytes read (0 at EOF).
+    fn poll_read_scratch<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<Result<usize, Failure>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        with_scratch(buffer_size, |scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            ready!(reader.poll_read(cx, &mut rb)).map_err(Failure::read)?;
+            let n = rb.filled().len();
+            let mut written = 0;
+            while written < n {
+                match writer.as_mut().poll_write(cx, &scratch[written..n]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
+                    Poll::Ready(Ok(m)) => {
+                        written += m;
+                        self.copied += m as u64;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::write(e))),
+                    Poll::Pending => break,
+                }
+            }
+            if written < n {
+                // The destination is slow: keep the rest. The waker is registered
+                // by the `Pending` write above.
+                let mut owned = vec![0; buffer_size].into_boxed_slice();
+                owned[..n - written].copy_from_slice(&scratch[written..n]);
+                self.buf = Some(owned);
+                self.pos = 0;
+                self.cap = n - written;
+            }
+            Poll::Ready(Ok(n))
+        })
+    }
+
+    /// On the way out after the other direction failed: offers the bytes already
+    /// read to the destination once, without waiting, and ignores errors.
+    pub(crate) fn salvage<W>(&mut self, cx: &mut Context<'_>, writer: Pin<&mut W>)
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if let Poll::Ready(Ok(())) = self.poll_write_pending(cx, writer) {
+            self.buf = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+    use tokio::io::DuplexStream;
+
+    /// Reads what `rd` has now, without waiting.
+    fn drain(cx: &mut Context<'_>, rd: &mut DuplexStream, out: &mut Vec<u8>) {
+        let mut buf = [0u8; 64];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    out.extend_from_slice(rb.filled())
+                }
+                _ => return,
+            }
+        }
+    }
+
+    #[test]
+    fn holds_a_buffer_only_while_the_destination_lags() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (mut src_w, mut src_r) = tokio::io::duplex(1024);
+        let (mut dst_w, mut dst_r) = tokio::io::duplex(16);
+        let mut dir = HalfDuplex::new();
+
+        // Nothing to read: pending, and no buffer.
+        assert!(
+            dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w))
+                .is_pending()
+        );
+        assert_eq!(dir.buffer_bytes(), 0);
+
+        // 100 bytes into a 16-byte pipe: 16 go through, the rest is kept.
+        let data: Vec<u8> = (0..100).collect();
+        assert!(Pin::new(&mut src_w).poll_write(&mut cx, &data).is_ready());
+        assert!(
+            dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w))
+                .is_pending()
+        );
+        assert_eq!(dir.buffer_bytes(), 256);
+        assert_eq!(dir.copied, 16);
+
+        // The destination drains: everything arrives, and the buffer is given back.
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            drain(&mut cx, &mut dst_r, &mut got);
+            let _ = dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w));
+        }
+        assert_eq!(got, data);
+        assert_eq!(dir.buffer_bytes(), 0);
+
+        // EOF on the source becomes a shutdown of the destination.
+        assert!(Pin::new(&mut src_w).poll_shutdown(&mut cx).is_ready());
+        assert!(matches!(
+            dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w)),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(dir.read_eof() && dir.is_done());
+        let mut rest = Vec::new();
+        drain(&mut cx, &mut dst_r, &mut rest);
+        let mut rb_buf = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut rb_buf);
+        assert!(matches!(
+            Pin::new(&mut dst_r).poll_read(&mut cx, &mut rb),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(rb.filled().is_empty(), "destination sees EOF");
+    }
+}

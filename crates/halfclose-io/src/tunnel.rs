@@ -1,0 +1,261 @@
+//! The tunnel: both directions driven by one future, with optional timeouts.
+
+use std::future::{Future as _, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use crate::direction::{Failure, HalfDuplex};
+use crate::error::Kind;
+use crate::{Direction, Side, Transfer, TunnelError};
+
+/// Default size of the copy buffer used while data is in flight.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Options for a bidirectional copy. Cheap to copy; build once, use for many tunnels.
+///
+/// Without options, [`Tunnel::new().copy(a, b)`](Tunnel::copy) is the same as
+/// [`copy_bidirectional`](crate::copy_bidirectional).
+///
+/// ```
+/// use std::time::Duration;
+/// use halfclose_io::Tunnel;
+///
+/// # async fn run(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) -> std::io::Result<()> {
+/// let transfer = Tunnel::new()
+///     .idle_timeout(Duration::from_secs(60))        // no bytes either way for this long: end
+///     .half_close_timeout(Duration::from_secs(10))  // after the first FIN, the other side must finish
+///     .copy(&mut a, &mut b)
+///     .await?;
+/// println!("{} bytes a->b, {} bytes b->a", transfer.a_to_b, transfer.b_to_a);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Tunnel {
+    idle_timeout: Option<Duration>,
+    half_close_timeout: Option<Duration>,
+    buffer_size: usize,
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tunnel {
+    /// A tunnel with no timeouts and the default buffer size.
+    pub const fn new() -> Self {
+        Tunnel {
+            idle_timeout: None,
+            half_close_timeout: None,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+
+    /// Ends the tunnel with an idle-timeout error when no byte moves either way for
+    /// `timeout`. Off by default.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Once one side has sent its FIN, the other direction must finish (send its own
+    /// FIN) within `timeout`, or the tunnel ends with a half-close-timeout error.
+    /// Off by default.
+    ///
+    /// Without it, a peer that never closes keeps the tunnel, and the two sockets,
+    /// open for as long as it likes.
+    pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
+        self.half_close_timeout = Some(timeout);
+        self
+    }
+
+    /// Size of the copy buffer, in bytes (at least 1; default
+    /// [`DEFAULT_BUFFER_SIZE`]). A direction holds a buffer only while its
+    /// destination is slower than its source.
+    pub fn buffer_size(mut self, bytes: usize) -> Self {
+        self.buffer_size = bytes.max(1);
+        self
+    }
+
+    /// Copies bytes both ways between `a` and `b` until both directions are done.
+    ///
+    /// The contract:
+    ///
+    /// - Each direction reads until EOF, writes and flushes everything it read, then
+    ///   shuts down the write half of its destination (`shutdown(SHUT_WR)` on a TCP
+    ///   socket), passing the FIN on. The other direction keeps running.
+    /// - The future completes with `Ok` when both directions have passed their FIN on.
+    /// - A read, write or shutdown error in either direction ends the tunnel with a
+    ///   [`TunnelError`] naming the direction and carrying the bytes that got
+    ///   through. Before returning, bytes already read for the other direction are
+    ///   offered to their destination once, without waiting.
+    /// - A shutdown that fails with `NotConnected` (the peer is already gone) counts
+    ///   as done, not as an error.
+    /// - Closing a read half is a local matter and is not propagated.
+    /// - Timeouts, when set, end the tunnel with an error whose io kind is
+    ///   `TimedOut`.
+    ///
+    /// Both directions run inside this one future, on the caller's task: no task is
+    /// spawned. Dropping the future stops the copy; `a` and `b` are left as they are.
+    pub async fn copy<A, B>(self, a: &mut A, b: &mut B) -> Result<Transfer, TunnelError>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let mut state = Copy {
+            options: self,
+            a_to_b: HalfDuplex::new(),
+            b_to_a: HalfDuplex::new(),
+            first_eof: None,
+            started: Instant::now(),
+            last_active: Instant::now(),
+            idle: self.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            half_close: None,
+        };
+        poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
+    }
+}
+
+/// Copies bytes both ways between `a` and `b`, passing each side's FIN on to the
+/// other, until both directions are done.
+///
+/// This is [`Tunnel::new().copy(a, b)`](Tunnel::copy): see there for the full
+/// contract. Unlike `tokio::io::copy_bidirectional`, one side's EOF never cuts the
+/// other direction short, bytes already read are not dropped on the way out, an
+/// idle tunnel holds no copy buffer, and the result says who closed first.
+///
+/// ```no_run
+/// use tokio::net::{TcpListener, TcpStream};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = TcpListener::bind("127.0.0.1:8080").await?;
+/// let (mut client, _) = listener.accept().await?;
+/// let mut server = TcpStream::connect("127.0.0.1:9000").await?;
+/// let transfer = halfclose_io::copy_bidirectional(&mut client, &mut server).await?;
+/// println!("client sent {}, server sent {}", transfer.a_to_b, transfer.b_to_a);
+/// # Ok(()) }
+/// ```
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<Transfer, TunnelError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    Tunnel::new().copy(a, b).await
+}
+
+/// The running state of one tunnel.
+struct Copy {
+    options: Tunnel,
+    a_to_b: HalfDuplex,
+    b_to_a: HalfDuplex,
+    first_eof: Option<Side>,
+    started: Instant,
+    /// Last time a byte moved; the idle timer is re-armed from it lazily, so the
+    /// hot path never touches the timer wheel.
+    last_active: Instant,
+    idle: Option<Pin<Box<Sleep>>>,
+    half_close: Option<Pin<Box<Sleep>>>,
+}
+
+impl Copy {
+    fn transfer(&self) -> Transfer {
+        Transfer {
+            a_to_b: self.a_to_b.copied,
+            b_to_a: self.b_to_a.copied,
+            first_eof: self.first_eof,
+            duration: self.started.elapsed(),
+        }
+    }
+
+    fn fail(&self, direction: Direction, failure: Failure) -> TunnelError {
+        TunnelError::io(failure.kind, direction, failure.error, self.transfer())
+    }
+
+    fn poll<A, B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        a: &mut A,
+        b: &mut B,
+    ) -> Poll<Result<Transfer, TunnelError>>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let size = self.options.buffer_size;
+        let moved_before = self.a_to_b.copied + self.b_to_a.copied;
+
+        if !self.a_to_b.is_done() {
+            if let Poll::Ready(Err(failure)) =
+                self.a_to_b
+                    .poll_copy(cx, size, Pin::new(&mut *a), Pin::new(&mut *b))
+            {
+                self.b_to_a.salvage(cx, Pin::new(&mut *a));
+                return Poll::Ready(Err(self.fail(Direction::AToB, failure)));
+            }
+        }
+        if !self.b_to_a.is_done() {
+            if let Poll::Ready(Err(failure)) =
+                self.b_to_a
+                    .poll_copy(cx, size, Pin::new(&mut *b), Pin::new(&mut *a))
+            {
+                self.a_to_b.salvage(cx, Pin::new(&mut *b));
+                return Poll::Ready(Err(self.fail(Direction::BToA, failure)));
+            }
+        }
+
+        if self.first_eof.is_none() {
+            self.first_eof = match (self.a_to_b.read_eof(), self.b_to_a.read_eof()) {
+                (true, _) => Some(Side::A),
+                (false, true) => Some(Side::B),
+                (false, false) => None,
+            };
+            if let (Some(_), Some(d)) = (self.first_eof, self.options.half_close_timeout) {
+                self.half_close = Some(Box::pin(tokio::time::sleep(d)));
+            }
+        }
+
+        if self.a_to_b.is_done() && self.b_to_a.is_done() {
+            return Poll::Ready(Ok(self.transfer()));
+        }
+
+        if let Some(timer) = self.half_close.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                let open = if self.a_to_b.is_done() {
+                    Direction::BToA
+                } else {
+                    Direction::AToB
+                };
+                return Poll::Ready(Err(TunnelError::timeout(
+                    Kind::HalfCloseTimeout,
+                    Some(open),
+                    self.transfer(),
+                )));
+            }
+        }
+
+        if let (Some(timer), Some(limit)) = (self.idle.as_mut(), self.options.idle_timeout) {
+            if self.a_to_b.copied + self.b_to_a.copied != moved_before {
+                self.last_active = Instant::now();
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = self.last_active + limit;
+                if deadline <= Instant::now() {
+                    return Poll::Ready(Err(TunnelError::timeout(
+                        Kind::IdleTimeout,
+                        None,
+                        self.transfer(),
+                    )));
+                }
+                // Bytes moved since the timer was armed: push it back and poll again
+                // so that it registers this task's waker.
+                timer.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,156 @@
+//! Project chores, in plain Rust: `cargo xtask <command>`.
+//!
+//! - `cargo xtask test`: every check CI runs (format, clippy, tests, doc tests,
+//!   examples). Fails if any fails, and prints a summary.
+//! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match cmd {
+        "test" => test(),
+        "bench" => bench(rest),
+        "help" | "-h" | "--help" => {
+            println!("usage: cargo xtask <test|bench [criterion args]>");
+            Ok(())
+        }
+        other => Err(format!(
+            "unknown command `{other}` (try `cargo xtask help`)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+struct Step {
+    name: &'static str,
+    ok: bool,
+    secs: f64,
+}
+
+fn run(name: &'static str, mut cmd: Command, steps: &mut Vec<Step>) {
+    eprintln!("\n==> {name}: {cmd:?}");
+    let start = Instant::now();
+    let ok = match cmd.status() {
+        Ok(status) => status.success(),
+        Err(e) => {
+            eprintln!("xtask: could not start {name}: {e}");
+            false
+        }
+    };
+    steps.push(Step {
+        name,
+        ok,
+        secs: start.elapsed().as_secs_f64(),
+    });
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn test() -> Result<(), String> {
+    let mut steps = Vec::new();
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("fmt", fmt, &mut steps);
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("clippy", clippy, &mut steps);
+
+    let mut tests = cargo();
+    if has_nextest() {
+        tests.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]);
+    } else {
+        tests.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
+    }
+    run("tests", tests, &mut steps);
+
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--locked", "--doc"]);
+    run("doc tests", doc, &mut steps);
+
+    let mut examples = cargo();
+    examples.args(["build", "--workspace", "--locked", "--examples"]);
+    run("examples", examples, &mut steps);
+
+    eprintln!("\nxtask test summary:");
+    for s in &steps {
+        eprintln!(
+            "  {:<10} {:<4} {:>7.1}s",
+            s.name,
+            if s.ok { "ok" } else { "FAIL" },
+            s.secs
+        );
+    }
+    let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
+    if failed.is_empty() {
+        eprintln!("all checks passed");
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--workspace", "--locked"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start cargo bench: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("benchmarks failed".into())
+    }
+}
