@@ -1,0 +1,150 @@
+//! Hop-by-hop header fields (RFC 9110 section 7.6.1).
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// Fields that apply to one connection only and are never forwarded (RFC 9110
+/// section 7.6.1, plus `Keep-Alive`, `Proxy-Connection` and the proxy
+/// authentication fields of RFC 9110 section 11.7, as Go and other proxies do).
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Splits the comma-separated list values of every `name` line into trimmed,
+/// non-empty elements (RFC 9110 section 5.6.1: empty elements are allowed and
+/// ignored).
+pub(crate) fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|e| e.trim_ascii())
+        .filter(|e| !e.is_empty())
+}
+
+/// True if a list field `name` has the element `token` (case-insensitive),
+/// ignoring any parameters after `;`.
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_elements(headers, name).any(|e| {
+        let bare = e.split(|&b| b == b';').next().unwrap_or(e).trim_ascii();
+        bare.eq_ignore_ascii_case(token.as_bytes())
+    })
+}
+
+/// Removes the hop-by-hop fields from `headers`: those in [`HOP_BY_HOP`], and every
+/// field named in any `Connection` line (RFC 9110 section 7.6.1: "a proxy or
+/// gateway MUST parse a received Connection header field before a message is
+/// forwarded and, for each connection-option in this field, remove any header or
+/// trailer field(s) from the message with the same name").
+///
+/// ```
+/// use http::HeaderMap;
+///
+/// let mut h = HeaderMap::new();
+/// h.insert("connection", "close, X-Secret".parse().unwrap());
+/// h.insert("x-secret", "1".parse().unwrap());
+/// h.insert("accept", "*/*".parse().unwrap());
+/// proxy_core::remove_hop_by_hop(&mut h);
+/// assert_eq!(h.len(), 1);
+/// assert!(h.contains_key("accept"));
+/// ```
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+            .filter_map(|e| HeaderName::from_bytes(e).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `Connection: upgrade`, as re-added on upgrade requests and 101 responses.
+pub(crate) const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    // RFC 9110 section 7.6.1: the fixed hop-by-hop fields are removed.
+    #[test]
+    fn removes_fixed_hop_by_hop_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("authorization", "Bearer end-to-end"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("authorization"));
+    }
+
+    // RFC 9110 section 7.6.1: fields named in Connection are removed, whatever the
+    // case, spacing, empty list elements, or number of Connection lines.
+    #[test]
+    fn removes_fields_named_in_every_connection_line() {
+        let mut h = map(&[
+            ("connection", " X-Foo ,,  x-BAR,"),
+            ("connection", "x-baz"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("x-baz", "3"),
+            ("x-kept", "4"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    // RFC 9110 section 5.6.1: list elements may carry parameters; tokens compare
+    // case-insensitively.
+    #[test]
+    fn finds_tokens_in_lists() {
+        let h = map(&[("te", "gzip;q=0.5"), ("te", " Trailers ")]);
+        assert!(has_token(&h, &header::TE, "trailers"));
+        assert!(has_token(&h, &header::TE, "gzip"));
+        assert!(!has_token(&h, &header::TE, "deflate"));
+    }
+
+    #[test]
+    fn invalid_names_in_connection_are_ignored() {
+        let mut h = map(&[
+            ("connection", "bad name, x-ok"),
+            ("x-ok", "1"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+}

@@ -1,0 +1,265 @@
+//! The whole pipeline, in order, for a request and for its response.
+
+use http::header::{self, HeaderValue};
+use http::{Method, StatusCode, Uri, request, response};
+
+use crate::ProxyError;
+use crate::forwarded::{ClientInfo, ForwardedHeaders};
+use crate::hop::{UPGRADE, has_token, remove_hop_by_hop};
+use crate::target::Target;
+use crate::upgrade::{
+    UpgradePolicy, UpgradeRequest, check_policy, check_switch, requested_upgrade,
+};
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The upstream's own authority, from its URI (default; like Go's
+    /// `SetURL`).
+    #[default]
+    Upstream,
+    /// The Host the client sent (for upstreams that route on it).
+    Preserve,
+}
+
+/// The rules of a reverse proxy in front of one upstream.
+///
+/// Build it once; apply [`prepare_request`](ProxyRules::prepare_request) to each
+/// request before sending it upstream, and
+/// [`prepare_response`](ProxyRules::prepare_response) to the upstream's answer.
+/// Both apply every rule in the one right order, so callers cannot get it wrong.
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use proxy_core::{ClientInfo, Outcome, ProxyRules};
+///
+/// # fn main() -> Result<(), proxy_core::ProxyError> {
+/// let rules = ProxyRules::new("http://127.0.0.1:3000/base")?;
+///
+/// let (mut req, ()) = Request::get("/chat?room=1")
+///     .header("host", "example.com")
+///     .header("connection", "Upgrade, X-Secret")
+///     .header("upgrade", "websocket")
+///     .header("x-secret", "hop-by-hop")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// let client = ClientInfo::new("192.0.2.1".parse().unwrap());
+/// let prepared = rules.prepare_request(&mut req, &client)?;
+///
+/// assert_eq!(req.uri, "http://127.0.0.1:3000/base/chat?room=1");
+/// assert_eq!(req.headers["host"], "127.0.0.1:3000");
+/// assert_eq!(req.headers["connection"], "upgrade");
+/// assert_eq!(req.headers["upgrade"], "websocket");
+/// assert!(!req.headers.contains_key("x-secret"));
+/// assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
+/// assert_eq!(req.headers["x-forwarded-host"], "example.com");
+///
+/// let (mut res, ()) = Response::builder()
+///     .status(StatusCode::SWITCHING_PROTOCOLS)
+///     .header("connection", "upgrade")
+///     .header("upgrade", "websocket")
+///     .header("keep-alive", "timeout=5")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(rules.prepare_response(&prepared, &mut res)?, Outcome::Tunnel);
+/// assert!(!res.headers.contains_key("keep-alive"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProxyRules {
+    target: Target,
+    host: HostHeader,
+    forwarded: ForwardedHeaders,
+    upgrades: UpgradePolicy,
+}
+
+/// What [`ProxyRules::prepare_request`] learnt about a request, needed to judge the
+/// response.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    upgrade: Option<UpgradeRequest>,
+}
+
+impl Prepared {
+    /// The upgrade the client asked for, if it did (and the policy allowed it).
+    pub fn upgrade(&self) -> Option<&UpgradeRequest> {
+        self.upgrade.as_ref()
+    }
+
+    /// True if the request asks for a protocol upgrade.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade.is_some()
+    }
+}
+
+/// What to do with an upstream response, as decided by
+/// [`ProxyRules::prepare_response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An ordinary HTTP response: forward it; the client connection stays HTTP.
+    Forward,
+    /// A checked `101 Switching Protocols`: forward it, then upgrade both
+    /// connections and relay bytes between them.
+    Tunnel,
+}
+
+impl ProxyRules {
+    /// Rules for the upstream at `upstream`, an absolute `http` or `https` URI; its
+    /// path (if any) prefixes every request path, and its query is merged into
+    /// every request's.
+    pub fn new(upstream: &str) -> Result<Self, ProxyError> {
+        let uri: Uri = upstream
+            .parse()
+            .map_err(|e| ProxyError::invalid_upstream(format!("{upstream:?}: {e}")))?;
+        Self::from_uri(uri)
+    }
+
+    /// Like [`new`](ProxyRules::new), from a parsed URI.
+    pub fn from_uri(upstream: Uri) -> Result<Self, ProxyError> {
+        Ok(ProxyRules {
+            target: Target::parse(upstream)?,
+            host: HostHeader::default(),
+            forwarded: ForwardedHeaders::default(),
+            upgrades: UpgradePolicy::default(),
+        })
+    }
+
+    /// Which `Host` the upstream sees (default: the upstream's authority).
+    pub fn host_header(mut self, host: HostHeader) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Which forwarding headers to add (default: X-Forwarded-*, replacing the
+    /// client's).
+    pub fn forwarded_headers(mut self, forwarded: ForwardedHeaders) -> Self {
+        self.forwarded = forwarded;
+        self
+    }
+
+    /// Which upgrade protocols may pass (default: all but `h2c`).
+    pub fn upgrade_policy(mut self, policy: UpgradePolicy) -> Self {
+        self.upgrades = policy;
+        self
+    }
+
+    /// The upstream base URI.
+    pub fn upstream(&self) -> &Uri {
+        self.target.uri()
+    }
+
+    /// Turns a client's request head into the one to send upstream, in this order:
+    ///
+    /// 1. `CONNECT` is refused (405): a reverse proxy is not a tunnel endpoint.
+    /// 2. The upgrade request, if any, is detected and checked against the upgrade
+    ///    policy (403 if refused).
+    /// 3. Hop-by-hop fields are removed, with every field named in `Connection`
+    ///    (RFC 9110 section 7.6.1). `TE: trailers` is put back if the client sent
+    ///    it (gRPC needs it), and so are `Connection: upgrade` and `Upgrade` on an
+    ///    upgrade.
+    /// 4. The URI becomes the upstream's, with the request's path and query joined
+    ///    on, and `Host` is set by the [`HostHeader`] policy.
+    /// 5. Only then are the forwarding headers added, so a client cannot strip them
+    ///    by naming them in `Connection`.
+    ///
+    /// The request version and body are left alone.
+    pub fn prepare_request(
+        &self,
+        parts: &mut request::Parts,
+        client: &ClientInfo,
+    ) -> Result<Prepared, ProxyError> {
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::method_not_allowed(
+                "CONNECT is not supported by a reverse proxy",
+            ));
+        }
+        let upgrade = requested_upgrade(&parts.headers, parts.version, &parts.method);
+        if let Some(up) = &upgrade {
+            check_policy(up, &self.upgrades)?;
+        }
+        let headers = &mut parts.headers;
+        // RFC 9110 section 7.2: Host, or the URI's authority (HTTP/2 :authority).
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        // RFC 9110 section 10.1.4: TE is hop-by-hop, but "trailers" says the client
+        // accepts trailers, which the upstream needs to know (gRPC).
+        let te_trailers = has_token(headers, &header::TE, "trailers");
+
+        remove_hop_by_hop(headers);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(up) = &upgrade {
+            // RFC 9110 section 7.8: Upgrade is only valid with Connection: upgrade.
+            headers.insert(header::CONNECTION, UPGRADE);
+            for v in up.header_values() {
+                headers.append(header::UPGRADE, v.clone());
+            }
+        }
+
+        parts.uri = self.target.rewrite(&parts.uri)?;
+        match self.host {
+            HostHeader::Upstream => {
+                headers.insert(header::HOST, self.target.host().clone());
+            }
+            HostHeader::Preserve => match &original_host {
+                Some(h) => {
+                    headers.insert(header::HOST, h.clone());
+                }
+                None => {
+                    headers.insert(header::HOST, self.target.host().clone());
+                }
+            },
+        }
+
+        self.forwarded
+            .apply(headers, client, original_host.as_ref(), parts.version);
+        Ok(Prepared { upgrade })
+    }
+
+    /// Turns the upstream's response head into the one to send the client, and says
+    /// whether to open a tunnel.
+    ///
+    /// - A `101` is accepted only if the request asked for an upgrade and the
+    ///   upstream switched to a protocol the client offered (RFC 9110 section 7.8);
+    ///   otherwise this is an error (502) and no tunnel may be opened. An accepted
+    ///   101 keeps `Connection: upgrade` and `Upgrade` and loses every other
+    ///   hop-by-hop field.
+    /// - Any other status is [`Outcome::Forward`]: the response is relayed as plain
+    ///   HTTP, even to an upgrade request (the client connection stays HTTP). Its
+    ///   hop-by-hop fields are removed (RFC 9110 section 7.6.1); `Trailer` is kept,
+    ///   since it announces trailers that are forwarded.
+    pub fn prepare_response(
+        &self,
+        prepared: &Prepared,
+        parts: &mut response::Parts,
+    ) -> Result<Outcome, ProxyError> {
+        let outcome = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let protocol = check_switch(prepared.upgrade.as_ref(), &parts.headers)?;
+            remove_hop_by_hop(&mut parts.headers);
+            parts.headers.insert(header::CONNECTION, UPGRADE);
+            parts.headers.insert(header::UPGRADE, protocol);
+            Outcome::Tunnel
+        } else {
+            let trailer: Vec<HeaderValue> = parts
+                .headers
+                .get_all(header::TRAILER)
+                .iter()
+                .cloned()
+                .collect();
+            remove_hop_by_hop(&mut parts.headers);
+            for v in trailer {
+                parts.headers.append(header::TRAILER, v);
+            }
+            Outcome::Forward
+        };
+        self.forwarded.add_via(&mut parts.headers, parts.version);
+        Ok(outcome)
+    }
+}
