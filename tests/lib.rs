@@ -1,1 +1,150 @@
-//! End-to-end tests of the workspace live in `tests/tests/`. This library is empty.
+//! Loopback fixtures shared by the end-to-end tests in `tests/tests/`.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy_tower::{BoxError, ClientInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Fails the test if `fut` does not finish within [`WAIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let a = l.local_addr().expect("local addr");
+    (l, a)
+}
+
+/// Serves a tower service over HTTP/1.1 and h2c with hyper-util (upgrades on),
+/// inserting each connection's [`ClientInfo`]. Returns the bound address.
+pub async fn serve<S, B>(svc: S) -> SocketAddr
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+                    svc.clone().oneshot(req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Serves an async function as an HTTP upstream (hyper-util, HTTP/1.1 and h2c).
+pub async fn serve_fn<F, Fut, B>(f: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve(tower::service_fn(move |req| {
+        let fut = f(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    }))
+    .await
+}
+
+/// An upstream speaking raw TCP: it reads each request head, hands the head and
+/// the socket to the test (like Go's `Hijack`), and the test answers.
+pub async fn raw_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<(String, TcpStream)>) {
+    let (listener, addr) = listener().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(head) = read_head(&mut tcp).await {
+                    let _ = tx.send((head, tcp));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads one HTTP message head, byte by byte so nothing behind it is consumed.
+pub async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of header `name` in a message head (case-insensitive), if present.
+pub fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Connects a raw TCP client to `addr` and sends an upgrade request for
+/// `protocol`, plus `extra` bytes in the same write.
+pub async fn send_upgrade(addr: SocketAddr, protocol: &str, extra: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
+    tcp.set_nodelay(true).unwrap();
+    let mut msg = format!(
+        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    )
+    .into_bytes();
+    msg.extend_from_slice(extra);
+    tcp.write_all(&msg).await.expect("write upgrade request");
+    tcp
+}
+
+/// The address of a port nobody listens on.
+pub async fn closed_port() -> SocketAddr {
+    let (l, a) = listener().await;
+    drop(l);
+    a
+}

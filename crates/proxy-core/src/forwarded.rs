@@ -23,14 +23,27 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientInfo {
-    addr: IpAddr,
+    addr: Option<IpAddr>,
     tls: bool,
 }
 
 impl ClientInfo {
     /// A client at `addr` over plain HTTP.
     pub fn new(addr: IpAddr) -> Self {
-        ClientInfo { addr, tls: false }
+        ClientInfo {
+            addr: Some(addr),
+            tls: false,
+        }
+    }
+
+    /// A client whose address is not known (e.g. the server does not record it).
+    /// No `X-Forwarded-For` element is added for it, and `Forwarded` says
+    /// `for=unknown` (RFC 7239 section 6.3).
+    pub fn unknown() -> Self {
+        ClientInfo {
+            addr: None,
+            tls: false,
+        }
     }
 
     /// Whether the client connection was TLS (`https`).
@@ -39,8 +52,8 @@ impl ClientInfo {
         self
     }
 
-    /// The client's IP address.
-    pub fn addr(&self) -> IpAddr {
+    /// The client's IP address, if known.
+    pub fn addr(&self) -> Option<IpAddr> {
         self.addr
     }
 
@@ -135,11 +148,9 @@ impl ForwardedHeaders {
             headers.remove(header::FORWARDED);
         }
         if self.x_forwarded {
-            append_list(
-                headers,
-                X_FORWARDED_FOR,
-                client.addr().to_string().as_bytes(),
-            );
+            if let Some(addr) = client.addr() {
+                append_list(headers, X_FORWARDED_FOR, addr.to_string().as_bytes());
+            }
             if !headers.contains_key(&X_FORWARDED_HOST) {
                 if let Some(host) = original_host {
                     headers.insert(X_FORWARDED_HOST, host.clone());
@@ -199,8 +210,9 @@ fn forwarded_element(client: &ClientInfo, host: Option<&HeaderValue>) -> String 
     // RFC 7239 section 6: an IPv6 address is bracketed, and then, containing ':',
     // must be a quoted-string.
     let mut s = match client.addr() {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        Some(IpAddr::V4(v4)) => format!("for={v4}"),
+        Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\""),
+        None => "for=unknown".to_owned(),
     };
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         s.push_str(";host=");
@@ -256,6 +268,20 @@ mod tests {
             ),
             "for=192.0.2.60;host=example.com;proto=https"
         );
+    }
+
+    #[test]
+    fn unknown_client_adds_no_address() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        ForwardedHeaders::default().forwarded(true).apply(
+            &mut h,
+            &ClientInfo::unknown(),
+            None,
+            Version::HTTP_11,
+        );
+        assert!(!h.contains_key(X_FORWARDED_FOR));
+        assert_eq!(h[header::FORWARDED], "for=unknown;proto=http");
     }
 
     #[test]

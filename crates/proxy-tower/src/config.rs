@@ -1,0 +1,235 @@
+//! Options of a reverse proxy, and the builder that sets them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use halfclose_io::Tunnel;
+use http::{Response, request, response};
+use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, ProxyRules, UpgradePolicy};
+
+use crate::{DefaultClient, ReverseProxy};
+
+pub(crate) type ErrorHandler = Arc<dyn Fn(&ProxyError) -> Response<Bytes> + Send + Sync>;
+pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
+pub(crate) type ModifyResponse = Arc<dyn Fn(&mut response::Parts) + Send + Sync>;
+pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send + Sync>;
+
+/// Everything a running proxy needs, shared by its clones.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) rules: ProxyRules,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) response_timeout: Option<Duration>,
+    pub(crate) http2_only: bool,
+    pub(crate) tunnel: Tunnel,
+    pub(crate) error_handler: Option<ErrorHandler>,
+    pub(crate) rewrite: Option<Rewrite>,
+    pub(crate) modify_response: Option<ModifyResponse>,
+    pub(crate) client_info: Option<ClientInfoFn>,
+}
+
+impl Config {
+    fn new(rules: ProxyRules) -> Self {
+        Config {
+            rules,
+            connect_timeout: None,
+            response_timeout: None,
+            http2_only: false,
+            tunnel: Tunnel::new(),
+            error_handler: None,
+            rewrite: None,
+            modify_response: None,
+            client_info: None,
+        }
+    }
+
+    /// The client's address, from the hook or the request's [`ClientInfo`]
+    /// extension.
+    pub(crate) fn client_info(&self, parts: &request::Parts) -> ClientInfo {
+        match &self.client_info {
+            Some(f) => f(parts),
+            None => parts
+                .extensions
+                .get::<ClientInfo>()
+                .copied()
+                .unwrap_or_else(ClientInfo::unknown),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("rules", &self.rules)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("http2_only", &self.http2_only)
+            .field("tunnel", &self.tunnel)
+            .field("error_handler", &self.error_handler.is_some())
+            .field("rewrite", &self.rewrite.is_some())
+            .field("modify_response", &self.modify_response.is_some())
+            .finish()
+    }
+}
+
+/// Builds a [`ReverseProxy`] with options. Made by [`ReverseProxy::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use proxy_tower::ReverseProxy;
+///
+/// # fn main() -> Result<(), proxy_tower::ProxyError> {
+/// let proxy = ReverseProxy::builder("http://127.0.0.1:3000")
+///     .connect_timeout(Duration::from_secs(2))
+///     .response_timeout(Duration::from_secs(30))
+///     .tunnel_idle_timeout(Duration::from_secs(300))
+///     .tunnel_half_close_timeout(Duration::from_secs(30))
+///     .rewrite(|req| {
+///         req.headers.insert("x-proxied-by", "proxy-tower".parse().unwrap());
+///     })
+///     .build()?;
+/// # let _ = proxy;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    config: Result<Config, ProxyError>,
+}
+
+impl Builder {
+    pub(crate) fn new(upstream: &str) -> Self {
+        Builder {
+            config: ProxyRules::new(upstream).map(Config::new),
+        }
+    }
+
+    fn map(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        if let Ok(c) = &mut self.config {
+            f(c);
+        }
+        self
+    }
+
+    /// Time allowed to open a TCP connection to the upstream (default: none).
+    /// Failing it is a 502.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.connect_timeout = Some(timeout))
+    }
+
+    /// Time allowed from sending the request until the upstream's response head
+    /// arrives (default: none). Failing it is a 504.
+    pub fn response_timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.response_timeout = Some(timeout))
+    }
+
+    /// Speak HTTP/2 with prior knowledge to the upstream (for gRPC). Upgrades are
+    /// then answered 502: HTTP/2 has no `Upgrade`.
+    pub fn http2_only(self) -> Self {
+        self.map(|c| c.http2_only = true)
+    }
+
+    /// Which `Host` the upstream sees (default: its own authority).
+    pub fn host_header(self, host: HostHeader) -> Self {
+        self.map(|c| c.rules = c.rules.clone().host_header(host))
+    }
+
+    /// Which forwarding headers are added (default: X-Forwarded-For/-Host/-Proto,
+    /// replacing the client's).
+    pub fn forwarded_headers(self, forwarded: ForwardedHeaders) -> Self {
+        self.map(|c| c.rules = c.rules.clone().forwarded_headers(forwarded))
+    }
+
+    /// Which upgrade protocols may pass (default: all but `h2c`).
+    pub fn upgrade_policy(self, policy: UpgradePolicy) -> Self {
+        self.map(|c| c.rules = c.rules.clone().upgrade_policy(policy))
+    }
+
+    /// Close an upgraded tunnel when no byte moves either way for `timeout`
+    /// (default: never).
+    pub fn tunnel_idle_timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.tunnel = c.tunnel.idle_timeout(timeout))
+    }
+
+    /// After one side of a tunnel sends its FIN, the other must finish within
+    /// `timeout` (default: no limit).
+    pub fn tunnel_half_close_timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.tunnel = c.tunnel.half_close_timeout(timeout))
+    }
+
+    /// Changes the outbound request head after the proxy's own rules ran (hop-by-hop
+    /// removal, URI and Host, forwarding headers), like Go's `Rewrite`: headers
+    /// it adds reach the upstream even if the client named them in `Connection`.
+    pub fn rewrite<F>(self, f: F) -> Self
+    where
+        F: Fn(&mut request::Parts) + Send + Sync + 'static,
+    {
+        self.map(|c| c.rewrite = Some(Arc::new(f)))
+    }
+
+    /// Changes the upstream's response head before it goes to the client (after the
+    /// proxy removed its hop-by-hop fields).
+    pub fn modify_response<F>(self, f: F) -> Self
+    where
+        F: Fn(&mut response::Parts) + Send + Sync + 'static,
+    {
+        self.map(|c| c.modify_response = Some(Arc::new(f)))
+    }
+
+    /// Builds the response for a request the proxy could not forward. The default
+    /// answers `err.status()` with its reason phrase as a plain-text body; details
+    /// are logged with `tracing`, not sent to the client.
+    pub fn error_handler<F>(self, f: F) -> Self
+    where
+        F: Fn(&ProxyError) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.map(|c| c.error_handler = Some(Arc::new(f)))
+    }
+
+    /// Tells the proxy where a request came from (for X-Forwarded-For and
+    /// `Forwarded`). By default it reads a [`ClientInfo`] from the request's
+    /// extensions; with axum, read its `ConnectInfo` instead:
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::extract::ConnectInfo;
+    /// use proxy_tower::{ClientInfo, ReverseProxy};
+    ///
+    /// let proxy = ReverseProxy::builder("http://127.0.0.1:3000").client_info(|req| {
+    ///     match req.extensions.get::<ConnectInfo<SocketAddr>>() {
+    ///         Some(ConnectInfo(addr)) => ClientInfo::new(addr.ip()),
+    ///         None => ClientInfo::unknown(),
+    ///     }
+    /// });
+    /// # let _ = proxy;
+    /// ```
+    pub fn client_info<F>(self, f: F) -> Self
+    where
+        F: Fn(&request::Parts) -> ClientInfo + Send + Sync + 'static,
+    {
+        self.map(|c| c.client_info = Some(Arc::new(f)))
+    }
+
+    /// Builds the proxy with the default client: hyper-util's pooled client over
+    /// plain TCP (`http` upstreams).
+    pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
+        let config = self.config?;
+        if config.rules.upstream().scheme() != Some(&http::uri::Scheme::HTTP) {
+            return Err(ProxyError::upstream(format!(
+                "{}: the default client speaks plain http only; use `build_with_client` with a TLS-capable client",
+                config.rules.upstream()
+            )));
+        }
+        Ok(ReverseProxy::from_config(config))
+    }
+
+    /// Builds the proxy over `client`, any tower `Service` that sends a request to
+    /// the upstream (to add retries, load balancing, TLS, or a test double). It gets
+    /// requests with absolute URIs and the version to speak (HTTP/1.1, or HTTP/2
+    /// after [`http2_only`](Builder::http2_only)).
+    pub fn build_with_client<C>(self, client: C) -> Result<ReverseProxy<C>, ProxyError> {
+        Ok(ReverseProxy::with_client(self.config?, client))
+    }
+}

@@ -1,0 +1,82 @@
+//! A tower reverse proxy whose upgraded connections keep TCP half-close intact.
+//!
+//! [`ReverseProxy`] is a tower [`Service`](tower_service::Service) that forwards
+//! requests to one upstream; [`ReverseProxyLayer`] forwards the requests that
+//! match and lets the rest reach the service it wraps (an axum router, a tonic
+//! server). Both drop into any tower stack: the proxy's `Error` is `Infallible`
+//! and every failure is an HTTP response.
+//!
+//! Upgrades (WebSocket, or any protocol switched with `101 Switching Protocols`)
+//! become tunnels relayed by [`halfclose_io`]: when one side sends FIN, the other
+//! side gets it, and bytes keep flowing the other way until that side closes too.
+//! The tunnel opens only after the upstream's 101 has been checked against the
+//! request; any other answer is relayed as plain HTTP and the client connection
+//! stays HTTP. The HTTP rules themselves (hop-by-hop headers, forwarding headers,
+//! target URIs, upgrade checks) come from [`proxy_core`].
+//!
+//! # The whole app is a proxy, or the proxy is axum's fallback
+//!
+//! ```no_run
+//! use proxy_tower::ReverseProxy;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let proxy = ReverseProxy::new("http://127.0.0.1:3000")?;
+//! let app = axum::Router::new()
+//!     .route("/health", axum::routing::get(|| async { "ok" }))
+//!     .fallback_service(proxy);
+//! axum::serve(tokio::net::TcpListener::bind("127.0.0.1:8080").await?, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # A layer in front of a local app
+//!
+//! ```no_run
+//! use proxy_tower::ReverseProxyLayer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // /api/... goes upstream, the rest stays local.
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "local" }))
+//!     .layer(ReverseProxyLayer::new("http://127.0.0.1:3000")?.path_prefix("/api"));
+//! axum::serve(tokio::net::TcpListener::bind("127.0.0.1:8080").await?, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # A gRPC server that forwards some services to another server
+//!
+//! ```no_run
+//! use proxy_tower::ReverseProxyLayer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (_reporter, my_service) = tonic_health::server::health_reporter();
+//! tonic::transport::Server::builder()
+//!     .layer(ReverseProxyLayer::new("http://127.0.0.1:50051")?.http2_only().path_prefix("/legacy.Legacy/"))
+//!     .add_service(my_service)
+//!     .serve("127.0.0.1:50052".parse()?)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Where the client address comes from
+//!
+//! X-Forwarded-For needs the client's address. The proxy reads a [`ClientInfo`]
+//! from the request's extensions (servers built on hyper can insert one per
+//! connection), or asks the hook set with [`Builder::client_info`]. Without
+//! either, no X-Forwarded-For element is added.
+
+#![deny(missing_docs)]
+
+mod body;
+mod config;
+mod layer;
+mod proxy;
+mod tunnel;
+
+pub use body::{ProxyBody, RequestBody};
+pub use config::Builder;
+pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
+pub use proxy::{DefaultClient, ResponseFuture, ReverseProxy};
+pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
+
+/// The boxed error type of bodies and clients.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,296 @@
+//! The `ReverseProxy` service.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response, Version, header};
+use http_body::Body;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use proxy_core::{Outcome, ProxyError};
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::config::{Builder, Config};
+use crate::{BoxError, ProxyBody, RequestBody, tunnel};
+
+/// The client a [`ReverseProxy`] uses unless given another: hyper-util's pooled
+/// client over plain TCP.
+pub type DefaultClient = Client<HttpConnector, RequestBody>;
+
+/// A tower [`Service`] that forwards every request to one upstream.
+///
+/// - Bodies stream both ways, trailers included; nothing is buffered whole.
+/// - Upgrades (WebSocket, any `101 Switching Protocols`) become tunnels that keep
+///   TCP half-close intact: once the upstream's 101 has been checked, one spawned
+///   task relays bytes both ways with [`halfclose_io`], passing each side's FIN on.
+/// - It never fails: `Error = Infallible`. Every failure becomes a response (502
+///   upstream unreachable or invalid answer, 504 upstream timeout, 403 refused
+///   upgrade, ...), built by a replaceable error handler.
+///
+/// ```no_run
+/// use proxy_tower::ReverseProxy;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let proxy = ReverseProxy::new("http://127.0.0.1:3000")?;
+/// let app = axum::Router::new()
+///     .route("/health", axum::routing::get(|| async { "ok" }))
+///     .fallback_service(proxy);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+pub struct ReverseProxy<C = DefaultClient> {
+    pub(crate) config: Arc<Config>,
+    client: C,
+}
+
+impl<C: Clone> Clone for ReverseProxy<C> {
+    fn clone(&self) -> Self {
+        ReverseProxy {
+            config: self.config.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for ReverseProxy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseProxy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReverseProxy {
+    /// A proxy to `upstream` (an absolute `http://` URI; its path prefixes every
+    /// request path) with default options.
+    pub fn new(upstream: &str) -> Result<Self, ProxyError> {
+        Self::builder(upstream).build()
+    }
+
+    /// A builder for a proxy to `upstream`, to set options.
+    pub fn builder(upstream: &str) -> Builder {
+        Builder::new(upstream)
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(config.connect_timeout);
+        let mut client = Client::builder(TokioExecutor::new());
+        client.http2_only(config.http2_only);
+        let client = client.build(http);
+        ReverseProxy {
+            config: Arc::new(config),
+            client,
+        }
+    }
+
+    /// The same proxy, speaking HTTP/2 with prior knowledge to the upstream.
+    pub(crate) fn into_http2_only(self) -> Self {
+        let mut config = (*self.config).clone();
+        config.http2_only = true;
+        Self::from_config(config)
+    }
+}
+
+impl<C> ReverseProxy<C> {
+    pub(crate) fn with_client(config: Config, client: C) -> Self {
+        ReverseProxy {
+            config: Arc::new(config),
+            client,
+        }
+    }
+
+    /// The upstream base URI.
+    pub fn upstream(&self) -> &http::Uri {
+        self.config.rules.upstream()
+    }
+}
+
+impl<B, C, CB> Service<Request<B>> for ReverseProxy<C>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    C: Service<Request<RequestBody>, Response = Response<CB>> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+    CB: Body<Data = Bytes> + Send + 'static,
+    CB::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody<CB>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<CB>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The client's readiness is awaited inside each call, on its own clone.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let config = self.config.clone();
+        let client = self.client.clone();
+        let span = tracing::info_span!(
+            "proxy",
+            method = %req.method(),
+            path = %req.uri().path(),
+            upstream = %config.rules.upstream(),
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let fut = async move {
+            let start = Instant::now();
+            let res = forward(&config, client, req).await;
+            let span = tracing::Span::current();
+            span.record("status", res.status().as_u16());
+            span.record("latency_ms", start.elapsed().as_millis() as u64);
+            tracing::debug!("response");
+            res
+        };
+        ResponseFuture {
+            inner: Box::pin(fut.instrument(span)),
+        }
+    }
+}
+
+/// The boxed work of one request: it always ends in a response.
+type Forwarding<B> = Pin<Box<dyn Future<Output = Response<ProxyBody<B>>> + Send>>;
+
+/// The future of a [`ReverseProxy`] response.
+pub struct ResponseFuture<B> {
+    inner: Forwarding<B>,
+}
+
+impl<B> Future for ResponseFuture<B> {
+    type Output = Result<Response<ProxyBody<B>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map(Ok)
+    }
+}
+
+impl<B> fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+fn error_response<B>(config: &Config, err: ProxyError) -> Response<ProxyBody<B>> {
+    tracing::warn!(error = %err, status = err.status().as_u16(), "request not forwarded");
+    let res = match &config.error_handler {
+        Some(handler) => handler(&err),
+        None => {
+            let status = err.status();
+            let mut res = Response::new(Bytes::from(format!(
+                "{}\n",
+                status.canonical_reason().unwrap_or("error")
+            )));
+            *res.status_mut() = status;
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            res
+        }
+    };
+    res.map(ProxyBody::message)
+}
+
+/// One request through the proxy: rules, upstream call, response rules, and the
+/// tunnel on a checked 101.
+async fn forward<B, C, CB>(
+    config: &Config,
+    mut client: C,
+    req: Request<B>,
+) -> Response<ProxyBody<CB>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    C: Service<Request<RequestBody>, Response = Response<CB>>,
+    C::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let client_info = config.client_info(&parts);
+    let prepared = match config.rules.prepare_request(&mut parts, &client_info) {
+        Ok(p) => p,
+        Err(e) => return error_response(config, e),
+    };
+    // The client connection's upgrade handle; dropping it leaves the client
+    // connection speaking HTTP.
+    let client_upgrade = if prepared.is_upgrade() {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    if prepared.is_upgrade() && config.http2_only {
+        return error_response(
+            config,
+            ProxyError::upstream("the upstream speaks HTTP/2, which has no Upgrade"),
+        );
+    }
+    parts.version = if config.http2_only {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if let Some(rewrite) = &config.rewrite {
+        rewrite(&mut parts);
+    }
+    let out = Request::from_parts(parts, RequestBody::new(body));
+
+    let call = async {
+        poll_fn(|cx| client.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        client.call(out).await.map_err(Into::into)
+    };
+    let result = match config.response_timeout {
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                return error_response(
+                    config,
+                    ProxyError::timeout(format!("no response within {limit:?}")),
+                );
+            }
+        },
+        None => call.await,
+    };
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => return error_response(config, ProxyError::upstream(e)),
+    };
+
+    let (mut parts, body) = res.into_parts();
+    let outcome = match config.rules.prepare_response(&prepared, &mut parts) {
+        Ok(o) => o,
+        Err(e) => return error_response(config, e),
+    };
+    if outcome == Outcome::Tunnel {
+        let upstream_upgrade = parts.extensions.remove::<OnUpgrade>();
+        let (Some(client_io), Some(upstream_io)) = (client_upgrade, upstream_upgrade) else {
+            return error_response(
+                config,
+                ProxyError::upstream("a connection of this request cannot be upgraded"),
+            );
+        };
+        tunnel::spawn(client_io, upstream_io, config.tunnel);
+    }
+    if let Some(modify) = &config.modify_response {
+        modify(&mut parts);
+    }
+    let body = match outcome {
+        Outcome::Forward => ProxyBody::upstream(body),
+        Outcome::Tunnel => ProxyBody::empty(),
+    };
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,222 @@
+//! Go's `TestReverseProxyWebSocketHalfTCP` (Go issue 35892) end to end: a raw TCP
+//! client sends an upgrade request through the proxy to an upstream that answers
+//! 101 and then uses the raw connection. Each case asserts what the Go case
+//! asserts. The proxy is served by hyper-util and by axum.
+
+use std::net::{Shutdown, SocketAddr};
+
+use e2e_tests::*;
+use proxy_tower::ReverseProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Hyper,
+    Axum,
+}
+
+async fn serve_proxy(server: Server, upstream: SocketAddr) -> SocketAddr {
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    match server {
+        Server::Hyper => serve(proxy).await,
+        Server::Axum => {
+            let app = axum::Router::new().fallback_service(proxy);
+            let (listener, addr) = listener().await;
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        }
+    }
+}
+
+/// (client, server) sockets joined through the proxy by an upgrade, with the
+/// 101 checked as the Go test checks it.
+async fn upgraded(server: Server, early: &[u8]) -> (TcpStream, TcpStream, String) {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve_proxy(server, upstream).await;
+    let mut cli = send_upgrade(proxy, "websocket", early).await;
+    let (head, mut srv) = within("upgrade request at the upstream", heads.recv())
+        .await
+        .unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let res = within("101 at the client", read_head(&mut cli))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&res), 101, "{res}");
+    assert_eq!(
+        header_of(&res, "upgrade")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(
+        header_of(&res, "connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("upgrade")
+    );
+    (cli, srv, head)
+}
+
+async fn must_read(conn: &mut TcpStream, msg: &str) {
+    let mut buf = vec![0; msg.len()];
+    within("read", conn.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(String::from_utf8_lossy(&buf), msg);
+}
+
+async fn must_read_eof(conn: &mut TcpStream) {
+    let mut b = [0u8; 1];
+    assert_eq!(
+        within("EOF", conn.read(&mut b)).await.expect("read"),
+        0,
+        "expected EOF"
+    );
+}
+
+async fn must_write(conn: &mut TcpStream, msg: &str) {
+    within("write", conn.write_all(msg.as_bytes()))
+        .await
+        .expect("write");
+}
+
+fn close_read(conn: TcpStream) -> TcpStream {
+    let std = conn.into_std().unwrap();
+    std.shutdown(Shutdown::Read).unwrap();
+    TcpStream::from_std(std).unwrap()
+}
+
+async fn server_close_read(server: Server) {
+    let (mut cli, srv, _) = upgraded(server, b"").await;
+    let mut srv = close_read(srv);
+    must_write(&mut srv, "server sends").await;
+    must_read(&mut cli, "server sends").await;
+}
+
+async fn server_close_write(server: Server) {
+    let (mut cli, mut srv, _) = upgraded(server, b"").await;
+    srv.shutdown().await.unwrap();
+    must_write(&mut cli, "client sends").await;
+    must_read(&mut srv, "client sends").await;
+    must_read_eof(&mut cli).await;
+}
+
+async fn client_close_read(server: Server) {
+    let (cli, mut srv, _) = upgraded(server, b"").await;
+    let mut cli = close_read(cli);
+    must_write(&mut cli, "client sends").await;
+    must_read(&mut srv, "client sends").await;
+}
+
+async fn client_close_write(server: Server) {
+    let (mut cli, mut srv, _) = upgraded(server, b"").await;
+    cli.shutdown().await.unwrap();
+    must_write(&mut srv, "server sends").await;
+    must_read(&mut cli, "server sends").await;
+    must_read_eof(&mut srv).await;
+}
+
+#[tokio::test]
+async fn server_close_read_hyper() {
+    server_close_read(Server::Hyper).await;
+}
+#[tokio::test]
+async fn server_close_read_axum() {
+    server_close_read(Server::Axum).await;
+}
+#[tokio::test]
+async fn server_close_write_hyper() {
+    server_close_write(Server::Hyper).await;
+}
+#[tokio::test]
+async fn server_close_write_axum() {
+    server_close_write(Server::Axum).await;
+}
+#[tokio::test]
+async fn client_close_read_hyper() {
+    client_close_read(Server::Hyper).await;
+}
+#[tokio::test]
+async fn client_close_read_axum() {
+    client_close_read(Server::Axum).await;
+}
+#[tokio::test]
+async fn client_close_write_hyper() {
+    client_close_write(Server::Hyper).await;
+}
+#[tokio::test]
+async fn client_close_write_axum() {
+    client_close_write(Server::Axum).await;
+}
+
+/// Beyond Go: after the client's FIN reaches the server, the server keeps
+/// sending, then closes; both FINs arrive and the tunnel is gone.
+#[tokio::test]
+async fn both_directions_close_in_turn() {
+    for server in [Server::Hyper, Server::Axum] {
+        let (mut cli, mut srv, _) = upgraded(server, b"").await;
+        must_write(&mut cli, "last words").await;
+        cli.shutdown().await.unwrap();
+        must_read(&mut srv, "last words").await;
+        must_read_eof(&mut srv).await;
+        must_write(&mut srv, "reply after your FIN").await;
+        srv.shutdown().await.unwrap();
+        must_read(&mut cli, "reply after your FIN").await;
+        must_read_eof(&mut cli).await;
+    }
+}
+
+/// Bytes the client sends right behind the upgrade request head, before the 101,
+/// reach the upstream once the upgrade succeeded (Go loses them: Go issue 80875).
+#[tokio::test]
+async fn bytes_behind_the_upgrade_request_are_not_lost() {
+    for server in [Server::Hyper, Server::Axum] {
+        let (mut cli, mut srv, _) = upgraded(server, b"early bytes").await;
+        must_read(&mut srv, "early bytes").await;
+        must_write(&mut cli, " then more").await;
+        must_read(&mut srv, " then more").await;
+    }
+}
+
+/// The upstream sees one Connection: upgrade and the Upgrade; the client's 101
+/// carries no other hop-by-hop header (Go leaks Keep-Alive and Connection-listed
+/// ones there).
+#[tokio::test]
+async fn upgrade_headers_both_ways() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve_proxy(Server::Hyper, upstream).await;
+    let mut cli = TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: front\r\nConnection: keep-alive, Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    assert_eq!(
+        header_of(&head, "connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("upgrade"),
+        "{head}"
+    );
+    assert_eq!(header_of(&head, "upgrade"), Some("websocket"));
+    assert_eq!(header_of(&head, "x-hop"), None, "{head}");
+    assert_eq!(header_of(&head, "keep-alive"), None, "{head}");
+    assert_eq!(header_of(&head, "x-forwarded-for"), Some("127.0.0.1"));
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nUpgrade: websocket\r\nX-Kept: yes\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let res = within("101", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&res), 101);
+    assert_eq!(header_of(&res, "keep-alive"), None, "{res}");
+    assert_eq!(header_of(&res, "x-secret"), None, "{res}");
+    assert_eq!(header_of(&res, "x-kept"), Some("yes"), "{res}");
+    assert_eq!(header_of(&res, "upgrade"), Some("websocket"));
+}
