@@ -148,3 +148,100 @@ pub async fn closed_port() -> SocketAddr {
     drop(l);
     a
 }
+
+/// Reads one response (head, and a body of `content-length` bytes).
+pub async fn read_response(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let head = within("response head", read_head(tcp))
+        .await
+        .expect("response head");
+    let len: usize = header_of(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    within("response body", tcp.read_exact(&mut body))
+        .await
+        .expect("response body");
+    (head, body)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), continuing from `seed`.
+pub fn fill(seed: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        *seed ^= *seed >> 12;
+        *seed ^= *seed << 25;
+        *seed ^= *seed >> 27;
+        let v = seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+/// A request body of `len` pseudo-random bytes from `seed`, produced in 64 KiB
+/// frames as it is read (never held whole).
+pub struct Generated {
+    seed: u64,
+    left: usize,
+}
+
+impl Generated {
+    pub fn new(seed: u64, len: usize) -> Self {
+        Generated { seed, left: len }
+    }
+
+    /// The hash of what a `Generated::new(seed, len)` produces.
+    pub fn hash(seed: u64, len: usize) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut g = Generated::new(seed, len);
+        while let Some(chunk) = g.next_chunk() {
+            h.write(&chunk);
+        }
+        h.finish()
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.left == 0 {
+            return None;
+        }
+        let n = self.left.min(64 * 1024);
+        let mut buf = vec![0u8; n];
+        fill(&mut self.seed, &mut buf);
+        self.left -= n;
+        Some(Bytes::from(buf))
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.next_chunk().map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left as u64)
+    }
+}
+
+/// Reads a body to its end; returns (length, hash).
+pub async fn hash_body<B>(body: B) -> (usize, u64)
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut len = 0;
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            h.write(&data);
+            len += data.len();
+        }
+    }
+    (len, h.finish())
+}

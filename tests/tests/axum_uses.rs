@@ -1,0 +1,124 @@
+//! The axum uses of proxy-tower, as its issue writes them.
+
+use bytes::Bytes;
+use e2e_tests::*;
+use http::Response;
+use http_body_util::Full;
+use proxy_tower::{ReverseProxy, ReverseProxyLayer};
+use tokio::io::AsyncWriteExt;
+
+async fn upstream() -> std::net::SocketAddr {
+    serve_fn(|req| async move {
+        Response::new(Full::new(Bytes::from(format!(
+            "upstream {}",
+            req.uri().path()
+        ))))
+    })
+    .await
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn serve_axum(app: axum::Router) -> std::net::SocketAddr {
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn fallback_app(
+    up: std::net::SocketAddr,
+) -> Result<axum::Router, Box<dyn std::error::Error>> {
+    // 1. The whole app is a proxy, or the proxy is axum's fallback:
+    let proxy = ReverseProxy::new(&format!("http://{up}"))?;
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .fallback_service(proxy);
+    Ok(app)
+}
+
+async fn layer_app(up: std::net::SocketAddr) -> Result<axum::Router, Box<dyn std::error::Error>> {
+    // 2. A layer in front of a local app: /api/... goes upstream, the rest stays local.
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "local" }))
+        .layer(ReverseProxyLayer::new(&format!("http://{up}"))?.path_prefix("/api"));
+    Ok(app)
+}
+
+#[tokio::test]
+async fn proxy_as_axum_fallback() {
+    let up = upstream().await;
+    let addr = serve_axum(fallback_app(up).await.unwrap()).await;
+    assert_eq!(get(addr, "/health").await, (200, "ok".into()));
+    assert_eq!(
+        get(addr, "/anything/else").await,
+        (200, "upstream /anything/else".into())
+    );
+}
+
+#[tokio::test]
+async fn layer_forwards_only_its_prefix() {
+    let up = upstream().await;
+    let addr = serve_axum(layer_app(up).await.unwrap()).await;
+    assert_eq!(get(addr, "/").await, (200, "local".into()));
+    assert_eq!(get(addr, "/api").await, (200, "upstream /api".into()));
+    assert_eq!(
+        get(addr, "/api/users").await,
+        (200, "upstream /api/users".into())
+    );
+    assert_eq!(
+        get(addr, "/apiary").await.0,
+        404,
+        "a prefix matches whole segments"
+    );
+}
+
+#[tokio::test]
+async fn layer_tunnels_upgrades_with_half_close() {
+    let (up, mut heads) = raw_upstream().await;
+    let addr = serve_axum(layer_app(up).await.unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = within("101", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    use tokio::io::AsyncReadExt;
+    cli.write_all(b"ping").await.unwrap();
+    cli.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(
+        "client bytes and FIN at upstream",
+        srv.read_to_end(&mut got),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, b"ping");
+    srv.write_all(b"pong after FIN").await.unwrap();
+    srv.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within("reply and FIN at client", cli.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"pong after FIN");
+}

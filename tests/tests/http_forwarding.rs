@@ -1,0 +1,194 @@
+//! Plain HTTP through the proxy: headers, big bodies both ways, upstream failures.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e_tests::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proxy_tower::ReverseProxy;
+use tokio::io::AsyncWriteExt;
+
+/// An upstream that answers with the request line and headers it received.
+async fn mirror_upstream() -> std::net::SocketAddr {
+    serve_fn(|req| async move {
+        let mut text = format!("{} {}\n", req.method(), req.uri());
+        for (k, v) in req.headers() {
+            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+        }
+        Response::new(Full::new(Bytes::from(text)))
+    })
+    .await
+}
+
+fn seen(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn upstream_sees_clean_and_forwarding_headers() {
+    let upstream = mirror_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}/base")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(
+        b"GET /path?q=1 HTTP/1.1\r\nHost: front.example\r\nConnection: keep-alive, X-Drop, X-Forwarded-For\r\n\
+          X-Drop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9v\r\nTE: gzip, trailers\r\n\
+          X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Keep: 1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let text = seen(&body);
+    assert!(text.starts_with("GET /base/path?q=1\n"), "{text}");
+    for gone in ["x-drop", "keep-alive", "proxy-authorization", "connection"] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} reached the upstream:\n{text}"
+        );
+    }
+    for line in [
+        "te: trailers",
+        "x-keep: 1",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: front.example",
+        "x-forwarded-proto: http",
+        &format!("host: {upstream}"),
+    ] {
+        assert!(has_line(&text, line), "missing {line:?}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_removed() {
+    let upstream = serve_fn(|_req| async move {
+        let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
+        let h = res.headers_mut();
+        h.insert("connection", "X-Internal".parse().unwrap());
+        h.insert("x-internal", "1".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("x-public", "1".parse().unwrap());
+        res
+    })
+    .await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(body, b"ok");
+    assert_eq!(header_of(&head, "x-internal"), None, "{head}");
+    assert_eq!(header_of(&head, "proxy-authenticate"), None, "{head}");
+    assert_eq!(header_of(&head, "x-public"), Some("1"));
+}
+
+/// 50 MiB up and 50 MiB down through the proxy at once (the upstream echoes the
+/// body as it arrives), verified by hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_mib_each_way_by_hash() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let upstream =
+        serve_fn(
+            |req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body()) },
+        )
+        .await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Generated>();
+    let req = Request::post(format!("http://{proxy}/echo"))
+        .body(Generated::new(7, SIZE))
+        .unwrap();
+    let work = async {
+        let res = client.request(req).await.expect("response");
+        assert_eq!(res.status(), StatusCode::OK);
+        hash_body(res.into_body()).await
+    };
+    let (len, hash) = tokio::time::timeout(WAIT * 3, work)
+        .await
+        .expect("50 MiB in time");
+    assert_eq!(len, SIZE);
+    assert_eq!(hash, Generated::hash(7, SIZE), "bytes changed in transit");
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    let down = closed_port().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{down}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(body, b"Bad Gateway\n");
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_the_response_timeout() {
+    let (upstream, mut heads) = raw_upstream().await; // reads the request, never answers
+    let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let proxy = serve(proxy).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (_head_at_upstream, _held) = within("request at upstream", heads.recv()).await.unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 504, "{head}");
+}
+
+#[tokio::test]
+async fn error_handler_and_hooks_apply() {
+    let upstream = mirror_upstream().await;
+    let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+        .rewrite(|req| {
+            req.headers.insert("x-added", "by-rewrite".parse().unwrap());
+        })
+        .modify_response(|res| {
+            res.headers.insert("x-modified", "yes".parse().unwrap());
+        })
+        .build()
+        .unwrap();
+    let proxy = serve(proxy).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    // The client cannot strip what the rewrite hook adds.
+    cli.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {proxy}\r\nConnection: X-Added\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert!(
+        has_line(&seen(&body), "x-added: by-rewrite"),
+        "{}",
+        seen(&body)
+    );
+    assert_eq!(header_of(&head, "x-modified"), Some("yes"));
+
+    let down = closed_port().await;
+    let proxy = ReverseProxy::builder(&format!("http://{down}"))
+        .error_handler(|err| {
+            let mut res = Response::new(Bytes::from(format!("custom: {}", err.status().as_u16())));
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            res
+        })
+        .build()
+        .unwrap();
+    let proxy = serve(proxy).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 503);
+    assert_eq!(body, b"custom: 502");
+}

@@ -1,0 +1,117 @@
+//! Upgrades that must not become tunnels.
+
+use bytes::Bytes;
+use e2e_tests::*;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use proxy_tower::ReverseProxy;
+use tokio::io::AsyncWriteExt;
+
+/// An upstream that refuses upgrades with `status` and answers other requests
+/// with what it saw.
+async fn refusing_upstream(status: StatusCode) -> std::net::SocketAddr {
+    serve_fn(move |req| async move {
+        if req.headers().contains_key("upgrade") {
+            let mut res = Response::new(Full::new(Bytes::from_static(b"no upgrade for you")));
+            *res.status_mut() = status;
+            res.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            res
+        } else {
+            let xff = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Response::new(Full::new(Bytes::from(format!(
+                "{} via {}",
+                req.uri().path(),
+                xff.unwrap_or_default()
+            ))))
+        }
+    })
+    .await
+}
+
+/// The upstream answers 426 or 200 to an upgrade request: the client gets that
+/// answer, no tunnel opens, and the bytes it sent right behind (in the same
+/// packet) are parsed as the next HTTP request, not relayed raw.
+#[tokio::test]
+async fn non_101_answer_keeps_the_connection_http() {
+    for status in [StatusCode::UPGRADE_REQUIRED, StatusCode::OK] {
+        let upstream = refusing_upstream(status).await;
+        let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+        let pipelined = format!("GET /next HTTP/1.1\r\nHost: {proxy}\r\n\r\n");
+        let mut cli = send_upgrade(proxy, "websocket", pipelined.as_bytes()).await;
+        let (head, body) = read_response(&mut cli).await;
+        assert_eq!(status_of(&head), status.as_u16(), "{head}");
+        assert_eq!(body, b"no upgrade for you");
+        assert_eq!(
+            header_of(&head, "upgrade"),
+            None,
+            "hop-by-hop Upgrade leaked: {head}"
+        );
+        // The pipelined bytes were a request, forwarded by the proxy's HTTP path.
+        let (head, body) = read_response(&mut cli).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), "/next via 127.0.0.1");
+    }
+}
+
+/// A 101 for a protocol the client did not ask for is a 502; no tunnel opens.
+#[tokio::test]
+async fn switch_to_another_protocol_is_502() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = send_upgrade(proxy, "websocket", b"").await;
+    let (_, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+}
+
+/// A 101 to a request that asked for no upgrade is a 502 too.
+#[tokio::test]
+async fn unrequested_switch_is_502() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (_, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+}
+
+/// `Upgrade: h2c` is refused (403) by default, before the upstream is contacted;
+/// the policy can allow it.
+#[tokio::test]
+async fn h2c_refused_by_default() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = send_upgrade(proxy, "h2c", b"").await;
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert_eq!(body, b"Forbidden\n");
+    assert!(heads.try_recv().is_err(), "the upstream was contacted");
+
+    let allowing = ReverseProxy::builder(&format!("http://{upstream}"))
+        .upgrade_policy(proxy_tower::UpgradePolicy::allow_all())
+        .build()
+        .unwrap();
+    let proxy = serve(allowing).await;
+    let _cli = send_upgrade(proxy, "h2c", b"").await;
+    let (head, _) = within("h2c request at upstream", heads.recv())
+        .await
+        .unwrap();
+    assert_eq!(header_of(&head, "upgrade"), Some("h2c"));
+}
