@@ -220,3 +220,33 @@ async fn upgrade_headers_both_ways() {
     assert_eq!(header_of(&res, "x-kept"), Some("yes"), "{res}");
     assert_eq!(header_of(&res, "upgrade"), Some("websocket"));
 }
+
+/// The proxy counts its open tunnels, and `wait_idle` completes once the last
+/// one has ended (what a graceful shutdown waits for).
+#[tokio::test]
+async fn tunnels_are_counted_until_both_sides_close() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+    let mut cli = send_upgrade(addr, "websocket", b"").await;
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    within("101", read_head(&mut cli)).await.unwrap();
+    assert_eq!(tunnels.active(), 1);
+    let idle = tokio::spawn({
+        let tunnels = tunnels.clone();
+        async move { tunnels.wait_idle().await }
+    });
+    cli.shutdown().await.unwrap();
+    must_read_eof(&mut srv).await;
+    assert!(!idle.is_finished(), "half-closed tunnel counted as gone");
+    srv.shutdown().await.unwrap();
+    must_read_eof(&mut cli).await;
+    within("tunnel count back to zero", idle).await.unwrap();
+    assert_eq!(tunnels.active(), 0);
+}

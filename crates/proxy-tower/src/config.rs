@@ -9,7 +9,7 @@ use halfclose_io::Tunnel;
 use http::{Response, request, response};
 use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, ProxyRules, UpgradePolicy};
 
-use crate::{DefaultClient, ReverseProxy};
+use crate::{DefaultClient, ReverseProxy, Tunnels};
 
 pub(crate) type ErrorHandler = Arc<dyn Fn(&ProxyError) -> Response<Bytes> + Send + Sync>;
 pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) rewrite: Option<Rewrite>,
     pub(crate) modify_response: Option<ModifyResponse>,
     pub(crate) client_info: Option<ClientInfoFn>,
+    pub(crate) tunnels: Tunnels,
 }
 
 impl Config {
@@ -42,6 +43,7 @@ impl Config {
             rewrite: None,
             modify_response: None,
             client_info: None,
+            tunnels: Tunnels::default(),
         }
     }
 

@@ -77,6 +77,7 @@ pub use config::Builder;
 pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
 pub use proxy::{DefaultClient, ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
+pub use tunnel::Tunnels;
 
 /// The boxed error type of bodies and clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

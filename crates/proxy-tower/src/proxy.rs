@@ -115,6 +115,11 @@ impl<C> ReverseProxy<C> {
     pub fn upstream(&self) -> &http::Uri {
         self.config.rules.upstream()
     }
+
+    /// The tunnels this proxy (and its clones) have open.
+    pub fn tunnels(&self) -> crate::Tunnels {
+        self.config.tunnels.clone()
+    }
 }
 
 impl<B, C, CB> Service<Request<B>> for ReverseProxy<C>
@@ -283,7 +288,7 @@ where
                 ProxyError::upstream("a connection of this request cannot be upgraded"),
             );
         };
-        tunnel::spawn(client_io, upstream_io, config.tunnel);
+        tunnel::spawn(client_io, upstream_io, config.tunnel, &config.tunnels);
     }
     if let Some(modify) = &config.modify_response {
         modify(&mut parts);

@@ -1,0 +1,154 @@
+//! The built-in demo upstream: a page, a body echo, and upgrade endpoints that
+//! make half-close visible.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+const PAGE: &str = "halfclose-proxy demo upstream
+
+This server stands behind halfclose-proxy to show TCP half-close surviving an
+HTTP upgrade.
+
+  GET  /                this page
+  POST /echo            echoes the request body
+  Upgrade: echo         (any path) echoes bytes until your FIN, then sends its own FIN
+  Upgrade: websocket    (any path) echoes WebSocket messages until you close
+
+Check a path for half-close with:  halfclose-proxy probe http://HOST:PORT/echo
+";
+
+/// Starts the demo upstream on a loopback port.
+pub(crate) async fn start() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tcp),
+                        hyper::service::service_fn(handle),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().unwrap(),
+    );
+    res
+}
+
+fn switching(protocol: &'static str) -> Response<Body> {
+    let mut res = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    res.headers_mut().remove(header::CONTENT_TYPE);
+    res.headers_mut()
+        .insert(header::CONNECTION, "upgrade".parse().unwrap());
+    res.headers_mut()
+        .insert(header::UPGRADE, protocol.parse().unwrap());
+    res
+}
+
+fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
+    let conn = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    let up = req
+        .headers()
+        .get(header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
+    conn.then_some(up)
+}
+
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    match requested_upgrade(&req).as_deref() {
+        Some("echo") => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    echo_until_eof(TokioIo::new(io)).await;
+                }
+            });
+            return Ok(switching("echo"));
+        }
+        Some("websocket") => {
+            let Some(key) = req.headers().get("sec-websocket-key") else {
+                return Ok(text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n"));
+            };
+            let accept = derive_accept_key(key.as_bytes());
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    echo_websocket(TokioIo::new(io)).await;
+                }
+            });
+            let mut res = switching("websocket");
+            res.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
+            return Ok(res);
+        }
+        _ => {}
+    }
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => text(StatusCode::OK, PAGE),
+        (&Method::POST, "/echo") => Response::new(req.into_body().boxed_unsync()),
+        _ => text(StatusCode::NOT_FOUND, "not found; see GET /\n"),
+    })
+}
+
+/// Echoes bytes until the client's FIN, then sends its own FIN.
+async fn echo_until_eof(io: TokioIo<hyper::upgrade::Upgraded>) {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    if tokio::io::copy(&mut rd, &mut wr).await.is_ok() {
+        let _ = wr.shutdown().await;
+    }
+}
+
+async fn echo_websocket(io: TokioIo<hyper::upgrade::Upgraded>) {
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(m) if m.is_text() || m.is_binary() => {
+                if ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {} // ping/pong and close are answered by tungstenite
+            Err(_) => break,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `halfclose-proxy`: a reverse proxy whose upgraded connections (WebSocket and
+//! any `101 Switching Protocols` protocol) keep TCP half-close intact.
+//!
+//! - `halfclose-proxy --listen HOST:PORT --upstream http://HOST:PORT` proxies to
+//!   an upstream.
+//! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
+//! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
+
+mod demo;
+mod probe;
+mod serve;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A reverse proxy that keeps TCP half-close intact across WebSocket and other
+/// upgraded connections.
+#[derive(Debug, Parser)]
+#[command(
+    name = "halfclose-proxy",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks whether half-close survives the path to URL (a demo upstream,
+    /// directly or through any proxy): upgrades with `Upgrade: echo`, then reports
+    /// one verdict per check. Exit status 0 only if all pass.
+    Probe(probe::ProbeArgs),
+}
+
+/// Options of the proxy.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    listen: SocketAddr,
+
+    /// Upstream to forward to, e.g. http://127.0.0.1:3000. Without it, a built-in
+    /// demo upstream is started on a loopback port and used.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+
+    /// Time allowed to connect to the upstream (502 when exceeded).
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    connect_timeout: Duration,
+
+    /// Time allowed for the upstream's response head (504 when exceeded); none by default.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    response_timeout: Option<Duration>,
+
+    /// Speak HTTP/2 with prior knowledge to the upstream (gRPC upstreams).
+    #[arg(long)]
+    http2_upstream: bool,
+
+    /// Close a tunnel when no byte moves either way for this long; none by default.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    tunnel_idle_timeout: Option<Duration>,
+
+    /// After one side of a tunnel sends FIN, the other must finish within this; none by default.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    tunnel_half_close_timeout: Option<Duration>,
+
+    /// Send the client's Host to the upstream instead of the upstream's own.
+    #[arg(long)]
+    preserve_host: bool,
+
+    /// Also add an RFC 7239 `Forwarded` header.
+    #[arg(long)]
+    forwarded: bool,
+
+    /// Trust and append to incoming X-Forwarded-*/Forwarded (only behind another trusted proxy).
+    #[arg(long)]
+    trust_forwarded: bool,
+
+    /// Add `Via: <version> NAME` to requests and responses.
+    #[arg(long, value_name = "NAME")]
+    via: Option<String>,
+
+    /// Upgrade protocols allowed through (repeatable, or comma-separated; `*` for all,
+    /// `none` for none). Default: all but h2c.
+    #[arg(long = "allow-upgrade", value_delimiter = ',', value_name = "PROTOCOL")]
+    allow_upgrade: Vec<String>,
+
+    /// Maximum concurrent client connections; more wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+
+    /// Time allowed for a client to send a request head (against slowloris).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    header_read_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, time given to in-flight requests and tunnels to finish.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    shutdown_grace: Duration,
+
+    /// Log level (RUST_LOG, when set, takes precedence).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+}
+
+/// `1.5s`, `250ms`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (try 10s, 250ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap prints them.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // Errors: one line, no usage dump.
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("halfclose-proxy: error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("halfclose-proxy: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Probe(args)) => probe::run(args).await,
+            None => serve::run(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("halfclose-proxy: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn command_line_as_written_parses() {
+        let cli = Cli::try_parse_from([
+            "halfclose-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:3000",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.upstream.as_deref(), Some("http://127.0.0.1:3000"));
+        let probe =
+            Cli::try_parse_from(["halfclose-proxy", "probe", "http://127.0.0.1:8080/"]).unwrap();
+        assert!(matches!(probe.command, Some(Command::Probe(_))));
+    }
+}

@@ -1,0 +1,222 @@
+//! `halfclose-proxy probe URL`: does half-close survive the path to URL?
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::parse_duration;
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// The URL of an `Upgrade: echo` endpoint (a halfclose-proxy demo upstream,
+    /// directly or through any proxy), e.g. http://127.0.0.1:8080/echo.
+    url: String,
+
+    /// How long each step may take.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    timeout: Duration,
+
+    /// Bytes to send right before closing our write half.
+    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    bytes: usize,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn pass(&mut self, check: &str, detail: impl std::fmt::Display) {
+        println!("PASS  {check}: {detail}");
+    }
+
+    fn fail(&mut self, check: &str, detail: impl std::fmt::Display) {
+        self.failed = true;
+        println!("FAIL  {check}: {detail}");
+    }
+
+    fn exit(self) -> ExitCode {
+        if self.failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return Err(std::io::Error::other("response head larger than 64 KiB"));
+        }
+        if tcp.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{}: only http:// URLs can be probed", args.url));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{}: no host", args.url))?
+        .clone();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let limit = args.timeout;
+    let mut report = Report { failed: false };
+
+    // 1. Connect and upgrade.
+    let mut tcp = match tokio::time::timeout(limit, TcpStream::connect((host.as_str(), port))).await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            report.fail("connect", format!("{authority}: {e}"));
+            return Ok(report.exit());
+        }
+        Err(_) => {
+            report.fail(
+                "connect",
+                format!("{authority}: no connection within {limit:?}"),
+            );
+            return Ok(report.exit());
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    let head = match tokio::time::timeout(limit, async {
+        tcp.write_all(request.as_bytes()).await?;
+        read_head(&mut tcp).await
+    })
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            report.fail("upgrade", format!("no response: {e}"));
+            return Ok(report.exit());
+        }
+        Err(_) => {
+            report.fail("upgrade", format!("no response within {limit:?}"));
+            return Ok(report.exit());
+        }
+    };
+    let status_line = head.lines().next().unwrap_or("").to_owned();
+    let upgraded_to_echo = head.lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("echo")
+        })
+    });
+    if status_line.split_whitespace().nth(1) != Some("101") || !upgraded_to_echo {
+        report.fail(
+            "upgrade",
+            format!("expected 101 with Upgrade: echo, got {status_line:?}"),
+        );
+        return Ok(report.exit());
+    }
+    report.pass("upgrade", format!("{status_line} (Upgrade: echo)"));
+
+    // 2. Data flows both ways.
+    let ping = b"halfclose probe ping\n";
+    let mut back = [0u8; 21];
+    match tokio::time::timeout(limit, async {
+        tcp.write_all(ping).await?;
+        tcp.read_exact(&mut back).await
+    })
+    .await
+    {
+        Ok(Ok(_)) if &back == ping => {
+            report.pass("data flows", format!("{} bytes echoed", ping.len()))
+        }
+        Ok(Ok(_)) => report.fail("data flows", "the echo differs from what was sent"),
+        Ok(Err(e)) => report.fail("data flows", e),
+        Err(_) => report.fail("data flows", format!("no echo within {limit:?}")),
+    }
+
+    // 3. Send a payload and our FIN at once; the echo keeps coming back after our
+    //    FIN only if the path keeps the reverse direction open.
+    let (mut rd, mut wr) = tcp.into_split();
+    let total = args.bytes;
+    let writer = tokio::spawn(async move {
+        let payload: Vec<u8> = (0..total).map(pattern).collect();
+        wr.write_all(&payload).await?;
+        wr.shutdown().await?;
+        std::io::Result::Ok(wr)
+    });
+    let mut got = 0usize;
+    let mut intact = true;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ending = loop {
+        match tokio::time::timeout(limit, rd.read(&mut buf)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(n)) => {
+                intact &= buf[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(got + i));
+                got += n;
+            }
+            Ok(Err(e)) => break Err(format!("connection failed: {e}")),
+            Err(_) => break Err(format!("no EOF within {limit:?}")),
+        }
+    };
+    let wrote = match tokio::time::timeout(limit, writer).await {
+        Ok(Ok(Ok(_wr))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        _ => Err("sending did not finish".to_owned()),
+    };
+    match (&wrote, got == total && intact) {
+        (Ok(()), true) => report.pass(
+            "client FIN, reverse direction",
+            format!("sent {total} bytes and FIN; all {got} came back after our FIN"),
+        ),
+        (Ok(()), false) => report.fail(
+            "client FIN, reverse direction",
+            format!(
+                "sent {total} bytes and FIN; {got} came back{}: the path cut the reverse direction",
+                if intact { "" } else { " (corrupted)" }
+            ),
+        ),
+        (Err(e), _) => report.fail(
+            "client FIN, reverse direction",
+            format!("sending failed: {e}"),
+        ),
+    }
+
+    // 4. The server sends FIN only once it has seen ours: an EOF here means our
+    //    FIN reached it and its FIN was passed back.
+    match ending {
+        Ok(()) => report.pass(
+            "server FIN",
+            "EOF received: our FIN reached the server and its FIN came back",
+        ),
+        Err(e) => report.fail(
+            "server FIN",
+            format!("{e}: our FIN did not reach the server, or its FIN was not passed back"),
+        ),
+    }
+    Ok(report.exit())
+}

@@ -1,0 +1,241 @@
+//! The `halfclose-proxy` binary, spawned as a process.
+
+use std::process::Stdio;
+
+use e2e_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_halfclose-proxy");
+
+struct Proxy {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    addr: std::net::SocketAddr,
+}
+
+impl Proxy {
+    async fn start(args: &[&str]) -> Proxy {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn halfclose-proxy");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = within("first stdout line", stdout.next_line())
+            .await
+            .unwrap()
+            .expect("a first line");
+        let addr = first
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .parse()
+            .expect("an address");
+        Proxy {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    async fn line_starting(&mut self, prefix: &str) -> String {
+        loop {
+            let line = within("a stdout line", self.stdout.next_line())
+                .await
+                .unwrap();
+            match line {
+                Some(l) if l.starts_with(prefix) => return l,
+                Some(_) => continue,
+                None => panic!("stdout ended before a line starting with {prefix:?}"),
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// In front of a test upstream: a request, an upgrade with half-close both ways,
+/// and SIGTERM while the tunnel is open: the tunnel's data still completes, new
+/// connections are refused, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_and_shuts_down_gracefully_with_an_open_tunnel() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--shutdown-grace",
+        "20s",
+    ])
+    .await;
+    let addr = proxy.addr;
+
+    // A plain request.
+    let mut cli = TcpStream::connect(addr).await.unwrap();
+    cli.write_all(format!("GET /hello HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    assert!(head.starts_with("GET /hello HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_of(&head, "x-forwarded-for"), Some("127.0.0.1"));
+    // `connection: close`: the raw upstream serves one request per connection,
+    // so the proxy must not reuse this one from its pool.
+    srv.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
+        .await
+        .unwrap();
+    drop(srv);
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!((status_of(&head), body.as_slice()), (200, &b"hi"[..]));
+
+    // An upgrade; the client half-closes first.
+    let mut cli = send_upgrade(addr, "echo", b"").await;
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
+        101
+    );
+    cli.write_all(b"from client").await.unwrap();
+    cli.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("client data and FIN at upstream", srv.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"from client");
+
+    // SIGTERM with the tunnel half-open.
+    proxy.terminate();
+    let line = proxy.line_starting("shutting down").await;
+    assert!(line.contains("1 tunnel"), "{line}");
+    let refused = TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "still accepting after SIGTERM");
+
+    // The tunnel still carries the other direction, then the server's FIN.
+    srv.write_all(b"reply after SIGTERM").await.unwrap();
+    srv.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within("reply and FIN at client", cli.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"reply after SIGTERM");
+
+    let status = within("exit", proxy.child.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+/// The front door: no flags but `--listen 127.0.0.1:0` starts the demo upstream;
+/// `probe` against it passes every check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_mode_passes_the_probe() {
+    let mut proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
+    proxy
+        .line_starting("demo upstream on http://127.0.0.1:")
+        .await;
+    let out = within(
+        "probe",
+        Command::new(BIN)
+            .args(["probe", &format!("http://{}/echo", proxy.addr)])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "probe failed:\n{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("PASS")).count(),
+        4,
+        "{text}"
+    );
+
+    // The demo's page and body echo, through the proxy.
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    cli.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!((status_of(&head), body.as_slice()), (200, &b"hello"[..]));
+
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// A path that cuts the reverse direction when the client sends FIN (what
+/// proxies without half-close support do) fails the probe.
+#[tokio::test]
+async fn probe_fails_on_a_path_without_half_close() {
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        read_head(&mut tcp).await.unwrap();
+        tcp.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // Echo the ping, then tear everything down at the client's FIN.
+        let mut ping = [0u8; 21];
+        tcp.read_exact(&mut ping).await.unwrap();
+        tcp.write_all(&ping).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    });
+    let out = within(
+        "probe",
+        Command::new(BIN)
+            .args(["probe", "--timeout", "5s", &format!("http://{addr}/echo")])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "probe passed a broken path:\n{text}");
+    assert!(
+        text.contains("FAIL  client FIN, reverse direction"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_one_line_and_non_zero() {
+    let down = closed_port().await;
+    for args in [
+        vec!["--listen", "nonsense"],
+        vec!["--listen", "127.0.0.1:0", "--upstream", "not a url"],
+        vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("http://{down}"),
+        ],
+        vec!["--listen", "127.0.0.1:0", "--response-timeout", "soon"],
+        vec!["probe", "ftp://example/"],
+    ] {
+        let out = within("exit", Command::new(BIN).args(&args).output())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("halfclose-proxy: error: "),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
