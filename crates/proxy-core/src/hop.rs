@@ -6,14 +6,18 @@ use http::header::{self, HeaderName, HeaderValue};
 /// Fields that apply to one connection only and are never forwarded (RFC 9110
 /// section 7.6.1, plus `Keep-Alive`, `Proxy-Connection` and the proxy
 /// authentication fields of RFC 9110 section 11.7, as Go and other proxies do).
-pub const HOP_BY_HOP: [HeaderName; 9] = [
+///
+/// `Trailer` is not in the list: it is an end-to-end field (RFC 9110 section
+/// 6.6.2) that announces the trailer fields to come, and an HTTP/1.1 sender must
+/// see it to send them. Go removes it and then announces the same trailers again;
+/// keeping it has the same effect.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -107,8 +111,9 @@ mod tests {
             ("authorization", "Bearer end-to-end"),
         ]);
         remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("authorization"));
+        // RFC 9110 section 6.6.2: Trailer is end-to-end and stays.
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("authorization") && h.contains_key("trailer"));
     }
 
     // RFC 9110 section 7.6.1: fields named in Connection are removed, whatever the

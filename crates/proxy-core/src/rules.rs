@@ -158,7 +158,7 @@ impl ProxyRules {
     /// 3. Hop-by-hop fields are removed, with every field named in `Connection`
     ///    (RFC 9110 section 7.6.1). `TE: trailers` is put back if the client sent
     ///    it (gRPC needs it), and so are `Connection: upgrade` and `Upgrade` on an
-    ///    upgrade.
+    ///    upgrade. `Trailer` stays: it announces the trailers that follow.
     /// 4. The URI becomes the upstream's, with the request's path and query joined
     ///    on, and `Host` is set by the [`HostHeader`] policy.
     /// 5. Only then are the forwarding headers added, so a client cannot strip them
@@ -233,8 +233,7 @@ impl ProxyRules {
     ///   hop-by-hop field.
     /// - Any other status is [`Outcome::Forward`]: the response is relayed as plain
     ///   HTTP, even to an upgrade request (the client connection stays HTTP). Its
-    ///   hop-by-hop fields are removed (RFC 9110 section 7.6.1); `Trailer` is kept,
-    ///   since it announces trailers that are forwarded.
+    ///   hop-by-hop fields are removed (RFC 9110 section 7.6.1).
     pub fn prepare_response(
         &self,
         prepared: &Prepared,
@@ -247,16 +246,7 @@ impl ProxyRules {
             parts.headers.insert(header::UPGRADE, protocol);
             Outcome::Tunnel
         } else {
-            let trailer: Vec<HeaderValue> = parts
-                .headers
-                .get_all(header::TRAILER)
-                .iter()
-                .cloned()
-                .collect();
             remove_hop_by_hop(&mut parts.headers);
-            for v in trailer {
-                parts.headers.append(header::TRAILER, v);
-            }
             Outcome::Forward
         };
         self.forwarded.add_via(&mut parts.headers, parts.version);

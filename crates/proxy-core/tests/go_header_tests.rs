@@ -316,8 +316,15 @@ fn connect_is_405_and_http10_is_never_an_upgrade() {
     assert!(!r.headers.contains_key("upgrade"));
 }
 
+// RFC 9110 section 6.6.2: Trailer is end-to-end; an HTTP/1.1 sender needs it to
+// send the announced trailers (Go removes and re-announces it: same effect).
 #[test]
-fn trailer_announcement_survives_in_responses() {
+fn trailer_announcement_survives_both_ways() {
+    let rules = ProxyRules::new("http://backend").unwrap();
+    let mut r = req(&[("trailer", "x-checksum"), ("te", "trailers")]);
+    rules.prepare_request(&mut r, &client()).unwrap();
+    assert_eq!(r.headers["trailer"], "x-checksum");
+
     let rules = ProxyRules::new("http://backend").unwrap();
     let prepared = rules.prepare_request(&mut req(&[]), &client()).unwrap();
     let mut resp = res(
