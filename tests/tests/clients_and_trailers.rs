@@ -75,10 +75,11 @@ fn trailers(name: &'static str, value: &'static str) -> HeaderMap {
     t
 }
 
-fn body_with_trailers(
-    data: &'static [u8],
-    t: HeaderMap,
-) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>> {
+/// A body of one data frame, then trailers.
+type WithTrailers =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+fn body_with_trailers(data: &'static [u8], t: HeaderMap) -> WithTrailers {
     StreamBody::new(futures_util::stream::iter(vec![
         Ok(Frame::data(Bytes::from_static(data))),
         Ok(Frame::trailers(t)),
