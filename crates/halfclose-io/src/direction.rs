@@ -1,11 +1,12 @@
 //! One copy direction: read from a source, write to a destination, then pass the
 //! source's EOF on as a shutdown of the destination's write half.
 //!
-//! Buffering: reads go into a per-thread scratch buffer and are written straight
-//! on. Only bytes the destination cannot take yet are moved into a buffer owned by
-//! this direction, which is released as soon as the source has nothing more to read
-//! (read returns `Pending`). So an idle direction holds no copy buffer, and a busy
-//! one holds at most one buffer of `buffer_size` bytes.
+//! Buffering: every read goes into a per-thread scratch buffer and is written
+//! straight on. Only the bytes the destination does not take at once are copied
+//! into a buffer owned by this direction, sized to exactly those bytes, and that
+//! buffer is freed as soon as they are written. So an idle direction holds no
+//! buffer, one whose destination keeps up holds none either, and one whose
+//! destination lags holds at most `buffer_size` bytes.
 
 use std::cell::RefCell;
 use std::io;
@@ -61,12 +62,10 @@ fn write_zero() -> Failure {
 #[derive(Debug)]
 pub(crate) struct HalfDuplex {
     state: State,
-    /// Owned buffer, present only while bytes are pending for the destination or
-    /// the source keeps producing faster than the destination consumes.
+    /// Bytes read but not yet taken by the destination; `None` when there are none.
     buf: Option<Box<[u8]>>,
-    /// Pending bytes are `buf[pos..cap]`.
+    /// Pending bytes are `buf[pos..]`.
     pos: usize,
-    cap: usize,
     /// The source returned EOF.
     read_eof: bool,
     /// Bytes were written since the last flush.
@@ -107,7 +106,6 @@ impl HalfDuplex {
             state: State::Copying,
             buf: None,
             pos: 0,
-            cap: 0,
             read_eof: false,
             need_flush: false,
             copied: 0,
@@ -148,40 +146,18 @@ impl HalfDuplex {
                     // 1. Bytes already read go out before anything else is read.
                     ready!(self.poll_write_pending(cx, writer.as_mut()))?;
                     if self.read_eof {
-                        self.buf = None;
                         self.state = State::ShuttingDown;
                         continue;
                     }
-                    // 2. Read more: into the owned buffer if we hold one (the
-                    //    destination was slow a moment ago), else into scratch.
-                    let read = match self.buf.as_deref_mut() {
-                        Some(buf) => {
-                            let mut rb = ReadBuf::new(buf);
-                            match reader.as_mut().poll_read(cx, &mut rb) {
-                                Poll::Ready(Ok(())) => {
-                                    self.pos = 0;
-                                    self.cap = rb.filled().len();
-                                    Poll::Ready(Ok(self.cap))
-                                }
-                                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::read(e))),
-                                Poll::Pending => Poll::Pending,
-                            }
-                        }
-                        None => self.poll_read_scratch(
-                            cx,
-                            buffer_size,
-                            reader.as_mut(),
-                            writer.as_mut(),
-                        ),
-                    };
-                    match read {
+                    // 2. Read more, and write it straight on.
+                    match self.poll_read_scratch(cx, buffer_size, reader.as_mut(), writer.as_mut())
+                    {
                         Poll::Ready(Ok(0)) => self.read_eof = true,
                         Poll::Ready(Ok(_)) => {}
                         Poll::Ready(Err(failure)) => return Poll::Ready(Err(failure)),
                         Poll::Pending => {
                             // Nothing to read now: the direction is idle. Flush what
-                            // was written, and give the buffer back.
-                            self.buf = None;
+                            // was written.
                             if self.need_flush {
                                 ready!(writer.as_mut().poll_flush(cx)).map_err(Failure::write)?;
                                 self.need_flush = false;
@@ -212,7 +188,7 @@ impl HalfDuplex {
         }
     }
 
-    /// Writes `buf[pos..cap]` until it is empty.
+    /// Writes the pending bytes until there are none, then frees their buffer.
     fn poll_write_pending<W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -224,9 +200,9 @@ impl HalfDuplex {
         let Some(buf) = self.buf.as_deref() else {
             return Poll::Ready(Ok(()));
         };
-        while self.pos < self.cap {
-            let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))
-                .map_err(Failure::write)?;
+        while self.pos < buf.len() {
+            let n =
+                ready!(writer.as_mut().poll_write(cx, &buf[self.pos..])).map_err(Failure::write)?;
             if n == 0 {
                 return Poll::Ready(Err(write_zero()));
             }
@@ -234,6 +210,8 @@ impl HalfDuplex {
             self.copied += n as u64;
             self.need_flush = true;
         }
+        self.buf = None;
+        self.pos = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -269,13 +247,10 @@ impl HalfDuplex {
                 }
             }
             if written < n {
-                // The destination is slow: keep the rest. The waker is registered
-                // by the `Pending` write above.
-                let mut owned = vec![0; buffer_size].into_boxed_slice();
-                owned[..n - written].copy_from_slice(&scratch[written..n]);
-                self.buf = Some(owned);
+                // The destination is slow: keep exactly the rest. The waker is
+                // registered by the `Pending` write above.
+                self.buf = Some(scratch[written..n].into());
                 self.pos = 0;
-                self.cap = n - written;
             }
             Poll::Ready(Ok(n))
         })
@@ -287,9 +262,7 @@ impl HalfDuplex {
     where
         W: AsyncWrite + ?Sized,
     {
-        if let Poll::Ready(Ok(())) = self.poll_write_pending(cx, writer) {
-            self.buf = None;
-        }
+        let _ = self.poll_write_pending(cx, writer);
     }
 }
 
@@ -327,14 +300,14 @@ mod tests {
         );
         assert_eq!(dir.buffer_bytes(), 0);
 
-        // 100 bytes into a 16-byte pipe: 16 go through, the rest is kept.
+        // 100 bytes into a 16-byte pipe: 16 go through, exactly the rest is kept.
         let data: Vec<u8> = (0..100).collect();
         assert!(Pin::new(&mut src_w).poll_write(&mut cx, &data).is_ready());
         assert!(
             dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w))
                 .is_pending()
         );
-        assert_eq!(dir.buffer_bytes(), 256);
+        assert_eq!(dir.buffer_bytes(), 84);
         assert_eq!(dir.copied, 16);
 
         // The destination drains: everything arrives, and the buffer is given back.

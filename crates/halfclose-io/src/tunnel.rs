@@ -12,8 +12,9 @@ use crate::direction::{Failure, HalfDuplex};
 use crate::error::Kind;
 use crate::{Direction, Side, Transfer, TunnelError};
 
-/// Default size of the copy buffer used while data is in flight.
-pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// Default size of one read (64 KiB): the per-thread scratch buffer reads land
+/// in, and the most a direction keeps when its destination lags.
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Options for a bidirectional copy. Cheap to copy; build once, use for many tunnels.
 ///
@@ -74,9 +75,10 @@ impl Tunnel {
         self
     }
 
-    /// Size of the copy buffer, in bytes (at least 1; default
-    /// [`DEFAULT_BUFFER_SIZE`]). A direction holds a buffer only while its
-    /// destination is slower than its source.
+    /// Largest read, in bytes (at least 1; default [`DEFAULT_BUFFER_SIZE`]).
+    /// Reads land in a per-thread scratch buffer of this size; a direction owns
+    /// memory only for the bytes its destination has not taken yet, so at most
+    /// this much, and none while idle or keeping up.
     pub fn buffer_size(mut self, bytes: usize) -> Self {
         self.buffer_size = bytes.max(1);
         self
