@@ -122,3 +122,29 @@ async fn layer_tunnels_upgrades_with_half_close() {
         .unwrap();
     assert_eq!(back, b"pong after FIN");
 }
+
+/// `matching`: a predicate picks what goes upstream; with a prefix, both must hold.
+#[tokio::test]
+async fn layer_with_a_predicate() {
+    let up = upstream().await;
+    let layer = ReverseProxyLayer::new(&format!("http://{up}"))
+        .unwrap()
+        .path_prefix("/api")
+        .matching(|req| req.headers.contains_key("x-canary"));
+    let app = axum::Router::new()
+        .route("/api/users", axum::routing::get(|| async { "local users" }))
+        .layer(layer);
+    let addr = serve_axum(app).await;
+    assert_eq!(get(addr, "/api/users").await, (200, "local users".into()));
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(
+        format!("GET /api/users HTTP/1.1\r\nHost: {addr}\r\nX-Canary: 1\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(
+        (status_of(&head), body.as_slice()),
+        (200, &b"upstream /api/users"[..])
+    );
+}

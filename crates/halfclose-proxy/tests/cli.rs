@@ -211,6 +211,81 @@ async fn probe_fails_on_a_path_without_half_close() {
     );
 }
 
+/// The demo's WebSocket endpoint through the proxy, with a real client; and an
+/// HTTP/2 (h2c) client on the proxy's listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_websocket_and_h2c_clients() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut ws, _) = within(
+        "ws handshake",
+        tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.addr), tcp),
+    )
+    .await
+    .expect("websocket handshake through the proxy");
+    ws.send(Message::text("hello demo")).await.unwrap();
+    assert_eq!(
+        within("ws echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("hello demo")
+    );
+    ws.close(None).await.unwrap();
+    assert!(matches!(
+        within("ws close", ws.next()).await,
+        Some(Ok(Message::Close(_)))
+    ));
+    // The demo closed its side after the handshake; closing ours ends the tunnel
+    // (held open, it would stay half-closed until the shutdown grace runs out).
+    drop(ws);
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://{}/echo", proxy.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"over h2c",
+        )))
+        .unwrap();
+    let res = within("h2c request", client.request(req)).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    use http_body_util::BodyExt;
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "over h2c"
+    );
+
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// A client that never finishes its request head is cut off after
+/// `--header-read-timeout` (slowloris).
+#[tokio::test]
+async fn slow_request_head_is_cut_off() {
+    let mut proxy =
+        Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    // The proxy closes the connection (possibly after a 408): the read ends.
+    let _ = within(
+        "the proxy to close a slow connection",
+        cli.read_to_end(&mut rest),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
 #[tokio::test]
 async fn bad_input_is_one_line_and_non_zero() {
     let down = closed_port().await;
