@@ -250,3 +250,39 @@ async fn tunnels_are_counted_until_both_sides_close() {
     within("tunnel count back to zero", idle).await.unwrap();
     assert_eq!(tunnels.active(), 0);
 }
+
+/// An abortive close (RST) by the client becomes an abortive close towards the
+/// upstream, not a FIN that would look like a clean end.
+#[tokio::test]
+async fn client_reset_reaches_the_upstream_as_a_reset() {
+    let (mut cli, mut srv, _) = upgraded(Server::Hyper, b"").await;
+    must_write(&mut cli, "before").await;
+    must_read(&mut srv, "before").await;
+    cli.set_zero_linger().unwrap();
+    drop(cli);
+    let mut buf = [0u8; 16];
+    let res = within("the reset at the upstream", srv.read(&mut buf)).await;
+    match res {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("upstream saw a clean close ({n} bytes), not a reset"),
+    }
+}
+
+/// Bytes the upstream sends right behind its 101 (same packet) reach the client.
+#[tokio::test]
+async fn bytes_behind_the_101_are_not_lost() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve_proxy(Server::Hyper, upstream).await;
+    let mut cli = send_upgrade(proxy, "websocket", b"").await;
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    srv.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nhello at once")
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
+        101
+    );
+    must_read(&mut cli, "hello at once").await;
+    srv.shutdown().await.unwrap();
+    must_read_eof(&mut cli).await;
+}

@@ -1,11 +1,17 @@
 //! The task that relays an upgraded connection, and the count of open tunnels.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
-use halfclose_io::{Side, Tunnel};
-use hyper::upgrade::OnUpgrade;
+use bytes::{Buf, Bytes};
+use halfclose_io::{Direction, Side, Tunnel, TunnelError};
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 fn side(s: Side) -> &'static str {
@@ -97,8 +103,15 @@ pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel, tunn
                 }
             };
             let mut a = TokioIo::new(client);
-            let mut b = TokioIo::new(upstream);
-            match tunnel.copy(&mut a, &mut b).await {
+            let mut b = UpstreamIo::new(upstream);
+            let result = tunnel.copy(&mut a, &mut b).await;
+            if let Err(e) = &result {
+                if client_aborted(e) {
+                    // Pass the client's abortive close on: reset, not FIN.
+                    b.reset_on_drop();
+                }
+            }
+            match result {
                 Ok(t) => tracing::info!(
                     client_to_upstream = t.a_to_b,
                     upstream_to_client = t.b_to_a,
@@ -121,4 +134,112 @@ pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel, tunn
         }
         .instrument(span),
     );
+}
+
+/// The client reset its connection (rather than closing it).
+fn client_aborted(e: &TunnelError) -> bool {
+    e.is_reset()
+        && matches!(
+            (e.direction(), e.is_read()),
+            (Some(Direction::AToB), true) | (Some(Direction::BToA), false)
+        )
+}
+
+/// The upstream side of a tunnel: the TCP socket itself when hyper-util's
+/// connector made it (so that a client's reset can be passed on as a reset),
+/// else hyper's upgraded connection.
+enum UpstreamIo {
+    Tcp(Prefixed<TcpStream>),
+    Other(TokioIo<Upgraded>),
+}
+
+impl UpstreamIo {
+    fn new(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => UpstreamIo::Tcp(Prefixed {
+                prefix: parts.read_buf,
+                io: parts.io.into_inner(),
+            }),
+            Err(other) => UpstreamIo::Other(TokioIo::new(other)),
+        }
+    }
+
+    /// Makes dropping the connection send RST (`SO_LINGER` 0) where possible.
+    fn reset_on_drop(&self) {
+        if let UpstreamIo::Tcp(p) = self {
+            let _ = p.io.set_zero_linger();
+        }
+    }
+}
+
+/// An IO that first yields `prefix`: bytes hyper read past the 101 response.
+struct Prefixed<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(p) => {
+                if p.prefix.has_remaining() {
+                    let n = p.prefix.len().min(buf.remaining());
+                    buf.put_slice(&p.prefix[..n]);
+                    p.prefix.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(&mut p.io).poll_read(cx, buf)
+            }
+            UpstreamIo::Other(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_write(cx, buf),
+            UpstreamIo::Other(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_flush(cx),
+            UpstreamIo::Other(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_shutdown(cx),
+            UpstreamIo::Other(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Other(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Tcp(p) => p.io.is_write_vectored(),
+            UpstreamIo::Other(io) => io.is_write_vectored(),
+        }
+    }
 }
