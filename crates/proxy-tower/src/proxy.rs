@@ -144,21 +144,27 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let config = self.config.clone();
         let client = self.client.clone();
-        let span = tracing::info_span!(
-            "proxy",
+        // DEBUG: a span that formats its fields on every request costs more than
+        // the rest of the proxy's own work; errors and tunnels log at WARN/INFO
+        // with the request's method and path themselves.
+        let span = tracing::debug_span!(
+            "request",
             method = %req.method(),
             path = %req.uri().path(),
             upstream = %config.rules.upstream(),
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
         );
+        let timed = !span.is_disabled();
         let fut = async move {
-            let start = Instant::now();
+            let start = timed.then(Instant::now);
             let res = forward(&config, client, req).await;
-            let span = tracing::Span::current();
-            span.record("status", res.status().as_u16());
-            span.record("latency_ms", start.elapsed().as_millis() as u64);
-            tracing::debug!("response");
+            if let Some(start) = start {
+                let span = tracing::Span::current();
+                span.record("status", res.status().as_u16());
+                span.record("latency_ms", start.elapsed().as_millis() as u64);
+                tracing::debug!("response");
+            }
             res
         };
         ResponseFuture {
@@ -189,8 +195,21 @@ impl<B> fmt::Debug for ResponseFuture<B> {
     }
 }
 
-fn error_response<B>(config: &Config, err: ProxyError) -> Response<ProxyBody<B>> {
-    tracing::warn!(error = %err, status = err.status().as_u16(), "request not forwarded");
+/// Which request a log line is about (cheap clones: `Uri` shares its bytes).
+pub(crate) struct Origin {
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+}
+
+fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Response<ProxyBody<B>> {
+    tracing::warn!(
+        method = %origin.method,
+        path = origin.uri.path(),
+        upstream = %config.rules.upstream(),
+        error = %err,
+        status = err.status().as_u16(),
+        "request not forwarded"
+    );
     let res = match &config.error_handler {
         Some(handler) => handler(&err),
         None => {
@@ -224,10 +243,14 @@ where
     C::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    let origin = Origin {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+    };
     let client_info = config.client_info(&parts);
     let prepared = match config.rules.prepare_request(&mut parts, &client_info) {
         Ok(p) => p,
-        Err(e) => return error_response(config, e),
+        Err(e) => return error_response(config, &origin, e),
     };
     // The client connection's upgrade handle; dropping it leaves the client
     // connection speaking HTTP.
@@ -239,6 +262,7 @@ where
     if prepared.is_upgrade() && config.http2_only {
         return error_response(
             config,
+            &origin,
             ProxyError::upstream("the upstream speaks HTTP/2, which has no Upgrade"),
         );
     }
@@ -264,6 +288,7 @@ where
             Err(_) => {
                 return error_response(
                     config,
+                    &origin,
                     ProxyError::timeout(format!("no response within {limit:?}")),
                 );
             }
@@ -272,23 +297,24 @@ where
     };
     let res = match result {
         Ok(res) => res,
-        Err(e) => return error_response(config, ProxyError::upstream(e)),
+        Err(e) => return error_response(config, &origin, ProxyError::upstream(e)),
     };
 
     let (mut parts, body) = res.into_parts();
     let outcome = match config.rules.prepare_response(&prepared, &mut parts) {
         Ok(o) => o,
-        Err(e) => return error_response(config, e),
+        Err(e) => return error_response(config, &origin, e),
     };
     if outcome == Outcome::Tunnel {
         let upstream_upgrade = parts.extensions.remove::<OnUpgrade>();
         let (Some(client_io), Some(upstream_io)) = (client_upgrade, upstream_upgrade) else {
             return error_response(
                 config,
+                &origin,
                 ProxyError::upstream("a connection of this request cannot be upgraded"),
             );
         };
-        tunnel::spawn(client_io, upstream_io, config.tunnel, &config.tunnels);
+        tunnel::spawn(client_io, upstream_io, config, &origin);
     }
     if let Some(modify) = &config.modify_response {
         modify(&mut parts);

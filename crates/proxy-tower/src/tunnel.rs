@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::config::Config;
+use crate::proxy::Origin;
+
 fn side(s: Side) -> &'static str {
     match s {
         Side::A => "client",
@@ -82,9 +85,15 @@ impl Drop for Open {
 
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
-pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel, tunnels: &Tunnels) {
-    let span = tracing::info_span!("tunnel");
-    let open = tunnels.enter();
+pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, config: &Config, origin: &Origin) {
+    let span = tracing::info_span!(
+        "tunnel",
+        method = %origin.method,
+        path = origin.uri.path(),
+        upstream = %config.rules.upstream(),
+    );
+    let tunnel: Tunnel = config.tunnel;
+    let open = config.tunnels.enter();
     tokio::spawn(
         async move {
             let _open = open;
