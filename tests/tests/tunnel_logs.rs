@@ -1,0 +1,77 @@
+//! A tunnel's outcome is reported with `tracing`: bytes each way, who sent FIN
+//! first, how it ended, and which request it was.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use e2e_tests::*;
+use proxy_tower::ReverseProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the tunnel task runs on this thread, under the
+// subscriber set for it.
+#[tokio::test]
+async fn tunnel_outcome_is_logged() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+    let mut cli = send_upgrade(addr, "websocket", b"").await;
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    srv.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    within("101", read_head(&mut cli)).await.unwrap();
+    cli.write_all(b"12345").await.unwrap();
+    cli.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("client bytes at upstream", srv.read_to_end(&mut got))
+        .await
+        .unwrap();
+    srv.write_all(b"abc").await.unwrap();
+    srv.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within("upstream bytes at client", cli.read_to_end(&mut back))
+        .await
+        .unwrap();
+    within("tunnel end", tunnels.wait_idle()).await;
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("tunnel closed"))
+        .unwrap_or_else(|| panic!("no tunnel line in:\n{text}"));
+    for part in [
+        "client_to_upstream=5",
+        "upstream_to_client=3",
+        "first_fin=\"client\"",
+        "path=\"/chat\"",
+        "method=GET",
+    ] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+}
