@@ -166,7 +166,12 @@ impl UpstreamIo {
     fn new(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => UpstreamIo::Tcp(Prefixed {
-                prefix: parts.read_buf,
+                // An empty `Bytes` may still hold hyper's whole read buffer.
+                prefix: if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    parts.read_buf
+                },
                 io: parts.io.into_inner(),
             }),
             Err(other) => UpstreamIo::Other(TokioIo::new(other)),
@@ -199,6 +204,10 @@ impl AsyncRead for UpstreamIo {
                     let n = p.prefix.len().min(buf.remaining());
                     buf.put_slice(&p.prefix[..n]);
                     p.prefix.advance(n);
+                    if !p.prefix.has_remaining() {
+                        // Release the buffer the prefix came from.
+                        p.prefix = Bytes::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Pin::new(&mut p.io).poll_read(cx, buf)
