@@ -245,3 +245,22 @@ where
     }
     (len, h.finish())
 }
+
+/// At a raw upstream: answers `101 Switching Protocols` to `protocol`.
+pub async fn switch_protocols(srv: &mut TcpStream, protocol: &str) {
+    let msg = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    );
+    within("the 101 to be written", srv.write_all(msg.as_bytes()))
+        .await
+        .expect("write 101");
+}
+
+/// `GET path` on a new connection to `addr`; returns the response head and body.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    let mut cli = TcpStream::connect(addr).await.expect("connect");
+    cli.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    read_response(&mut cli).await
+}

@@ -96,11 +96,7 @@ async fn layer_tunnels_upgrades_with_half_close() {
     .await
     .unwrap();
     let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "echo").await;
     let head = within("101", read_head(&mut cli)).await.unwrap();
     assert_eq!(status_of(&head), 101, "{head}");
     use tokio::io::AsyncReadExt;

@@ -78,11 +78,7 @@ async fn hop_by_hop_response_headers_are_removed() {
     })
     .await;
     let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
-    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut cli).await;
+    let (head, body) = raw_get(proxy, "/").await;
     assert_eq!(body, b"ok");
     assert_eq!(header_of(&head, "x-internal"), None, "{head}");
     assert_eq!(header_of(&head, "proxy-authenticate"), None, "{head}");
@@ -120,11 +116,7 @@ async fn fifty_mib_each_way_by_hash() {
 async fn upstream_down_is_502() {
     let down = closed_port().await;
     let proxy = serve(ReverseProxy::new(&format!("http://{down}")).unwrap()).await;
-    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut cli).await;
+    let (head, body) = raw_get(proxy, "/").await;
     assert_eq!(status_of(&head), 502, "{head}");
     assert_eq!(body, b"Bad Gateway\n");
 }
@@ -184,11 +176,7 @@ async fn error_handler_and_hooks_apply() {
         .build()
         .unwrap();
     let proxy = serve(proxy).await;
-    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    cli.write_all(format!("GET / HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut cli).await;
+    let (head, body) = raw_get(proxy, "/").await;
     assert_eq!(status_of(&head), 503);
     assert_eq!(body, b"custom: 502");
 }

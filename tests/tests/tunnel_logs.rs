@@ -40,11 +40,7 @@ async fn tunnel_outcome_is_logged() {
     let addr = serve(proxy).await;
     let mut cli = send_upgrade(addr, "websocket", b"").await;
     let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "websocket").await;
     within("101", read_head(&mut cli)).await.unwrap();
     cli.write_all(b"12345").await.unwrap();
     cli.shutdown().await.unwrap();

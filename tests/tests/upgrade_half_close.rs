@@ -38,11 +38,7 @@ async fn upgraded(server: Server, early: &[u8]) -> (TcpStream, TcpStream, String
     let (head, mut srv) = within("upgrade request at the upstream", heads.recv())
         .await
         .unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "WebSocket").await;
     let res = within("101 at the client", read_head(&mut cli))
         .await
         .unwrap();
@@ -231,11 +227,7 @@ async fn tunnels_are_counted_until_both_sides_close() {
     let addr = serve(proxy).await;
     let mut cli = send_upgrade(addr, "websocket", b"").await;
     let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "websocket").await;
     within("101", read_head(&mut cli)).await.unwrap();
     assert_eq!(tunnels.active(), 1);
     let idle = tokio::spawn({

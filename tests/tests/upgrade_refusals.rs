@@ -64,11 +64,7 @@ async fn switch_to_another_protocol_is_502() {
     let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
     let mut cli = send_upgrade(proxy, "websocket", b"").await;
     let (_, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "echo").await;
     let (head, _) = read_response(&mut cli).await;
     assert_eq!(status_of(&head), 502, "{head}");
 }
@@ -83,11 +79,7 @@ async fn unrequested_switch_is_502() {
         .await
         .unwrap();
     let (_, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "websocket").await;
     let (head, _) = read_response(&mut cli).await;
     assert_eq!(status_of(&head), 502, "{head}");
 }

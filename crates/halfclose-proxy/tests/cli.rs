@@ -102,11 +102,7 @@ async fn proxies_and_shuts_down_gracefully_with_an_open_tunnel() {
     // An upgrade; the client half-closes first.
     let mut cli = send_upgrade(addr, "echo", b"").await;
     let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    srv.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    switch_protocols(&mut srv, "echo").await;
     assert_eq!(
         status_of(&within("101", read_head(&mut cli)).await.unwrap()),
         101
@@ -183,11 +179,7 @@ async fn probe_fails_on_a_path_without_half_close() {
     tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         read_head(&mut tcp).await.unwrap();
-        tcp.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        switch_protocols(&mut tcp, "echo").await;
         // Echo the ping, then tear everything down at the client's FIN.
         let mut ping = [0u8; 21];
         tcp.read_exact(&mut ping).await.unwrap();
