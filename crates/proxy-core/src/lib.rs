@@ -48,5 +48,5 @@ pub use forwarded::{
 };
 pub use hop::{HOP_BY_HOP, remove_hop_by_hop};
 pub use rules::{HostHeader, Outcome, Prepared, ProxyRules};
-pub use target::join_paths;
+pub use target::{clean_query, join_paths};
 pub use upgrade::{UpgradePolicy, UpgradeRequest, requested_upgrade};

@@ -160,7 +160,9 @@ impl ProxyRules {
     ///    it (gRPC needs it), and so are `Connection: upgrade` and `Upgrade` on an
     ///    upgrade. `Trailer` stays: it announces the trailers that follow.
     /// 4. The URI becomes the upstream's, with the request's path and query joined
-    ///    on, and `Host` is set by the [`HostHeader`] policy.
+    ///    on (unparsable query parameters dropped, see
+    ///    [`clean_query`](crate::clean_query)), and `Host` is set by the
+    ///    [`HostHeader`] policy.
     /// 5. Only then are the forwarding headers added, so a client cannot strip them
     ///    by naming them in `Connection`.
     ///

@@ -1,5 +1,7 @@
 //! Where a request goes: upstream base URI joined with the request's path and query.
 
+use std::borrow::Cow;
+
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
@@ -27,6 +29,114 @@ pub fn join_paths(base: &str, path: &str) -> String {
         _ => out.push_str(path),
     }
     out
+}
+
+/// Drops query parameters that cannot be parsed, like Go's `cleanQueryParams`:
+/// a query containing `;` or a malformed `%` escape is re-encoded from the
+/// parameters that do parse (`;` is not a separator, so `a=2;b=3` is dropped
+/// whole), sorted by name. A clean query is returned as it is, byte for byte.
+///
+/// This is a defence against parameter smuggling: a proxy and an upstream that
+/// split a query differently (some servers treat `;` as `&`) would otherwise see
+/// different parameters.
+///
+/// ```
+/// use proxy_core::clean_query;
+///
+/// assert_eq!(clean_query("a=1&a=2;b=3"), "a=1");
+/// assert_eq!(clean_query("a=1&a=%zz&b=3"), "a=1&b=3");
+/// assert_eq!(clean_query("q=rust%20lang&x"), "q=rust%20lang&x");
+/// ```
+pub fn clean_query(query: &str) -> Cow<'_, str> {
+    let b = query.as_bytes();
+    let mut i = 0;
+    let mut dirty = false;
+    while i < b.len() {
+        match b[i] {
+            b';' => {
+                dirty = true;
+                break;
+            }
+            b'%' if i + 2 >= b.len()
+                || !b[i + 1].is_ascii_hexdigit()
+                || !b[i + 2].is_ascii_hexdigit() =>
+            {
+                dirty = true;
+                break;
+            }
+            b'%' => i += 3,
+            _ => i += 1,
+        }
+    }
+    if !dirty {
+        return Cow::Borrowed(query);
+    }
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.contains(';'))
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((unescape(k)?, unescape(v)?))
+        })
+        .collect();
+    // Go's `url.Values.Encode`: sorted by name; values of one name keep their order.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(query.len());
+    for (k, v) in &pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        escape_into(&mut out, k);
+        out.push('=');
+        escape_into(&mut out, v);
+    }
+    Cow::Owned(out)
+}
+
+/// Query-component unescaping: `+` is a space, `%XX` a byte; anything else is
+/// kept. `None` for a malformed escape.
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Query-component escaping (Go's `url.QueryEscape`): unreserved bytes as they
+/// are, space as `+`, everything else `%XX`.
+fn escape_into(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &c in bytes {
+        match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(c as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(HEX[(c >> 4) as usize] as char);
+                out.push(HEX[(c & 15) as usize] as char);
+            }
+        }
+    }
 }
 
 /// A parsed upstream base URI, ready to rewrite request targets.
@@ -85,11 +195,12 @@ impl Target {
     }
 
     /// The upstream URI for a request to `req`: the base path joined with the
-    /// request path; the base query and the request query joined with `&` (Go's
-    /// `ProxyRequest.SetURL`).
+    /// request path; the base query and the request's [cleaned](clean_query) query
+    /// joined with `&` (Go's `ProxyRequest.SetURL`, after Go's `cleanQueryParams`).
     pub(crate) fn rewrite(&self, req: &Uri) -> Result<Uri, ProxyError> {
         let mut pq = join_paths(&self.path, req.path());
-        let req_query = req.query().filter(|q| !q.is_empty());
+        let req_query = req.query().map(clean_query);
+        let req_query = req_query.as_deref().filter(|q| !q.is_empty());
         match (&self.query, req_query) {
             (Some(b), Some(r)) => {
                 pq.push('?');
@@ -186,6 +297,33 @@ mod tests {
             rewrite("http://u/base", "http://client.example/x?y"),
             "http://u/base/x?y"
         );
+    }
+
+    // Go's cleanQueryParams, with the vectors of
+    // TestReverseProxyQueryParameterSmugglingRewrite and a few more.
+    #[test]
+    fn unparsable_query_parameters_are_dropped() {
+        for (raw, clean) in [
+            ("a=1&a=2;b=3", "a=1"),
+            ("a=1&a=%zz&b=3", "a=1&b=3"),
+            ("b=2&a=1;x", "b=2"),
+            ("z=%41&y=a+b&bad=%2", "y=a+b&z=A"),
+            ("q=%E2%9C%93&s=x;", "q=%E2%9C%93"),
+        ] {
+            assert_eq!(clean_query(raw), clean, "{raw}");
+        }
+        // Clean queries are untouched, even unsorted or with odd but valid bytes.
+        for ok in ["b=2&a=1", "x", "a=%20&b=c,d", "k=v=w", ""] {
+            assert!(
+                matches!(clean_query(ok), Cow::Borrowed(q) if q == ok),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            rewrite("http://u/?sta=tic", "/p?a=1&a=2;b=3"),
+            "http://u/p?sta=tic&a=1"
+        );
+        assert_eq!(rewrite("http://u/", "/p?;"), "http://u/p");
     }
 
     #[test]

@@ -341,3 +341,18 @@ fn trailer_announcement_survives_both_ways() {
     );
     assert!(!resp.headers.contains_key("transfer-encoding"));
 }
+
+// TestReverseProxyQueryParameterSmugglingRewrite: unparsable query parameters are
+// removed before forwarding.
+#[test]
+fn query_parameter_smuggling() {
+    let rules = ProxyRules::new("http://backend").unwrap();
+    for (raw, clean) in [("a=1&a=2;b=3", "a=1"), ("a=1&a=%zz&b=3", "a=1&b=3")] {
+        let (mut r, ()) = Request::get(format!("/?{raw}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        rules.prepare_request(&mut r, &client()).unwrap();
+        assert_eq!(r.uri.query(), Some(clean), "{raw}");
+    }
+}
