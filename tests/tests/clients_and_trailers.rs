@@ -170,3 +170,20 @@ async fn trailers_both_ways_with_an_http1_upstream() {
     );
     assert_eq!(body, "request trailer arrived");
 }
+
+#[test]
+fn bad_upstreams_are_configuration_errors() {
+    for bad in ["not a uri", "/relative", "ftp://host/", "https://host/"] {
+        let err = ReverseProxy::new(bad).unwrap_err();
+        assert!(err.is_invalid_upstream(), "{bad}: {err}");
+    }
+    // With a client of one's own, https is the client's business.
+    let client = tower::service_fn(|_req: Request<RequestBody>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    });
+    assert!(
+        ReverseProxy::builder("https://host/")
+            .build_with_client(client)
+            .is_ok()
+    );
+}

@@ -168,7 +168,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+            // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
+            req.extensions_mut()
+                .insert(ClientInfo::new(peer.ip().to_canonical()));
             proxy.clone().oneshot(req)
         });
         let conn = builder

@@ -46,7 +46,9 @@ impl ProxyError {
         }
     }
 
-    pub(crate) fn invalid_upstream(detail: impl Into<String>) -> Self {
+    /// The upstream URI cannot be used (a configuration error, answered 500 if it
+    /// ever reaches a request).
+    pub fn invalid_upstream(detail: impl Into<String>) -> Self {
         Self::new(Kind::InvalidUpstream, detail)
     }
 

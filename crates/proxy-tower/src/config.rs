@@ -219,7 +219,7 @@ impl Builder {
     pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
         let config = self.config?;
         if config.rules.upstream().scheme() != Some(&http::uri::Scheme::HTTP) {
-            return Err(ProxyError::upstream(format!(
+            return Err(ProxyError::invalid_upstream(format!(
                 "{}: the default client speaks plain http only; use `build_with_client` with a TLS-capable client",
                 config.rules.upstream()
             )));
