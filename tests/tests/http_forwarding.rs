@@ -180,3 +180,86 @@ async fn error_handler_and_hooks_apply() {
     assert_eq!(status_of(&head), 503);
     assert_eq!(body, b"custom: 502");
 }
+
+/// Go's TestReverseProxyFlushInterval, in spirit: a streamed response reaches the
+/// client frame by frame, not when the upstream finishes (server-sent events,
+/// long polls).
+#[tokio::test]
+async fn streamed_response_is_not_buffered() {
+    use futures_util::StreamExt;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let upstream = serve_fn(move |_req| {
+        let mut release = release_rx.clone();
+        async move {
+            let first = futures_util::stream::once(async {
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"first;")))
+            });
+            let second = futures_util::stream::once(async move {
+                let _ = release.wait_for(|go| *go).await;
+                Ok(Frame::data(Bytes::from_static(b"second")))
+            });
+            Response::new(StreamBody::new(first.chain(second)))
+        }
+    })
+    .await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let res = within(
+        "response head",
+        client.get(format!("http://{proxy}/events").parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut body = res.into_body();
+    use http_body_util::BodyExt;
+    // The first frame arrives while the upstream is still holding the second.
+    let frame = within("the first frame before the upstream finishes", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first;");
+    release_tx.send(true).unwrap();
+    let rest = within("the rest", body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+}
+
+/// Go's TestReverseProxyCancellation, in spirit: a client that goes away in the
+/// middle of a response releases the upstream connection (no leaked task or
+/// socket).
+#[tokio::test]
+async fn client_going_away_releases_the_upstream() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(format!("GET /endless HTTP/1.1\r\nHost: {proxy}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (_, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    srv.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let head = within("response head", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&head), 200);
+    drop(cli);
+    // The upstream keeps sending; once the proxy has dropped the exchange, its
+    // connection to the upstream closes: reads see EOF and writes start failing.
+    let (mut rd, mut wr) = srv.into_split();
+    let writing = async { while wr.write_all(b"5\r\nmore.\r\n").await.is_ok() {} };
+    let reading = async {
+        let mut b = [0u8; 64];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut rd, &mut b).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    within("the upstream connection to be released", async {
+        tokio::select! {
+            _ = writing => {}
+            _ = reading => {}
+        }
+    })
+    .await;
+}
