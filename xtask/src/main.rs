@@ -1,7 +1,7 @@
 //! Project chores, in plain Rust: `cargo xtask <command>`.
 //!
 //! - `cargo xtask test`: every check CI runs (format, clippy, tests, doc tests,
-//!   examples). Fails if any fails, and prints a summary.
+//!   API docs without warnings, examples). Fails if any fails, and prints a summary.
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
 
 use std::env;
@@ -116,6 +116,11 @@ fn test() -> Result<(), String> {
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--locked", "--doc"]);
     run("doc tests", doc, &mut steps);
+
+    let mut docs = cargo();
+    docs.args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    run("docs", docs, &mut steps);
 
     let mut examples = cargo();
     examples.args(["build", "--workspace", "--locked", "--examples"]);
