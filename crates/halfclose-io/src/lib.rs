@@ -40,6 +40,9 @@
 //!   buffer; only bytes the destination cannot take yet are kept);
 //! - optional idle and half-close timeouts, so a peer that never sends its FIN
 //!   cannot hold two sockets forever;
+//! - the two directions take turns at going first, so one that always has data
+//!   cannot use up tokio's cooperative budget and starve the other (with tokio's
+//!   version, a reply can wait behind an endless stream the other way);
 //! - the result ([`Transfer`]) says who closed first and how long the tunnel lived,
 //!   and the error ([`TunnelError`]) says which direction failed, with the bytes
 //!   that got through.

@@ -118,6 +118,7 @@ impl Tunnel {
             last_active: Instant::now(),
             idle: self.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
             half_close: None,
+            b_first: true,
         };
         poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
     }
@@ -162,6 +163,8 @@ struct Copy {
     last_active: Instant,
     idle: Option<Pin<Box<Sleep>>>,
     half_close: Option<Pin<Box<Sleep>>>,
+    /// Which direction goes first in the next poll (they take turns).
+    b_first: bool,
 }
 
 impl Copy {
@@ -178,6 +181,50 @@ impl Copy {
         TunnelError::io(failure.kind, direction, failure.error, self.transfer())
     }
 
+    /// Drives one direction; on failure, offers the other direction's pending
+    /// bytes once and returns the error.
+    fn poll_direction<A, B>(
+        &mut self,
+        direction: Direction,
+        cx: &mut Context<'_>,
+        size: usize,
+        a: &mut A,
+        b: &mut B,
+    ) -> Result<(), TunnelError>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let failure = match direction {
+            Direction::AToB if !self.a_to_b.is_done() => {
+                match self
+                    .a_to_b
+                    .poll_copy(cx, size, Pin::new(&mut *a), Pin::new(&mut *b))
+                {
+                    Poll::Ready(Err(failure)) => {
+                        self.b_to_a.salvage(cx, Pin::new(&mut *a));
+                        failure
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            Direction::BToA if !self.b_to_a.is_done() => {
+                match self
+                    .b_to_a
+                    .poll_copy(cx, size, Pin::new(&mut *b), Pin::new(&mut *a))
+                {
+                    Poll::Ready(Err(failure)) => {
+                        self.a_to_b.salvage(cx, Pin::new(&mut *b));
+                        failure
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        Err(self.fail(direction, failure))
+    }
+
     fn poll<A, B>(
         &mut self,
         cx: &mut Context<'_>,
@@ -191,22 +238,18 @@ impl Copy {
         let size = self.options.buffer_size;
         let moved_before = self.a_to_b.copied + self.b_to_a.copied;
 
-        if !self.a_to_b.is_done() {
-            if let Poll::Ready(Err(failure)) =
-                self.a_to_b
-                    .poll_copy(cx, size, Pin::new(&mut *a), Pin::new(&mut *b))
-            {
-                self.b_to_a.salvage(cx, Pin::new(&mut *a));
-                return Poll::Ready(Err(self.fail(Direction::AToB, failure)));
-            }
-        }
-        if !self.b_to_a.is_done() {
-            if let Poll::Ready(Err(failure)) =
-                self.b_to_a
-                    .poll_copy(cx, size, Pin::new(&mut *b), Pin::new(&mut *a))
-            {
-                self.a_to_b.salvage(cx, Pin::new(&mut *b));
-                return Poll::Ready(Err(self.fail(Direction::BToA, failure)));
+        // Take turns at going first: tokio's cooperative budget is per task poll,
+        // so a direction that always has data would otherwise use it all and
+        // starve the other one.
+        self.b_first = !self.b_first;
+        let order = if self.b_first {
+            [Direction::BToA, Direction::AToB]
+        } else {
+            [Direction::AToB, Direction::BToA]
+        };
+        for direction in order {
+            if let Err(e) = self.poll_direction(direction, cx, size, a, b) {
+                return Poll::Ready(Err(e));
             }
         }
 

@@ -252,3 +252,26 @@ async fn write_error_names_the_direction_and_counts_what_got_through() {
     assert_eq!(&got, b"0123456789");
     assert!(err.to_string().contains("a->b write failed"), "{err}");
 }
+
+/// A direction that always has data must not starve the other one: here a->b
+/// reads an endless stream into a sink that always accepts (both use tokio's
+/// cooperative budget), and a small message must still cross b->a.
+#[tokio::test]
+async fn a_busy_direction_does_not_starve_the_other() {
+    let (mut a_peer, a_out) = tokio::io::duplex(1024);
+    let (mut b_peer, b_in) = tokio::io::duplex(1024);
+    let mut a = tokio::io::join(tokio::io::repeat(7), a_out);
+    let mut b = tokio::io::join(b_in, tokio::io::sink());
+    let tunnel =
+        tokio::spawn(async move { halfclose_io::copy_bidirectional(&mut a, &mut b).await });
+    b_peer.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    within(
+        "ping across the quiet direction",
+        a_peer.read_exact(&mut got),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&got, b"ping");
+    tunnel.abort();
+}
