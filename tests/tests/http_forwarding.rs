@@ -263,3 +263,27 @@ async fn client_going_away_releases_the_upstream() {
     })
     .await;
 }
+
+/// `Expect: 100-continue` (curl sends it for large bodies): the client gets its
+/// `100 Continue`, sends the body, and the upstream receives it.
+#[tokio::test]
+async fn expect_100_continue() {
+    let upstream =
+        serve_fn(
+            |req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body()) },
+        )
+        .await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    cli.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {proxy}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let interim = within("100 Continue", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&interim), 100, "{interim}");
+    cli.write_all(b"hello").await.unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, b"hello");
+}
