@@ -110,6 +110,12 @@ async fn shutdown_signal() {
 
 pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     init_tracing(&args.log_level)?;
+    // Every connection and tunnel costs file descriptors; raise the soft limit to
+    // the hard one, as Go does at start (many systems default to a soft 1024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -306,3 +306,38 @@ async fn bad_input_is_one_line_and_non_zero() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Started with a low soft limit on open files, the proxy raises it to the hard
+/// limit (as Go does), so many connections do not run into EMFILE.
+#[tokio::test]
+async fn raises_the_open_file_limit() {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -Sn 256 && exec {BIN} --listen 127.0.0.1:0 --log-level warn"),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    within("first line", stdout.next_line())
+        .await
+        .unwrap()
+        .expect("listening line");
+    let pid = child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .unwrap();
+    assert_eq!(soft, hard, "{limits}");
+    child.kill().await.unwrap();
+}
