@@ -91,20 +91,30 @@ async fn check_reachable(upstream: &http::Uri, limit: Duration) -> Result<(), St
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
+/// Resolves on SIGINT or SIGTERM received after this call. The listeners are
+/// registered here, not at the first poll: a signal that arrives before the
+/// future is polled is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let term = async {
+            match term.as_mut() {
+                Some(s) => drop(s.recv().await),
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        let int = async {
+            match int.as_mut() {
+                Some(s) => drop(s.recv().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -135,6 +145,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         check_reachable(proxy.upstream(), args.connect_timeout).await?;
     }
 
+    // Listen for signals before saying we are up: from here on, SIGTERM means a
+    // graceful shutdown, never the default action.
+    let mut shutdown = std::pin::pin!(shutdown_signal());
     println!("listening on http://{local}");
     match demo_addr {
         Some(demo) => print_demo_help(local, demo),
@@ -150,7 +163,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .timer(TokioTimer::new())
         .header_read_timeout(args.header_read_timeout);
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p {
@@ -192,6 +204,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     }
 
     drop(listener);
+    let second_signal = shutdown_signal();
     let grace = args.shutdown_grace;
     println!(
         "shutting down: no longer accepting; waiting up to {grace:?} for requests and {} tunnel(s)",
@@ -201,12 +214,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         graceful.shutdown().await;
         tunnels.wait_idle().await;
     };
-    match tokio::time::timeout(grace, drained).await {
-        Ok(()) => tracing::info!("all connections and tunnels finished"),
-        Err(_) => tracing::warn!(
-            tunnels = tunnels.active(),
-            "grace period over; closing what is left"
-        ),
+    // A second signal means "now".
+    tokio::select! {
+        done = tokio::time::timeout(grace, drained) => match done {
+            Ok(()) => tracing::info!("all connections and tunnels finished"),
+            Err(_) => tracing::warn!(tunnels = tunnels.active(), "grace period over; closing what is left"),
+        },
+        _ = second_signal => {
+            println!("second signal: closing {} tunnel(s) now", tunnels.active());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -341,3 +341,39 @@ async fn raises_the_open_file_limit() {
     assert_eq!(soft, hard, "{limits}");
     child.kill().await.unwrap();
 }
+
+/// A second SIGTERM during the grace period ends the process at once (exit 0),
+/// closing the tunnels still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--shutdown-grace",
+        "1h",
+    ])
+    .await;
+    let mut cli = send_upgrade(proxy.addr, "echo", b"").await;
+    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
+    switch_protocols(&mut srv, "echo").await;
+    assert_eq!(
+        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
+        101
+    );
+
+    proxy.terminate();
+    proxy.line_starting("shutting down").await;
+    proxy.terminate();
+    proxy.line_starting("second signal").await;
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    // The open tunnel was closed with the process.
+    let mut rest = Vec::new();
+    let _ = within(
+        "the client's connection to close",
+        cli.read_to_end(&mut rest),
+    )
+    .await;
+}
