@@ -11,7 +11,7 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_tower::{BoxError, ClientInfo};
+use proxy_tower::{BoxError, ClientInfo, ResetOnAbort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -37,7 +37,8 @@ pub async fn listener() -> (TcpListener, SocketAddr) {
 }
 
 /// Serves a tower service over HTTP/1.1 and h2c with hyper-util (upgrades on),
-/// inserting each connection's [`ClientInfo`]. Returns the bound address.
+/// inserting each connection's [`ClientInfo`] and [`proxy_tower::AbortHandle`]
+/// (the socket is a [`ResetOnAbort`]). Returns the bound address.
 pub async fn serve<S, B>(svc: S) -> SocketAddr
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -53,12 +54,14 @@ where
         while let Ok((tcp, peer)) = listener.accept().await {
             let svc = svc.clone();
             tokio::spawn(async move {
+                let (io, abort) = ResetOnAbort::new(tcp);
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+                    req.extensions_mut().insert(abort.clone());
                     svc.clone().oneshot(req)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .await;
             });
         }

@@ -278,3 +278,19 @@ async fn bytes_behind_the_101_are_not_lost() {
     srv.shutdown().await.unwrap();
     must_read_eof(&mut cli).await;
 }
+
+/// And the other way: an upstream's reset reaches the client as a reset, when the
+/// server wraps its sockets in `ResetOnAbort` (the test server and the binary do).
+#[tokio::test]
+async fn upstream_reset_reaches_the_client_as_a_reset() {
+    let (mut cli, mut srv, _) = upgraded(Server::Hyper, b"").await;
+    must_write(&mut srv, "before").await;
+    must_read(&mut cli, "before").await;
+    srv.set_zero_linger().unwrap();
+    drop(srv);
+    let mut buf = [0u8; 16];
+    match within("the reset at the client", cli.read(&mut buf)).await {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("client saw a clean close ({n} bytes), not a reset"),
+    }
+}

@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use proxy_tower::{ClientInfo, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
+use proxy_tower::{
+    ClientInfo, ForwardedHeaders, HostHeader, ResetOnAbort, ReverseProxy, UpgradePolicy,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -185,14 +187,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         };
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
+        // An upstream's reset is passed on to the client as a reset.
+        let (io, abort) = ResetOnAbort::new(tcp);
         let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
             req.extensions_mut()
                 .insert(ClientInfo::new(peer.ip().to_canonical()));
+            req.extensions_mut().insert(abort.clone());
             proxy.clone().oneshot(req)
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -66,12 +66,14 @@
 
 #![deny(missing_docs)]
 
+mod abort;
 mod body;
 mod config;
 mod layer;
 mod proxy;
 mod tunnel;
 
+pub use abort::{AbortHandle, ResetOnAbort};
 pub use body::{ProxyBody, RequestBody};
 pub use config::Builder;
 pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};

@@ -259,6 +259,7 @@ where
     } else {
         None
     };
+    let client_abort = parts.extensions.get::<crate::AbortHandle>().cloned();
     if prepared.is_upgrade() && config.http2_only {
         return error_response(
             config,
@@ -314,7 +315,7 @@ where
                 ProxyError::upstream("a connection of this request cannot be upgraded"),
             );
         };
-        tunnel::spawn(client_io, upstream_io, config, &origin);
+        tunnel::spawn(client_io, upstream_io, client_abort, config, &origin);
     }
     if let Some(modify) = &config.modify_response {
         modify(&mut parts);

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::AbortHandle;
 use crate::config::Config;
 use crate::proxy::Origin;
 
@@ -85,7 +86,13 @@ impl Drop for Open {
 
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
-pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, config: &Config, origin: &Origin) {
+pub(crate) fn spawn(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    client_abort: Option<AbortHandle>,
+    config: &Config,
+    origin: &Origin,
+) {
     let span = tracing::info_span!(
         "tunnel",
         method = %origin.method,
@@ -115,9 +122,13 @@ pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, config: &Config, ori
             let mut b = UpstreamIo::new(upstream);
             let result = tunnel.copy(&mut a, &mut b).await;
             if let Err(e) = &result {
+                // Pass an abortive close on as one: reset, not FIN.
                 if client_aborted(e) {
-                    // Pass the client's abortive close on: reset, not FIN.
                     b.reset_on_drop();
+                } else if upstream_aborted(e) {
+                    if let Some(abort) = &client_abort {
+                        abort.abort();
+                    }
                 }
             }
             match result {
@@ -143,6 +154,15 @@ pub(crate) fn spawn(client: OnUpgrade, upstream: OnUpgrade, config: &Config, ori
         }
         .instrument(span),
     );
+}
+
+/// The upstream reset its connection (rather than closing it).
+fn upstream_aborted(e: &TunnelError) -> bool {
+    e.is_reset()
+        && matches!(
+            (e.direction(), e.is_read()),
+            (Some(Direction::BToA), true) | (Some(Direction::AToB), false)
+        )
 }
 
 /// The client reset its connection (rather than closing it).

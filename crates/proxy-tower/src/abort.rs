@@ -1,0 +1,113 @@
+//! Passing an upstream's abortive close (RST) on to the client.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client connection that resets (RST) instead of closing (FIN) when the proxy
+/// asks it to: when the upstream side of a tunnel on this connection was reset.
+///
+/// A server wraps each accepted socket in it and puts its [`AbortHandle`] in the
+/// extensions of every request of that connection; a tunnel whose upstream resets
+/// then flips the handle, and dropping the connection sends RST to the client
+/// instead of a FIN that would look like a clean end.
+///
+/// ```no_run
+/// use hyper_util::rt::TokioIo;
+/// use proxy_tower::ResetOnAbort;
+///
+/// # async fn run(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+/// let (tcp, _) = listener.accept().await?;
+/// let (io, abort) = ResetOnAbort::new(tcp);
+/// // serve TokioIo::new(io) with hyper, inserting `abort.clone()` into each
+/// // request's extensions.
+/// # let _ = (TokioIo::new(io), abort); Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ResetOnAbort {
+    stream: TcpStream,
+    abort: AbortHandle,
+}
+
+/// Asks a [`ResetOnAbort`] connection to reset when it is dropped. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct AbortHandle(Arc<AtomicBool>);
+
+impl AbortHandle {
+    /// Makes the connection reset (RST) when it is dropped.
+    pub fn abort(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// True once [`abort`](AbortHandle::abort) was called.
+    pub fn is_aborted(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl ResetOnAbort {
+    /// Wraps `stream`; the handle goes into the extensions of its requests.
+    pub fn new(stream: TcpStream) -> (Self, AbortHandle) {
+        let abort = AbortHandle::default();
+        (
+            ResetOnAbort {
+                stream,
+                abort: abort.clone(),
+            },
+            abort,
+        )
+    }
+}
+
+impl Drop for ResetOnAbort {
+    fn drop(&mut self) {
+        if self.abort.is_aborted() {
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for ResetOnAbort {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResetOnAbort {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
