@@ -377,3 +377,57 @@ async fn second_signal_exits_at_once() {
     )
     .await;
 }
+
+/// The policy flags reach the library: the upstream sees the client's Host, an
+/// RFC 7239 `Forwarded` and `Via`; only the allowed upgrade protocol passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_flags_are_applied() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--preserve-host",
+        "--forwarded",
+        "--via",
+        "edge",
+        "--allow-upgrade",
+        "echo",
+    ])
+    .await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    cli.write_all(b"GET /x HTTP/1.1\r\nHost: front.example\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, mut srv) = within("request at upstream", heads.recv()).await.unwrap();
+    assert_eq!(header_of(&head, "host"), Some("front.example"), "{head}");
+    assert_eq!(
+        header_of(&head, "forwarded"),
+        Some("for=127.0.0.1;host=front.example;proto=http"),
+        "{head}"
+    );
+    assert_eq!(header_of(&head, "via"), Some("1.1 edge"), "{head}");
+    srv.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    drop(srv);
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 204);
+    assert_eq!(header_of(&head, "via"), Some("1.1 edge"), "{head}");
+
+    let mut ws = send_upgrade(proxy.addr, "websocket", b"").await;
+    let (head, _) = read_response(&mut ws).await;
+    assert_eq!(
+        status_of(&head),
+        403,
+        "websocket is not in --allow-upgrade: {head}"
+    );
+    assert!(
+        heads.try_recv().is_err(),
+        "a refused upgrade reached the upstream"
+    );
+
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
