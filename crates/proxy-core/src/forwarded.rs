@@ -149,7 +149,7 @@ impl ForwardedHeaders {
         }
         if self.x_forwarded {
             if let Some(addr) = client.addr() {
-                append_list(headers, X_FORWARDED_FOR, addr.to_string().as_bytes());
+                append_list(headers, X_FORWARDED_FOR, addr.to_string());
             }
             if !headers.contains_key(&X_FORWARDED_HOST) {
                 if let Some(host) = original_host {
@@ -164,7 +164,7 @@ impl ForwardedHeaders {
             append_list(
                 headers,
                 header::FORWARDED,
-                forwarded_element(client, original_host).as_bytes(),
+                forwarded_element(client, original_host),
             );
         }
         self.add_via(headers, version);
@@ -173,33 +173,39 @@ impl ForwardedHeaders {
     /// Adds `Via` to a message, if configured.
     pub(crate) fn add_via(&self, headers: &mut HeaderMap, version: Version) {
         if let Some(name) = &self.via {
-            let proto: &[u8] = match version {
-                Version::HTTP_09 => b"0.9",
-                Version::HTTP_10 => b"1.0",
-                Version::HTTP_2 => b"2",
-                Version::HTTP_3 => b"3",
-                _ => b"1.1",
+            let proto = match version {
+                Version::HTTP_09 => "0.9",
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                Version::HTTP_3 => "3",
+                _ => "1.1",
             };
-            let mut value = proto.to_vec();
-            value.push(b' ');
-            value.extend_from_slice(name.as_bytes());
-            append_list(headers, header::VIA, &value);
+            // The pseudonym was given as a &str: its bytes are UTF-8.
+            let value = format!("{proto} {}", String::from_utf8_lossy(name.as_bytes()));
+            append_list(headers, header::VIA, value);
         }
     }
 }
 
 /// Appends `element` to the list field `name`, joining existing lines into one
 /// (`a, b, element`), as Go does for X-Forwarded-For.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, element: &[u8]) {
+fn append_list(headers: &mut HeaderMap, name: HeaderName, element: String) {
+    if !headers.contains_key(&name) {
+        // The common case: the String becomes the value without a copy.
+        if let Ok(v) = HeaderValue::try_from(element) {
+            headers.insert(name, v);
+        }
+        return;
+    }
     let mut joined = Vec::new();
     for v in headers.get_all(&name) {
         joined.extend_from_slice(v.as_bytes());
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(element);
+    joined.extend_from_slice(element.as_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(name, v);
-    } else if let Ok(v) = HeaderValue::from_bytes(element) {
+    } else if let Ok(v) = HeaderValue::try_from(element) {
         // An existing value that cannot be joined is not trusted: replace it.
         headers.insert(name, v);
     }
