@@ -7,6 +7,7 @@
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 
 mod demo;
+mod held;
 mod probe;
 mod serve;
 
@@ -92,7 +93,8 @@ pub(crate) struct ServeArgs {
     #[arg(long = "allow-upgrade", value_delimiter = ',', value_name = "PROTOCOL")]
     allow_upgrade: Vec<String>,
 
-    /// Maximum concurrent client connections; more wait in the listen backlog.
+    /// Maximum concurrent client connections, upgraded ones (tunnels) included;
+    /// more wait in the listen backlog.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_connections: usize,
 

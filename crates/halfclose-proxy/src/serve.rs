@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
+use crate::held::Held;
 use crate::{ServeArgs, demo};
 
 fn init_tracing(level: &str) -> Result<(), String> {
@@ -189,6 +190,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         let proxy = proxy.clone();
         // An upstream's reset is passed on to the client as a reset.
         let (io, abort) = ResetOnAbort::new(tcp);
+        // The permit lives in the socket: an upgraded connection keeps counting
+        // against --max-connections until its tunnel closes.
+        let io = Held::new(io, permit);
         let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
             req.extensions_mut()
@@ -204,7 +208,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
     }
 
