@@ -267,3 +267,23 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
         .expect("write request");
     read_response(&mut cli).await
 }
+
+/// Opens a tunnel through the proxy at `addr` to a [`raw_upstream`]: sends an
+/// upgrade request for `protocol`, answers 101 at the upstream, and checks the 101
+/// at the client. Returns (client socket, upstream socket).
+pub async fn open_tunnel(
+    addr: SocketAddr,
+    heads: &mut mpsc::UnboundedReceiver<(String, TcpStream)>,
+    protocol: &str,
+) -> (TcpStream, TcpStream) {
+    let mut cli = send_upgrade(addr, protocol, b"").await;
+    let (_, mut srv) = within("the upgrade request at the upstream", heads.recv())
+        .await
+        .expect("upstream listening");
+    switch_protocols(&mut srv, protocol).await;
+    let head = within("the 101 at the client", read_head(&mut cli))
+        .await
+        .expect("101");
+    assert_eq!(status_of(&head), 101, "{head}");
+    (cli, srv)
+}

@@ -38,10 +38,7 @@ async fn tunnel_outcome_is_logged() {
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
     let tunnels = proxy.tunnels();
     let addr = serve(proxy).await;
-    let mut cli = send_upgrade(addr, "websocket", b"").await;
-    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    switch_protocols(&mut srv, "websocket").await;
-    within("101", read_head(&mut cli)).await.unwrap();
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
     cli.write_all(b"12345").await.unwrap();
     cli.shutdown().await.unwrap();
     let mut got = Vec::new();

@@ -225,10 +225,7 @@ async fn tunnels_are_counted_until_both_sides_close() {
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
     let tunnels = proxy.tunnels();
     let addr = serve(proxy).await;
-    let mut cli = send_upgrade(addr, "websocket", b"").await;
-    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    switch_protocols(&mut srv, "websocket").await;
-    within("101", read_head(&mut cli)).await.unwrap();
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
     assert_eq!(tunnels.active(), 1);
     let idle = tokio::spawn({
         let tunnels = tunnels.clone();

@@ -100,13 +100,7 @@ async fn proxies_and_shuts_down_gracefully_with_an_open_tunnel() {
     assert_eq!((status_of(&head), body.as_slice()), (200, &b"hi"[..]));
 
     // An upgrade; the client half-closes first.
-    let mut cli = send_upgrade(addr, "echo", b"").await;
-    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    switch_protocols(&mut srv, "echo").await;
-    assert_eq!(
-        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
-        101
-    );
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "echo").await;
     cli.write_all(b"from client").await.unwrap();
     cli.shutdown().await.unwrap();
     let mut got = Vec::new();
@@ -356,13 +350,7 @@ async fn second_signal_exits_at_once() {
         "1h",
     ])
     .await;
-    let mut cli = send_upgrade(proxy.addr, "echo", b"").await;
-    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    switch_protocols(&mut srv, "echo").await;
-    assert_eq!(
-        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
-        101
-    );
+    let (mut cli, _srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
 
     proxy.terminate();
     proxy.line_starting("shutting down").await;
@@ -446,13 +434,7 @@ async fn connection_limit_counts_tunnels() {
         "1",
     ])
     .await;
-    let mut cli = send_upgrade(proxy.addr, "echo", b"").await;
-    let (_, mut srv) = within("upgrade at upstream", heads.recv()).await.unwrap();
-    switch_protocols(&mut srv, "echo").await;
-    assert_eq!(
-        status_of(&within("101", read_head(&mut cli)).await.unwrap()),
-        101
-    );
+    let (mut cli, mut srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
 
     let mut second = TcpStream::connect(proxy.addr).await.unwrap(); // waits in the backlog
     second
