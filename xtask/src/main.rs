@@ -1,7 +1,8 @@
 //! Project chores, in plain Rust: `cargo xtask <command>`.
 //!
 //! - `cargo xtask test`: every check CI runs (format, clippy, tests, doc tests,
-//!   API docs without warnings, examples). Fails if any fails, and prints a summary.
+//!   each benchmark once in test mode, API docs without warnings, examples).
+//!   Fails if any fails, and prints a summary.
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
 
 use std::env;
@@ -117,6 +118,11 @@ fn test() -> Result<(), String> {
     doc.args(["test", "--workspace", "--locked", "--doc"]);
     run("doc tests", doc, &mut steps);
 
+    // Each criterion benchmark once, in test mode, so benches cannot rot.
+    let mut benches = cargo();
+    benches.args(["test", "--workspace", "--benches", "--locked"]);
+    run("benches", benches, &mut steps);
+
     let mut docs = cargo();
     docs.args(["doc", "--workspace", "--no-deps", "--locked"])
         .env("RUSTDOCFLAGS", "-D warnings");
@@ -145,8 +151,14 @@ fn test() -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
+    // `cargo xtask bench -- relay` and `cargo xtask bench relay` mean the same.
+    let args = match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => args,
+    };
     let mut cmd = cargo();
-    cmd.args(["bench", "--workspace", "--locked"]);
+    // Bench targets only: criterion arguments must not reach libtest harnesses.
+    cmd.args(["bench", "--workspace", "--benches", "--locked"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
