@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use halfclose_io::Tunnel;
+use halfclose_io::{Side, Tunnel};
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::main]
@@ -43,10 +43,11 @@ async fn main() -> std::io::Result<()> {
                 Ok(t) => println!("{peer}: {t}"),
                 Err(e) => {
                     eprintln!("{peer}: {e}");
-                    if e.is_reset() {
-                        // Pass the abortive close on: both sockets reset on drop.
-                        let _ = client.set_zero_linger();
-                        let _ = server.set_zero_linger();
+                    // Pass an abortive close on: the other socket resets on drop.
+                    match e.reset_side() {
+                        Some(Side::A) => drop(server.set_zero_linger()),
+                        Some(Side::B) => drop(client.set_zero_linger()),
+                        None => {}
                     }
                 }
             }

@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 
-use crate::{Direction, Transfer};
+use crate::{Direction, Side, Transfer};
 
 /// Why a tunnel ended early: an IO error in one direction, or a timeout.
 ///
@@ -109,6 +109,18 @@ impl TunnelError {
                 | io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::BrokenPipe
         )
+    }
+
+    /// The side that reset its connection, if the tunnel ended on a reset: the
+    /// source of a direction whose read failed, or the destination of one whose
+    /// write failed. A relay holding sockets can reset the *other* side in turn.
+    pub fn reset_side(&self) -> Option<Side> {
+        let direction = self.direction.filter(|_| self.is_reset())?;
+        Some(if self.is_read() {
+            direction.source()
+        } else {
+            direction.destination()
+        })
     }
 
     /// The [`io::ErrorKind`] this error maps to: the underlying kind, or `TimedOut`.

@@ -39,6 +39,7 @@ async fn idle_timeout_counts_from_the_last_byte() {
     let err = eventually(tunnel).await.unwrap().expect_err("idle timeout");
     assert!(err.is_idle_timeout() && err.is_timeout(), "{err}");
     assert_eq!(err.direction(), None);
+    assert_eq!(err.reset_side(), None);
     assert_eq!(err.transfer().duration, Duration::from_secs(110));
     assert_eq!(err.transfer().a_to_b, 1);
     assert_eq!(io::Error::from(err).kind(), io::ErrorKind::TimedOut);

@@ -102,6 +102,7 @@ async fn client_reset_ends_tunnel_with_read_error_and_counts() {
         .expect_err("a reset is an error");
     assert_eq!(err.direction(), Some(Direction::AToB));
     assert!(err.is_read() && err.is_reset(), "{err}");
+    assert_eq!(err.reset_side(), Some(halfclose_io::Side::A));
     assert_eq!((err.transfer().a_to_b, err.transfer().b_to_a), (16, 5));
     let io: io::Error = err.into();
     assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
@@ -246,6 +247,8 @@ async fn write_error_names_the_direction_and_counts_what_got_through() {
         .expect_err("write failure");
     assert_eq!(err.direction(), Some(Direction::AToB));
     assert!(err.is_write() && !err.is_read(), "{err}");
+    // A broken pipe on writing to b: b is the side that went away.
+    assert_eq!(err.reset_side(), Some(halfclose_io::Side::B));
     assert_eq!(err.transfer().a_to_b, 10);
     let mut got = [0u8; 10];
     server.read_exact(&mut got).await.unwrap();

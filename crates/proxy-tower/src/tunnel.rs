@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use halfclose_io::{Direction, Side, Tunnel, TunnelError};
+use halfclose_io::{Side, Tunnel, TunnelError};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -121,15 +121,15 @@ pub(crate) fn spawn(
             let mut a = TokioIo::new(client);
             let mut b = UpstreamIo::new(upstream);
             let result = tunnel.copy(&mut a, &mut b).await;
-            if let Err(e) = &result {
-                // Pass an abortive close on as one: reset, not FIN.
-                if client_aborted(e) {
-                    b.reset_on_drop();
-                } else if upstream_aborted(e) {
+            // Pass an abortive close on as one: reset, not FIN.
+            match result.as_ref().err().and_then(TunnelError::reset_side) {
+                Some(Side::A) => b.reset_on_drop(),
+                Some(Side::B) => {
                     if let Some(abort) = &client_abort {
                         abort.abort();
                     }
                 }
+                None => {}
             }
             match result {
                 Ok(t) => tracing::info!(
@@ -154,24 +154,6 @@ pub(crate) fn spawn(
         }
         .instrument(span),
     );
-}
-
-/// The upstream reset its connection (rather than closing it).
-fn upstream_aborted(e: &TunnelError) -> bool {
-    e.is_reset()
-        && matches!(
-            (e.direction(), e.is_read()),
-            (Some(Direction::BToA), true) | (Some(Direction::AToB), false)
-        )
-}
-
-/// The client reset its connection (rather than closing it).
-fn client_aborted(e: &TunnelError) -> bool {
-    e.is_reset()
-        && matches!(
-            (e.direction(), e.is_read()),
-            (Some(Direction::AToB), true) | (Some(Direction::BToA), false)
-        )
 }
 
 /// The upstream side of a tunnel: the TCP socket itself when hyper-util's
