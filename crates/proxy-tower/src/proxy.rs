@@ -252,14 +252,16 @@ where
         Ok(p) => p,
         Err(e) => return error_response(config, &origin, e),
     };
-    // The client connection's upgrade handle; dropping it leaves the client
-    // connection speaking HTTP.
-    let client_upgrade = if prepared.is_upgrade() {
-        parts.extensions.remove::<OnUpgrade>()
+    // The client connection's upgrade handle (dropping it leaves the client
+    // connection speaking HTTP) and, if the server gave one, its abort handle.
+    let (client_upgrade, client_abort) = if prepared.is_upgrade() {
+        (
+            parts.extensions.remove::<OnUpgrade>(),
+            parts.extensions.get::<crate::AbortHandle>().cloned(),
+        )
     } else {
-        None
+        (None, None)
     };
-    let client_abort = parts.extensions.get::<crate::AbortHandle>().cloned();
     if prepared.is_upgrade() && config.http2_only {
         return error_response(
             config,
