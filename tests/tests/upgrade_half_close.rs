@@ -277,7 +277,8 @@ async fn bytes_behind_the_101_are_not_lost() {
 }
 
 /// And the other way: an upstream's reset reaches the client as a reset, when the
-/// server wraps its sockets in `ResetOnAbort` (the test server and the binary do).
+/// server wraps its sockets in `ResetOnAbort` (the test server does; the binary
+/// serves `ClientIo`, see its own test).
 #[tokio::test]
 async fn upstream_reset_reaches_the_client_as_a_reset() {
     let (mut cli, mut srv, _) = upgraded(Server::Hyper, b"").await;

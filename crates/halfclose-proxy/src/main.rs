@@ -6,8 +6,8 @@
 //! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 
+mod conn;
 mod demo;
-mod held;
 mod probe;
 mod serve;
 
@@ -64,13 +64,17 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     http2_upstream: bool,
 
-    /// Close a tunnel when no byte moves either way for this long; none by default.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    tunnel_idle_timeout: Option<Duration>,
+    /// Close a tunnel when no byte moves either way for this long (`0`: never).
+    /// WebSocket applications that ping less often than this lose their tunnel.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", value_name = "DURATION")]
+    tunnel_idle_timeout: Duration,
 
-    /// After one side of a tunnel sends FIN, the other must finish within this; none by default.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    tunnel_half_close_timeout: Option<Duration>,
+    /// Once one side of a tunnel has sent FIN, close the tunnel when no byte moves
+    /// for this long (`0`: never). Protects against peers that never close
+    /// (sockets held in CLOSE_WAIT); a download still streaming after the
+    /// client's FIN is not cut.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    tunnel_half_close_timeout: Duration,
 
     /// Send the client's Host to the upstream instead of the upstream's own.
     #[arg(long)]
@@ -93,14 +97,29 @@ pub(crate) struct ServeArgs {
     #[arg(long = "allow-upgrade", value_delimiter = ',', value_name = "PROTOCOL")]
     allow_upgrade: Vec<String>,
 
-    /// Maximum concurrent client connections, upgraded ones (tunnels) included;
-    /// more wait in the listen backlog.
+    /// Maximum concurrent client connections, upgraded ones (tunnels) included.
+    /// When a client arrives at the limit, idle keep-alive connections are closed
+    /// to make room; if none is idle, it waits in the listen backlog.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_connections: usize,
 
-    /// Time allowed for a client to send a request head (against slowloris).
+    /// Time allowed for a client to send a request head (against slowloris),
+    /// counted from accept for a connection's first request, and from the end of
+    /// the previous response for the next one on a keep-alive connection. An
+    /// HTTP/2 client must send its preface and SETTINGS within it.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
+
+    /// Close a client connection with no request in flight for this long
+    /// (`0`: never). HTTP/1 keep-alive connections are also bounded by
+    /// --header-read-timeout, whichever is shorter.
+    #[arg(long, value_parser = parse_duration, default_value = "75s", value_name = "DURATION")]
+    idle_timeout: Duration,
+
+    /// Send HTTP/2 keep-alive pings to clients this often, and close the connection
+    /// when one goes unanswered for as long (`0`: no pings).
+    #[arg(long = "http2-ping-interval", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
+    http2_ping_interval: Duration,
 
     /// On SIGINT/SIGTERM, time given to in-flight requests and tunnels to finish.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]

@@ -5,20 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use proxy_tower::{
-    ClientInfo, ForwardedHeaders, HostHeader, ResetOnAbort, ReverseProxy, UpgradePolicy,
-};
+use proxy_tower::{ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tower::ServiceExt;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use crate::held::Held;
-use crate::{ServeArgs, demo};
+use crate::{ServeArgs, conn, demo};
+
+/// `0` turns a timer off.
+fn nonzero(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+}
 
 fn init_tracing(level: &str) -> Result<(), String> {
     let filter = match EnvFilter::try_from_default_env() {
@@ -65,10 +62,10 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
     if let Some(d) = args.response_timeout {
         b = b.response_timeout(d);
     }
-    if let Some(d) = args.tunnel_idle_timeout {
+    if let Some(d) = nonzero(Some(args.tunnel_idle_timeout)) {
         b = b.tunnel_idle_timeout(d);
     }
-    if let Some(d) = args.tunnel_half_close_timeout {
+    if let Some(d) = nonzero(Some(args.tunnel_half_close_timeout)) {
         b = b.tunnel_half_close_timeout(d);
     }
     if args.http2_upstream {
@@ -77,21 +74,29 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
     b.build().map_err(|e| e.to_string())
 }
 
-/// Fails fast, with one line, when the upstream cannot be reached at start.
-async fn check_reachable(upstream: &http::Uri, limit: Duration) -> Result<(), String> {
-    let host = upstream
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = upstream.port_u16().unwrap_or(80);
-    match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("upstream {upstream} is unreachable: {e}")),
-        Err(_) => Err(format!(
-            "upstream {upstream} is unreachable: no connection within {limit:?}"
-        )),
-    }
+/// Says once, at start, whether the upstream answers: a WARN line when it does
+/// not. The proxy serves either way (502 until the upstream is up), since
+/// orchestrators start the proxy and its upstream in any order.
+fn check_upstream(upstream: http::Uri, limit: Duration) {
+    tokio::spawn(async move {
+        let host = upstream
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = upstream.port_u16().unwrap_or(80);
+        let problem = match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no connection within {limit:?}"),
+        };
+        tracing::warn!(
+            %upstream,
+            error = %problem,
+            "upstream not reachable yet; answering 502 until it is"
+        );
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM received after this call. The listeners are
@@ -145,7 +150,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
     let proxy = build_proxy(&args, &upstream)?;
     if demo_addr.is_none() {
-        check_reachable(proxy.upstream(), args.connect_timeout).await?;
+        check_upstream(proxy.upstream().clone(), args.connect_timeout);
     }
 
     // Listen for signals before saying we are up: from here on, SIGTERM means a
@@ -158,22 +163,21 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     }
 
     let tunnels = proxy.tunnels();
-    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(conn::Settings::new(
+        args.header_read_timeout,
+        nonzero(Some(args.idle_timeout)),
+        nonzero(Some(args.http2_ping_interval)),
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let (running, mut all_done) = mpsc::channel::<()>(1);
+    let signals = conn::Signals {
+        shutdown: stopped,
+        pressure: conn::Pressure::new(),
+        running,
+    };
     let limit = Arc::new(Semaphore::new(args.max_connections.max(1)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout);
 
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -186,29 +190,32 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             },
             _ = &mut shutdown => break,
         };
-        let _ = tcp.set_nodelay(true);
-        let proxy = proxy.clone();
-        // An upstream's reset is passed on to the client as a reset.
-        let (io, abort) = ResetOnAbort::new(tcp);
-        // The permit lives in the socket: an upgraded connection keeps counting
-        // against --max-connections until its tunnel closes.
-        let io = Held::new(io, permit);
-        let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
-            req.extensions_mut()
-                .insert(ClientInfo::new(peer.ip().to_canonical()));
-            req.extensions_mut().insert(abort.clone());
-            proxy.clone().oneshot(req)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        // A client is waiting: take a slot, or make idle connections give theirs
+        // up and wait for one.
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                signals.pressure.raise();
+                let p = tokio::select! {
+                    p = limit.clone().acquire_owned() => p,
+                    _ = &mut shutdown => break,
+                };
+                signals.pressure.lower();
+                match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
             }
-        });
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(conn::serve(
+            tcp,
+            peer,
+            permit,
+            proxy.clone(),
+            settings.clone(),
+            signals.clone(),
+        ));
     }
 
     drop(listener);
@@ -218,8 +225,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         "shutting down: no longer accepting; waiting up to {grace:?} for requests and {} tunnel(s)",
         tunnels.active()
     );
+    let _ = stop.send(true);
+    drop(signals);
     let drained = async {
-        graceful.shutdown().await;
+        let _ = all_done.recv().await;
         tunnels.wait_idle().await;
     };
     // A second signal means "now".

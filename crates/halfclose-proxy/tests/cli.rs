@@ -274,16 +274,10 @@ async fn slow_request_head_is_cut_off() {
 
 #[tokio::test]
 async fn bad_input_is_one_line_and_non_zero() {
-    let down = closed_port().await;
     for args in [
         vec!["--listen", "nonsense"],
         vec!["--listen", "127.0.0.1:0", "--upstream", "not a url"],
-        vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("http://{down}"),
-        ],
+        vec!["--listen", "127.0.0.1:0", "--upstream", "ftp://host/"],
         vec!["--listen", "127.0.0.1:0", "--response-timeout", "soon"],
         vec!["probe", "ftp://example/"],
     ] {
@@ -461,6 +455,207 @@ async fn connection_limit_counts_tunnels() {
     let (head, _) = read_response(&mut second).await;
     assert_eq!(status_of(&head), 204);
 
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// As many silent sockets as `--max-connections` do not lock clients out: each
+/// is closed once the header-read timeout passes, and a real client that comes
+/// next gets its answer within that timeout plus one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_clients_out() {
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "20",
+        "--header-read-timeout",
+        "2s",
+    ])
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let served = tokio::time::timeout(std::time::Duration::from_secs(3), raw_get(proxy.addr, "/"))
+        .await
+        .expect("no answer within the header-read timeout plus one second");
+    assert_eq!(status_of(&served.0), 200, "{}", served.0);
+    // Every silent socket was closed by the proxy.
+    for mut s in silent {
+        let mut rest = Vec::new();
+        within("a silent socket to be closed", s.read_to_end(&mut rest))
+            .await
+            .ok();
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// An HTTP/2 client that sends part of the preface and then nothing is closed
+/// after the header-read timeout too.
+#[tokio::test]
+async fn partial_http2_preface_is_cut_off() {
+    let mut proxy =
+        Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    // The whole preface, but no SETTINGS frame.
+    cli.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(
+        "the proxy to close the connection",
+        cli.read_to_end(&mut rest),
+    )
+    .await
+    .ok();
+    assert!(rest.is_empty(), "{rest:?}");
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// At the connection limit, keep-alive connections that sit idle give their
+/// slot up to a new client at once (well before any timeout would free one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_shed_at_the_limit() {
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "2",
+        "--header-read-timeout",
+        "60s",
+    ])
+    .await;
+    let addr = proxy.addr;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut c).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        idle.push(c);
+    }
+    // Both slots are held by idle keep-alive connections; a third client is
+    // served without waiting for the 60 s timeout.
+    let (head, _) = within("a client at the limit to be served", raw_get(addr, "/")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    // One of the idle connections was closed to make room.
+    let mut closed = 0;
+    for mut c in idle {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), c.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection was shed");
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// The proxy starts with its upstream down, answers 502, and serves normally
+/// once the upstream listens, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_before_its_upstream() {
+    let down = closed_port().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{down}"),
+    ])
+    .await;
+    let (head, _) = raw_get(proxy.addr, "/early").await;
+    assert_eq!(status_of(&head), 502, "{head}");
+
+    let upstream = tokio::net::TcpListener::bind(down).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_ok() {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
+                        .await;
+                }
+            });
+        }
+    });
+    let (head, body) = raw_get(proxy.addr, "/later").await;
+    assert_eq!(
+        (status_of(&head), body.as_slice()),
+        (200, &b"up"[..]),
+        "{head}"
+    );
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// A client that sends an upgrade request and its FIN in one go still gets its
+/// 101 and its tunnel; the FIN reaches the upstream, and the upstream's answer
+/// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_and_fin_at_once_still_tunnels() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+    ])
+    .await;
+    let mut cli = send_upgrade(proxy.addr, "echo", b"ping").await;
+    cli.shutdown().await.unwrap();
+    let (_, mut srv) = within("the upgrade at the upstream", heads.recv())
+        .await
+        .unwrap();
+    switch_protocols(&mut srv, "echo").await;
+    let mut got = Vec::new();
+    within(
+        "client bytes and FIN at the upstream",
+        srv.read_to_end(&mut got),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, b"ping");
+    srv.write_all(b"pong").await.unwrap();
+    srv.shutdown().await.unwrap();
+    let head = within("the 101", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    let mut back = Vec::new();
+    within("the answer at the client", cli.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"pong");
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// An upstream's reset reaches the client as a reset: the binary serves each
+/// socket as a `ClientIo`, which the tunnel recovers after the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_reaches_the_client_as_a_reset() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+    ])
+    .await;
+    let (mut cli, srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
+    srv.set_zero_linger().unwrap();
+    drop(srv);
+    let mut buf = [0u8; 16];
+    match within("the reset at the client", cli.read(&mut buf)).await {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("client saw a clean close ({n} bytes), not a reset"),
+    }
     proxy.terminate();
     assert!(within("exit", proxy.child.wait()).await.unwrap().success());
 }

@@ -69,6 +69,7 @@
 mod abort;
 mod body;
 mod config;
+mod io;
 mod layer;
 mod proxy;
 mod tunnel;
@@ -76,6 +77,7 @@ mod tunnel;
 pub use abort::{AbortHandle, ResetOnAbort};
 pub use body::{ProxyBody, RequestBody};
 pub use config::Builder;
+pub use io::ClientIo;
 pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
 pub use proxy::{DefaultClient, ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};

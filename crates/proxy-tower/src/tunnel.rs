@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
 use halfclose_io::{Side, Tunnel, TunnelError};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -16,6 +15,7 @@ use tracing::Instrument;
 
 use crate::AbortHandle;
 use crate::config::Config;
+use crate::io::{ClientIo, Prefixed};
 use crate::proxy::Origin;
 
 fn side(s: Side) -> &'static str {
@@ -118,18 +118,20 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let mut a = TokioIo::new(client);
-            let mut b = UpstreamIo::new(upstream);
+            let mut a = TunnelIo::client(client);
+            let mut b = TunnelIo::upstream(upstream);
             let result = tunnel.copy(&mut a, &mut b).await;
             // Pass an abortive close on as one: reset, not FIN.
             match result.as_ref().err().and_then(TunnelError::reset_side) {
-                Some(Side::A) => b.reset_on_drop(),
-                Some(Side::B) => {
+                Some(Side::A) => {
+                    b.reset_on_drop();
+                }
+                Some(Side::B) if !a.reset_on_drop() => {
                     if let Some(abort) = &client_abort {
                         abort.abort();
                     }
                 }
-                None => {}
+                _ => {}
             }
             match result {
                 Ok(t) => tracing::info!(
@@ -156,93 +158,95 @@ pub(crate) fn spawn(
     );
 }
 
-/// The upstream side of a tunnel: the TCP socket itself when hyper-util's
-/// connector made it (so that a client's reset can be passed on as a reset),
-/// else hyper's upgraded connection.
-enum UpstreamIo {
+/// One end of a tunnel: the TCP socket itself where it can be recovered from
+/// hyper's upgraded connection (so that a reset can be passed on as a reset),
+/// else the upgraded connection.
+enum TunnelIo {
+    /// The upstream socket, made by hyper-util's connector.
     Tcp(Prefixed<TcpStream>),
+    /// The client socket, served as a [`ClientIo`].
+    Client(ClientIo),
     Other(TokioIo<Upgraded>),
 }
 
-impl UpstreamIo {
-    fn new(upgraded: Upgraded) -> Self {
+impl TunnelIo {
+    fn client(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<ClientIo>>() {
+            Ok(parts) => {
+                let mut io = parts.io.into_inner();
+                // hyper's read-ahead came from the stream before what the
+                // connection may still hold.
+                io.unread(parts.read_buf);
+                TunnelIo::Client(io)
+            }
+            Err(other) => TunnelIo::Other(TokioIo::new(other)),
+        }
+    }
+
+    fn upstream(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => UpstreamIo::Tcp(Prefixed {
-                // An empty `Bytes` may still hold hyper's whole read buffer.
-                prefix: if parts.read_buf.is_empty() {
-                    Bytes::new()
-                } else {
-                    parts.read_buf
-                },
-                io: parts.io.into_inner(),
-            }),
-            Err(other) => UpstreamIo::Other(TokioIo::new(other)),
+            Ok(parts) => TunnelIo::Tcp(Prefixed::new(parts.read_buf, parts.io.into_inner())),
+            Err(other) => TunnelIo::Other(TokioIo::new(other)),
         }
     }
 
-    /// Makes dropping the connection send RST (`SO_LINGER` 0) where possible.
-    fn reset_on_drop(&self) {
-        if let UpstreamIo::Tcp(p) = self {
-            let _ = p.io.set_zero_linger();
-        }
+    /// Makes dropping the connection send RST (`SO_LINGER` 0) where the socket
+    /// is reachable; returns false where it is not.
+    fn reset_on_drop(&self) -> bool {
+        let tcp = match self {
+            TunnelIo::Tcp(p) => &p.io,
+            TunnelIo::Client(c) => c.tcp(),
+            TunnelIo::Other(_) => return false,
+        };
+        let _ = tcp.set_zero_linger();
+        true
     }
 }
 
-/// An IO that first yields `prefix`: bytes hyper read past the 101 response.
-struct Prefixed<T> {
-    prefix: Bytes,
-    io: T,
+macro_rules! each {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            TunnelIo::Tcp($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            TunnelIo::Client($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            TunnelIo::Other($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+        }
+    };
 }
 
-impl AsyncRead for UpstreamIo {
+impl AsyncRead for TunnelIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(p) => {
-                if p.prefix.has_remaining() {
-                    let n = p.prefix.len().min(buf.remaining());
-                    buf.put_slice(&p.prefix[..n]);
-                    p.prefix.advance(n);
-                    if !p.prefix.has_remaining() {
-                        // Release the buffer the prefix came from.
-                        p.prefix = Bytes::new();
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Pin::new(&mut p.io).poll_read(cx, buf)
-            }
-            UpstreamIo::Other(io) => Pin::new(io).poll_read(cx, buf),
-        }
+        each!(self, io => io.poll_read(cx, buf))
     }
 }
 
-impl AsyncWrite for UpstreamIo {
+impl AsyncWrite for TunnelIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_write(cx, buf),
-            UpstreamIo::Other(io) => Pin::new(io).poll_write(cx, buf),
-        }
+        each!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_flush(cx),
-            UpstreamIo::Other(io) => Pin::new(io).poll_flush(cx),
-        }
+        each!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_shutdown(cx),
-            UpstreamIo::Other(io) => Pin::new(io).poll_shutdown(cx),
-        }
+        each!(self, io => io.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -250,16 +254,14 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(p) => Pin::new(&mut p.io).poll_write_vectored(cx, bufs),
-            UpstreamIo::Other(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
+        each!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            UpstreamIo::Tcp(p) => p.io.is_write_vectored(),
-            UpstreamIo::Other(io) => io.is_write_vectored(),
+            TunnelIo::Tcp(io) => io.is_write_vectored(),
+            TunnelIo::Client(io) => io.is_write_vectored(),
+            TunnelIo::Other(io) => io.is_write_vectored(),
         }
     }
 }

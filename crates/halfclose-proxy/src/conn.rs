@@ -1,0 +1,422 @@
+//! One client connection, from accept to close: protocol detection under the
+//! header-read timeout, then hyper's HTTP/1 or HTTP/2 server, closed when idle,
+//! shed under pressure, and shut down gracefully on a signal.
+//!
+//! hyper-util's auto builder reads a connection's first bytes to tell HTTP/1
+//! from HTTP/2 with no time limit, so a socket that sends nothing holds its
+//! connection slot forever. Here the first bytes (for HTTP/2, the preface and
+//! the first SETTINGS frame) must arrive within the header-read timeout, and
+//! an HTTP/1 connection must have sent a whole request head by then.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
+use proxy_tower::{ClientInfo, ClientIo, ReverseProxy};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Frame header length and the SETTINGS frame type (RFC 9113 sections 4.1, 6.5).
+const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+/// The largest first SETTINGS frame we wait for (the default max frame size);
+/// a larger one is handed to hyper, which refuses it.
+const MAX_SETTINGS: usize = 16_384;
+
+/// How client connections are served; shared by all of them.
+pub(crate) struct Settings {
+    /// Time from accept to a complete first request head (HTTP/1) or the
+    /// preface and SETTINGS (HTTP/2); also hyper's limit for later heads.
+    pub(crate) header_read_timeout: Duration,
+    /// Close a connection with no request in flight for this long.
+    pub(crate) idle_timeout: Option<Duration>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Settings {
+    pub(crate) fn new(
+        header_read_timeout: Duration,
+        idle_timeout: Option<Duration>,
+        ping_interval: Option<Duration>,
+    ) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            // A client that sends its request (an upgrade, say) and its FIN at
+            // once still gets its answer; the FIN then reaches the upstream.
+            .half_close(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .keep_alive_interval(ping_interval)
+            .keep_alive_timeout(ping_interval.unwrap_or(Duration::from_secs(20)));
+        Settings {
+            header_read_timeout,
+            idle_timeout,
+            http1: h1,
+            http2: h2,
+        }
+    }
+}
+
+/// The server-wide signals every connection listens to.
+#[derive(Clone)]
+pub(crate) struct Signals {
+    /// Turns true once: stop taking requests, finish what is in flight.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) pressure: Pressure,
+    /// Held while the connection's task runs; the server waits for all to drop.
+    pub(crate) running: mpsc::Sender<()>,
+}
+
+/// "At the connection limit, with a client waiting": idle connections close.
+#[derive(Clone)]
+pub(crate) struct Pressure {
+    on: Arc<AtomicBool>,
+    pulse: watch::Sender<()>,
+}
+
+impl Pressure {
+    pub(crate) fn new() -> Self {
+        Pressure {
+            on: Arc::default(),
+            pulse: watch::Sender::new(()),
+        }
+    }
+
+    /// A client waits for a slot: idle connections close now, and busy ones
+    /// as soon as they become idle, until [`lower`](Pressure::lower).
+    pub(crate) fn raise(&self) {
+        self.on.store(true, Ordering::Release);
+        self.pulse.send_replace(());
+    }
+
+    pub(crate) fn lower(&self) {
+        self.on.store(false, Ordering::Release);
+    }
+
+    fn is_on(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+}
+
+/// What one connection is doing, as its requests see it.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// When `in_flight` last dropped to zero, in nanoseconds after `started`.
+    idle_since: AtomicU64,
+    /// Woken when the last request in flight ends while under pressure.
+    became_idle: Notify,
+    pressure: Pressure,
+}
+
+impl Activity {
+    fn new(pressure: Pressure) -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            became_idle: Notify::new(),
+            pressure,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.started + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+}
+
+/// One request in flight: from the service call until its response body is
+/// done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.requests.fetch_add(1, Ordering::AcqRel);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = a.started.elapsed().as_nanos() as u64;
+            a.idle_since.store(since, Ordering::Release);
+            if a.pressure.is_on() {
+                a.became_idle.notify_one();
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight.
+    pub(crate) struct Tracked<B> {
+        #[pin]
+        body: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Reads the connection's first bytes: one byte that cannot start the HTTP/2
+/// preface means HTTP/1; the whole preface and the first frame header and
+/// payload (which must be SETTINGS) mean HTTP/2. `None` at EOF.
+async fn sniff(tcp: &mut TcpStream) -> std::io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        let n = buf.len().min(PREFACE.len());
+        if buf[..n] != PREFACE[..n] {
+            return Ok(Some((Protocol::Http1, buf.freeze())));
+        }
+        if buf.len() < PREFACE.len() + FRAME_HEADER {
+            continue;
+        }
+        let frame = &buf[PREFACE.len()..];
+        let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+        // Not SETTINGS, or too large to wait for: hyper answers with GOAWAY.
+        if frame[3] != SETTINGS
+            || len > MAX_SETTINGS
+            || buf.len() >= PREFACE.len() + FRAME_HEADER + len
+        {
+            return Ok(Some((Protocol::Http2, buf.freeze())));
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    proxy: ReverseProxy,
+    settings: Arc<Settings>,
+    signals: Signals,
+) {
+    let Signals {
+        mut shutdown,
+        pressure,
+        running: _running,
+    } = signals;
+    let first_head_by = Instant::now() + settings.header_read_timeout;
+    let sniffed = tokio::select! {
+        s = tokio::time::timeout_at(first_head_by, sniff(&mut tcp)) => s,
+        _ = shutting_down(&mut shutdown) => return,
+    };
+    let (protocol, prefix) = match sniffed {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, limit = ?settings.header_read_timeout, "no request within the header-read timeout; closing");
+            return;
+        }
+    };
+
+    let activity = Arc::new(Activity::new(pressure.clone()));
+    let client = ClientInfo::new(peer.ip().to_canonical());
+    let svc = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            let in_flight = InFlight::start(&activity);
+            req.extensions_mut().insert(client);
+            let proxy = proxy.clone();
+            async move {
+                let res = proxy.oneshot(req).await?;
+                Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
+    let watch = Watch {
+        peer,
+        protocol,
+        activity: &activity,
+        idle_timeout: settings.idle_timeout,
+        shutdown,
+        pressure,
+    };
+    match protocol {
+        Protocol::Http1 => {
+            let conn = settings.http1.serve_connection(io, svc).with_upgrades();
+            watch
+                .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
+                .await
+        }
+        Protocol::Http2 => {
+            let conn = settings.http2.serve_connection(io, svc);
+            watch.drive(conn, None, |c| c.graceful_shutdown()).await
+        }
+    }
+}
+
+/// Resolves once the server shuts down.
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The timers and signals around one hyper connection.
+struct Watch<'a> {
+    peer: SocketAddr,
+    protocol: Protocol,
+    activity: &'a Activity,
+    idle_timeout: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
+    pressure: Pressure,
+}
+
+impl Watch<'_> {
+    /// Runs `conn` to its end. With `first_head_by`, a connection that has not
+    /// made a request by then is closed at once; an idle one is shut down
+    /// gracefully after the idle timeout, on shutdown, or under pressure.
+    async fn drive<C, E>(
+        mut self,
+        conn: C,
+        first_head_by: Option<Instant>,
+        graceful: fn(Pin<&mut C>),
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: fmt::Display,
+    {
+        let mut conn = std::pin::pin!(conn);
+        let mut awaiting_first = first_head_by.is_some();
+        let mut timer: Option<Pin<Box<Sleep>>> = match (first_head_by, self.idle_timeout) {
+            (Some(at), _) => Some(Box::pin(tokio::time::sleep_until(at))),
+            (None, Some(idle)) => Some(Box::pin(tokio::time::sleep(idle))),
+            (None, None) => None,
+        };
+        let mut pulses = self.pressure.pulse.subscribe();
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutting_down(&mut self.shutdown), if !closing => {
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+                Ok(()) = pulses.changed(), if !closing => {
+                    if self.shed() {
+                        closing = true;
+                        graceful(conn.as_mut());
+                    }
+                }
+                _ = self.activity.became_idle.notified(), if !closing => {
+                    if self.pressure.is_on() && self.shed() {
+                        closing = true;
+                        graceful(conn.as_mut());
+                    }
+                }
+                _ = async { timer.as_mut().expect("guarded").as_mut().await }, if timer.is_some() && !closing => {
+                    if awaiting_first {
+                        if self.activity.requests() == 0 {
+                            tracing::debug!(peer = %self.peer, "no request head within the header-read timeout; closing");
+                            return;
+                        }
+                        awaiting_first = false;
+                    }
+                    let Some(idle) = self.idle_timeout else {
+                        timer = None;
+                        continue;
+                    };
+                    let next = if self.activity.is_idle() {
+                        let at = self.activity.idle_since() + idle;
+                        if at <= Instant::now() {
+                            tracing::debug!(peer = %self.peer, "idle connection closed");
+                            closing = true;
+                            graceful(conn.as_mut());
+                            continue;
+                        }
+                        at
+                    } else {
+                        Instant::now() + idle
+                    };
+                    if let Some(t) = timer.as_mut() {
+                        t.as_mut().reset(next);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Under pressure, an idle connection that has served a request (or an
+    /// HTTP/2 connection with no open stream) gives its slot up.
+    fn shed(&self) -> bool {
+        let idle = self.activity.is_idle()
+            && (self.activity.requests() > 0 || self.protocol == Protocol::Http2);
+        if idle {
+            tracing::debug!(peer = %self.peer, "idle connection shed at the connection limit");
+        }
+        idle
+    }
+}
