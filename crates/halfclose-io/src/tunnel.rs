@@ -64,12 +64,14 @@ impl Tunnel {
         self
     }
 
-    /// Once one side has sent its FIN, the other direction must finish (send its own
-    /// FIN) within `timeout`, or the tunnel ends with a half-close-timeout error.
-    /// Off by default.
+    /// Once one side has sent its FIN, ends the tunnel with a half-close-timeout
+    /// error when no byte moves either way for `timeout` (like HAProxy's
+    /// `timeout client-fin` / `server-fin`). Off by default.
     ///
-    /// Without it, a peer that never closes keeps the tunnel, and the two sockets,
-    /// open for as long as it likes.
+    /// It is an inactivity timeout, not a deadline: a client that sends its
+    /// request and its FIN, then downloads a long reply, keeps the tunnel for as
+    /// long as the reply keeps coming. Without it, a peer that never closes keeps
+    /// the tunnel, and the two sockets, open for as long as it likes.
     pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
         self.half_close_timeout = Some(timeout);
         self
@@ -109,13 +111,14 @@ impl Tunnel {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        let started = Instant::now();
         let mut state = Copy {
             options: self,
             a_to_b: HalfDuplex::new(),
             b_to_a: HalfDuplex::new(),
             first_eof: None,
-            started: Instant::now(),
-            last_active: Instant::now(),
+            started,
+            last_active: started,
             idle: self.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
             half_close: None,
             b_first: true,
@@ -158,10 +161,12 @@ struct Copy {
     b_to_a: HalfDuplex,
     first_eof: Option<Side>,
     started: Instant,
-    /// Last time a byte moved; the idle timer is re-armed from it lazily, so the
-    /// hot path never touches the timer wheel.
+    /// Last time a byte moved (or the first FIN was seen), kept only when a
+    /// timer is set. Timers are re-armed from it lazily, when they fire, so the
+    /// copy path never touches the timer wheel.
     last_active: Instant,
     idle: Option<Pin<Box<Sleep>>>,
+    /// Armed once the first FIN is seen.
     half_close: Option<Pin<Box<Sleep>>>,
     /// Which direction goes first in the next poll (they take turns).
     b_first: bool,
@@ -235,6 +240,18 @@ impl Copy {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        // Deadlines are checked against the clock before any IO, not by polling
+        // the timers after it: a direction that is always ready uses up tokio's
+        // cooperative budget, and a `Sleep` polled without budget stays pending,
+        // so traffic could otherwise hide an expired timer for ever.
+        let timed = self.idle.is_some() || self.options.half_close_timeout.is_some();
+        let now = timed.then(Instant::now);
+        if let Some(now) = now {
+            if let Some(err) = self.expired(now) {
+                return Poll::Ready(Err(err));
+            }
+        }
+
         let size = self.options.buffer_size;
         let moved_before = self.a_to_b.copied + self.b_to_a.copied;
 
@@ -253,54 +270,82 @@ impl Copy {
             }
         }
 
-        if self.first_eof.is_none() {
-            self.first_eof = match (self.a_to_b.read_eof(), self.b_to_a.read_eof()) {
-                (true, _) => Some(Side::A),
-                (false, true) => Some(Side::B),
-                (false, false) => None,
+        let newly_half_closed = self.first_eof.is_none()
+            && match (self.a_to_b.read_eof(), self.b_to_a.read_eof()) {
+                (true, _) => {
+                    self.first_eof = Some(Side::A);
+                    true
+                }
+                (false, true) => {
+                    self.first_eof = Some(Side::B);
+                    true
+                }
+                (false, false) => false,
             };
-            if let (Some(_), Some(d)) = (self.first_eof, self.options.half_close_timeout) {
-                self.half_close = Some(Box::pin(tokio::time::sleep(d)));
-            }
-        }
 
         if self.a_to_b.is_done() && self.b_to_a.is_done() {
             return Poll::Ready(Ok(self.transfer()));
         }
 
-        if let Some(timer) = self.half_close.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                let open = if self.a_to_b.is_done() {
-                    Direction::BToA
-                } else {
-                    Direction::AToB
-                };
-                return Poll::Ready(Err(TunnelError::timeout(
-                    Kind::HalfCloseTimeout,
-                    Some(open),
-                    self.transfer(),
-                )));
+        let Some(now) = now else {
+            return Poll::Pending;
+        };
+        if newly_half_closed || self.a_to_b.copied + self.b_to_a.copied != moved_before {
+            self.last_active = now;
+        }
+        if newly_half_closed {
+            if let Some(limit) = self.options.half_close_timeout {
+                self.half_close = Some(Box::pin(tokio::time::sleep_until(now + limit)));
             }
         }
-
-        if let (Some(timer), Some(limit)) = (self.idle.as_mut(), self.options.idle_timeout) {
-            if self.a_to_b.copied + self.b_to_a.copied != moved_before {
-                self.last_active = Instant::now();
-            }
+        // Register for the timers' wake-ups. A timer that fires early (bytes moved
+        // since it was armed) is pushed back to its real deadline; one whose
+        // deadline has passed ends the tunnel.
+        let last_active = self.last_active;
+        let timers = [
+            (self.idle.as_mut(), self.options.idle_timeout),
+            (self.half_close.as_mut(), self.options.half_close_timeout),
+        ];
+        for (timer, limit) in timers {
+            let (Some(timer), Some(limit)) = (timer, limit) else {
+                continue;
+            };
             while timer.as_mut().poll(cx).is_ready() {
-                let deadline = self.last_active + limit;
+                let deadline = last_active + limit;
                 if deadline <= Instant::now() {
-                    return Poll::Ready(Err(TunnelError::timeout(
-                        Kind::IdleTimeout,
-                        None,
-                        self.transfer(),
-                    )));
+                    // Report it through the one check above.
+                    cx.waker().wake_by_ref();
+                    break;
                 }
-                // Bytes moved since the timer was armed: push it back and poll again
-                // so that it registers this task's waker.
                 timer.as_mut().reset(deadline);
             }
         }
         Poll::Pending
+    }
+
+    /// The timeout error, if a timer's deadline has passed at `now`.
+    fn expired(&self, now: Instant) -> Option<TunnelError> {
+        let since_active = now.saturating_duration_since(self.last_active);
+        let over = |limit: Option<Duration>| limit.is_some_and(|l| since_active >= l);
+        if self.half_close.is_some() && over(self.options.half_close_timeout) {
+            let open = if self.a_to_b.is_done() {
+                Direction::BToA
+            } else {
+                Direction::AToB
+            };
+            return Some(TunnelError::timeout(
+                Kind::HalfCloseTimeout,
+                Some(open),
+                self.transfer(),
+            ));
+        }
+        if over(self.options.idle_timeout) {
+            return Some(TunnelError::timeout(
+                Kind::IdleTimeout,
+                None,
+                self.transfer(),
+            ));
+        }
+        None
     }
 }

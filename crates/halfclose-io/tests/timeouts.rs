@@ -96,3 +96,107 @@ async fn half_close_timeout_does_not_fire_when_both_close_in_time() {
     let t = eventually(r.tunnel).await.unwrap().expect("clean end");
     assert_eq!(t.first_eof, Some(Side::A));
 }
+
+/// The half-close timeout is an inactivity timeout: a client that sends its
+/// request and its FIN (`nc -N`, batch uploaders) keeps a download that is still
+/// streaming, however long it runs; once the download stalls, the tunnel ends
+/// one timeout after the last byte.
+#[tokio::test(start_paused = true)]
+async fn half_close_timeout_spares_a_download_still_streaming() {
+    let mut r = relay(Tunnel::new().half_close_timeout(Duration::from_secs(10))).await;
+    close_write(&mut r.client).await;
+    let mut buf = [0u8; 16];
+    assert_eq!(eventually(r.server.read(&mut buf)).await.unwrap(), 0);
+    // 60 s of download, a chunk every 5 s: six times the timeout in all.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        r.server.write_all(b"chunk").await.unwrap();
+        eventually(r.client.read_exact(&mut buf[..5]))
+            .await
+            .unwrap();
+        assert!(!r.tunnel.is_finished(), "a streaming download was cut");
+    }
+    let last_byte = tokio::time::Instant::now();
+    let err = eventually(r.tunnel)
+        .await
+        .unwrap()
+        .expect_err("half-close timeout once the download stalls");
+    assert!(err.is_half_close_timeout(), "{err}");
+    assert_eq!(last_byte.elapsed(), Duration::from_secs(10));
+    assert_eq!(err.transfer().b_to_a, 60);
+}
+
+/// A source that is always busy: each read spends the task's whole cooperative
+/// budget and asks to be polled again, moving no byte (a socket whose reads
+/// keep being deferred by tokio's budget behaves so).
+struct Busy;
+
+impl tokio::io::AsyncRead for Busy {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::future::Future;
+        loop {
+            let spend = std::pin::pin!(tokio::task::consume_budget());
+            // Pending once the budget is gone; it has then woken the task.
+            if spend.poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Busy {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// No amount of readiness keeps a timer from firing: with a side that spends
+/// the whole cooperative budget on every poll, the timers cannot be polled
+/// with budget left, and the deadline must still end the tunnel. (Real time: a
+/// task that never waits keeps paused time from moving.)
+#[tokio::test]
+async fn timers_fire_while_a_side_spends_the_whole_budget() {
+    let (_peer, mut b) = tokio::io::duplex(1024);
+    let mut a = Busy;
+    let res = within(
+        "the idle timeout beside a busy side",
+        Tunnel::new()
+            .idle_timeout(Duration::from_millis(50))
+            .copy(&mut a, &mut b),
+    )
+    .await;
+    assert!(res.expect_err("idle timeout").is_idle_timeout());
+
+    let (mut peer, mut b) = tokio::io::duplex(1024);
+    peer.shutdown().await.unwrap();
+    let res = within(
+        "the half-close timeout beside a busy side",
+        Tunnel::new()
+            .half_close_timeout(Duration::from_millis(50))
+            .copy(&mut Busy, &mut b),
+    )
+    .await;
+    assert!(res.expect_err("half-close timeout").is_half_close_timeout());
+}

@@ -155,8 +155,9 @@ impl Builder {
         self.map(|c| c.tunnel = c.tunnel.idle_timeout(timeout))
     }
 
-    /// After one side of a tunnel sends its FIN, the other must finish within
-    /// `timeout` (default: no limit).
+    /// Once one side of a tunnel has sent its FIN, close the tunnel when no byte
+    /// moves either way for `timeout` (default: never). An inactivity timeout: a
+    /// reply still streaming after the client's FIN is not cut.
     pub fn tunnel_half_close_timeout(self, timeout: Duration) -> Self {
         self.map(|c| c.tunnel = c.tunnel.half_close_timeout(timeout))
     }
