@@ -144,3 +144,60 @@ async fn layer_with_a_predicate() {
         (200, &b"upstream /api/users"[..])
     );
 }
+
+/// A path prefix cannot be escaped with dot-segments, plain or percent-encoded:
+/// such paths are judged (and forwarded) with their dot-segments resolved, and
+/// those that hide a dot-segment behind an encoded slash are refused with 400.
+#[tokio::test]
+async fn layer_prefix_cannot_be_escaped_with_dot_segments() {
+    let up = upstream().await;
+    let app = axum::Router::new()
+        .route("/admin", axum::routing::get(|| async { "local admin" }))
+        .layer(
+            ReverseProxyLayer::new(&format!("http://{up}"))
+                .unwrap()
+                .path_prefix("/api"),
+        );
+    let addr = serve_axum(app).await;
+    for escape in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/.%2E/admin",
+        "/api/./../admin",
+    ] {
+        let (status, body) = get(addr, escape).await;
+        assert!(
+            !body.starts_with("upstream"),
+            "{escape} reached the upstream as {body:?}"
+        );
+        assert_ne!(status, 200, "{escape}");
+    }
+    assert_eq!(
+        get(addr, "/api/x/../users").await,
+        (200, "upstream /api/users".into())
+    );
+    assert_eq!(
+        get(addr, "/api/./users/%2e").await,
+        (200, "upstream /api/users/".into())
+    );
+    for hidden in ["/api/..%2fadmin", "/api/..%5Cadmin"] {
+        assert_eq!(get(addr, hidden).await.0, 400, "{hidden}");
+    }
+}
+
+/// The proxy on its own keeps every request under its upstream's base path.
+#[tokio::test]
+async fn base_path_cannot_be_escaped() {
+    let up = upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{up}/base")).unwrap();
+    let addr = serve_axum(axum::Router::new().fallback_service(proxy)).await;
+    assert_eq!(
+        get(addr, "/../admin").await,
+        (200, "upstream /base/admin".into())
+    );
+    assert_eq!(
+        get(addr, "/%2e%2e/%2E%2E/admin").await,
+        (200, "upstream /base/admin".into())
+    );
+    assert_eq!(get(addr, "/..%2F..%2Fadmin").await.0, 400);
+}

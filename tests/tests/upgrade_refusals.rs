@@ -107,3 +107,21 @@ async fn h2c_refused_by_default() {
         .unwrap();
     assert_eq!(header_of(&head, "upgrade"), Some("h2c"));
 }
+
+/// `CONNECT` is refused with 405, and the 405 names the allowed methods.
+#[tokio::test]
+async fn connect_is_refused_with_allow() {
+    let up = refusing_upstream(StatusCode::OK).await;
+    let addr = serve(ReverseProxy::new(&format!("http://{up}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 405, "{head}");
+    let allow = header_of(&head, "allow").expect("an Allow field");
+    assert!(
+        allow.contains("GET") && !allow.contains("CONNECT"),
+        "{allow}"
+    );
+}

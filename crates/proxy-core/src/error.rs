@@ -95,6 +95,12 @@ impl ProxyError {
         }
     }
 
+    /// True if the client caused it (a 4xx: a bad target, `CONNECT`, a refused
+    /// upgrade): worth a DEBUG line at most, so clients cannot flood the logs.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
     /// The upstream URI given to the proxy is not usable (not absolute `http` or
     /// `https` with a host).
     pub fn is_invalid_upstream(&self) -> bool {

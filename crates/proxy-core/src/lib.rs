@@ -38,6 +38,7 @@
 mod error;
 mod forwarded;
 mod hop;
+mod path;
 mod rules;
 mod target;
 mod upgrade;
@@ -47,6 +48,7 @@ pub use forwarded::{
     ClientInfo, ForwardedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
 pub use hop::{HOP_BY_HOP, remove_hop_by_hop};
+pub use path::normalize_path;
 pub use rules::{HostHeader, Outcome, Prepared, ProxyRules};
 pub use target::{clean_query, join_paths};
 pub use upgrade::{UpgradePolicy, UpgradeRequest, requested_upgrade};

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
-use crate::ProxyError;
+use crate::{ProxyError, normalize_path};
 
 /// Joins a base path and a request path with exactly one slash between them, like
 /// Go's `singleJoiningSlash`. Neither side is decoded or normalised.
@@ -195,10 +195,12 @@ impl Target {
     }
 
     /// The upstream URI for a request to `req`: the base path joined with the
-    /// request path; the base query and the request's [cleaned](clean_query) query
-    /// joined with `&` (Go's `ProxyRequest.SetURL`, after Go's `cleanQueryParams`).
+    /// request path, its dot-segments [resolved](normalize_path) first so that it
+    /// cannot climb out of the base path; the base query and the request's
+    /// [cleaned](clean_query) query joined with `&` (Go's `ProxyRequest.SetURL`,
+    /// after Go's `cleanQueryParams`).
     pub(crate) fn rewrite(&self, req: &Uri) -> Result<Uri, ProxyError> {
-        let mut pq = join_paths(&self.path, req.path());
+        let mut pq = join_paths(&self.path, &normalize_path(req.path())?);
         let req_query = req.query().map(clean_query);
         let req_query = req_query.as_deref().filter(|q| !q.is_empty());
         match (&self.query, req_query) {
@@ -324,6 +326,21 @@ mod tests {
             "http://u/p?sta=tic&a=1"
         );
         assert_eq!(rewrite("http://u/", "/p?;"), "http://u/p");
+    }
+
+    /// A request path cannot climb out of the upstream's base path.
+    #[test]
+    fn dot_segments_stay_under_the_base_path() {
+        assert_eq!(rewrite("http://u/base", "/../admin"), "http://u/base/admin");
+        assert_eq!(
+            rewrite("http://u/base/", "/x/%2e%2e/%2E%2E/admin?q=1"),
+            "http://u/base/admin?q=1"
+        );
+        let err = Target::parse("http://u/base".parse().unwrap())
+            .unwrap()
+            .rewrite(&"/..%2fadmin".parse().unwrap())
+            .unwrap_err();
+        assert!(err.is_bad_request(), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `ReverseProxyLayer`: forward some requests, let the rest reach the inner service.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use http::{Request, Response, request};
 use http_body::Body;
 use http_body_util::Either;
 use pin_project_lite::pin_project;
-use proxy_core::ProxyError;
+use proxy_core::{ProxyError, normalize_path};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -34,6 +35,37 @@ impl Matcher {
             self.prefixes.is_empty() || self.prefixes.iter().any(|p| prefix_matches(p, path));
         by_prefix && self.predicate.as_ref().is_none_or(|f| f(parts))
     }
+
+    /// Decides on the request's path with its dot-segments resolved, so that
+    /// `/api/../admin` is judged (and, when it matches, forwarded) as `/admin`.
+    /// A path that cannot be resolved safely goes to the proxy, which answers 400.
+    /// Requests for the inner service keep their URI as it came.
+    fn route(&self, parts: &mut request::Parts) -> bool {
+        let normalized = match normalize_path(parts.uri.path()) {
+            Ok(Cow::Borrowed(_)) => return self.matches(parts),
+            Ok(Cow::Owned(path)) => path,
+            Err(_) => return true,
+        };
+        let mut pq = normalized;
+        if let Some(q) = parts.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = match http::uri::PathAndQuery::try_from(pq) {
+            Ok(pq) => Some(pq),
+            Err(_) => return true,
+        };
+        let Ok(uri) = http::Uri::from_parts(uri) else {
+            return true;
+        };
+        let original = std::mem::replace(&mut parts.uri, uri);
+        let forward = self.matches(parts);
+        if !forward {
+            parts.uri = original;
+        }
+        forward
+    }
 }
 
 /// `/api` matches `/api` and `/api/...` but not `/apix`; a prefix ending in `/`
@@ -50,8 +82,11 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 ///
 /// With no `path_prefix` and no `matching` predicate, every request is forwarded.
 /// With both, a request is forwarded when its path matches one of the prefixes
-/// *and* the predicate holds. The path is forwarded as it is (prefixes are not
-/// stripped); give the upstream URI a path to add one.
+/// *and* the predicate holds. Paths are matched with their dot-segments resolved
+/// ([`normalize_path`]): `/api/../admin` is `/admin`, and so does not match
+/// `/api`; a matching request is forwarded with the resolved path, so the
+/// upstream never sees a path outside the prefix. Prefixes are not stripped;
+/// give the upstream URI a path to add one.
 ///
 /// ```no_run
 /// use proxy_tower::ReverseProxyLayer;
@@ -191,8 +226,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let forward = self.matcher.matches(&parts);
+        let (mut parts, body) = req.into_parts();
+        let forward = self.matcher.route(&mut parts);
         let req = Request::from_parts(parts, body);
         if forward {
             WithReverseProxyFuture {

@@ -201,16 +201,29 @@ pub(crate) struct Origin {
     pub(crate) uri: http::Uri,
 }
 
+/// The methods a 405 names in `Allow`: all but `CONNECT` are forwarded.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Response<ProxyBody<B>> {
-    tracing::warn!(
-        method = %origin.method,
-        path = origin.uri.path(),
-        upstream = %config.rules.upstream(),
-        error = %err,
-        status = err.status().as_u16(),
-        "request not forwarded"
-    );
-    let res = match &config.error_handler {
+    // A client can cause 4xx answers at will: DEBUG, so it cannot flood the logs.
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                method = %origin.method,
+                path = origin.uri.path(),
+                upstream = %config.rules.upstream(),
+                error = %err,
+                status = err.status().as_u16(),
+                "request not forwarded"
+            )
+        };
+    }
+    if err.is_client_error() {
+        log!(debug);
+    } else {
+        log!(warn);
+    }
+    let mut res = match &config.error_handler {
         Some(handler) => handler(&err),
         None => {
             let status = err.status();
@@ -226,6 +239,12 @@ fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Respo
             res
         }
     };
+    // RFC 9110 section 15.5.6: a 405 names the methods that are allowed.
+    if res.status() == http::StatusCode::METHOD_NOT_ALLOWED {
+        res.headers_mut()
+            .entry(header::ALLOW)
+            .or_insert(http::HeaderValue::from_static(ALLOWED_METHODS));
+    }
     res.map(ProxyBody::message)
 }
 
