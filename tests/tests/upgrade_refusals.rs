@@ -125,3 +125,87 @@ async fn connect_is_refused_with_allow() {
         "{allow}"
     );
 }
+
+/// An upgrade request that carries a body is not an upgrade: it goes upstream
+/// as plain HTTP, without the upgrade pair, so an upstream that answers
+/// upgrade requests (426) without reading their body never takes the body for
+/// its next request. The exact bytes of the attack.
+#[tokio::test]
+async fn upgrade_with_a_body_cannot_smuggle_a_request() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    // The upstream: answers upgrade requests 426 at once, without reading their
+    // body; reads the body of any other request. Reports every request line.
+    let (listener, upstream) = listener().await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(tcp);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_owned());
+                    }
+                    let _ = seen_tx.send(head[0].clone());
+                    let field = |name: &str| {
+                        head.iter().skip(1).find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    };
+                    let answer = if field("upgrade").is_some() {
+                        "HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n".to_owned()
+                    } else {
+                        let len: usize = field("content-length")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        conn.read_exact(&mut body).await.unwrap();
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+                            + &String::from_utf8_lossy(&body)
+                    };
+                    conn.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+
+    let smuggled = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(smuggled.len(), 32);
+    let mut cli = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut attack = b"POST /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 32\r\n\r\n".to_vec();
+    attack.extend_from_slice(smuggled);
+    cli.write_all(&attack).await.unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, smuggled, "the body reached the upstream as a body");
+    assert_eq!(
+        within("the request at the upstream", seen.recv())
+            .await
+            .unwrap(),
+        "POST /ws HTTP/1.1"
+    );
+    // One more request through the same pooled upstream connection: the
+    // upstream sees it, and never a request for /admin.
+    cli.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(
+        within("the next request at the upstream", seen.recv())
+            .await
+            .unwrap(),
+        "GET /after HTTP/1.1"
+    );
+    assert!(seen.try_recv().is_err(), "the upstream saw another request");
+}

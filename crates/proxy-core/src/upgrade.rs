@@ -149,6 +149,14 @@ impl UpgradeRequest {
 /// HTTP/2 or HTTP/3 requests (RFC 9113 section 8.6: those protocols have no
 /// `Upgrade`; they use extended CONNECT instead).
 ///
+/// A request that carries a body (`Content-Length` other than 0, or any
+/// `Transfer-Encoding`) is never an upgrade either: after a switch, the bytes
+/// behind the head belong to the new protocol, so a body would be read as
+/// protocol data by one side and as a request by the other (an upstream that
+/// answers 426 without reading the body would take the body for its next
+/// request). Such a request is forwarded as plain HTTP, its `Upgrade` removed
+/// with the other hop-by-hop fields, as HAProxy does.
+///
 /// ```
 /// use http::Request;
 ///
@@ -172,10 +180,22 @@ pub fn requested_upgrade(
     if !has_token(headers, &header::CONNECTION, "upgrade") {
         return None;
     }
+    if carries_body(headers) {
+        return None;
+    }
     // An Upgrade field with no protocol in it asks for nothing.
     list_elements(headers, &header::UPGRADE).next()?;
     let value: Vec<HeaderValue> = headers.get_all(header::UPGRADE).iter().cloned().collect();
     Some(UpgradeRequest { value })
+}
+
+/// True if the head announces a body (RFC 9112 section 6.3).
+fn carries_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&c| c != b'0'))
 }
 
 /// Refuses the upgrade if any requested protocol is not allowed by `policy`.
@@ -252,6 +272,20 @@ mod tests {
 
     // RFC 9110 section 7.8: Connection: upgrade + Upgrade make an upgrade request;
     // the token may be anywhere, in any case, on any Connection line.
+    #[test]
+    fn a_request_with_a_body_is_never_an_upgrade() {
+        let up = [("connection", "upgrade"), ("upgrade", "websocket")];
+        let get = |extra: &[(&str, &str)]| {
+            let mut all = up.to_vec();
+            all.extend_from_slice(extra);
+            requested_upgrade(&headers(&all), Version::HTTP_11, &Method::POST)
+        };
+        assert!(get(&[]).is_some());
+        assert!(get(&[("content-length", "0")]).is_some());
+        assert!(get(&[("content-length", "32")]).is_none());
+        assert!(get(&[("transfer-encoding", "chunked")]).is_none());
+    }
+
     #[test]
     fn detects_upgrade_token_anywhere() {
         for conn in [
