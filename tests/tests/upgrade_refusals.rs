@@ -209,3 +209,23 @@ async fn upgrade_with_a_body_cannot_smuggle_a_request() {
     );
     assert!(seen.try_recv().is_err(), "the upstream saw another request");
 }
+
+/// An upgrade request whose client connection cannot be handed over (its
+/// server gave no `OnUpgrade`) is answered before the upstream is contacted, so
+/// no upstream connection is switched for nothing.
+#[tokio::test]
+async fn upgrade_without_an_upgradable_client_never_reaches_the_upstream() {
+    use tower::ServiceExt;
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let req = http::Request::get("/chat")
+        .header("host", "x")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = within("the answer", proxy.oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let contacted = tokio::time::timeout(std::time::Duration::from_millis(300), heads.recv()).await;
+    assert!(contacted.is_err(), "the upstream was contacted");
+}

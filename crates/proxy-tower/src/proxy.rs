@@ -288,6 +288,16 @@ where
             ProxyError::upstream("the upstream speaks HTTP/2, which has no Upgrade"),
         );
     }
+    // Before the upstream switches protocols: a client connection its server
+    // cannot hand over (no `OnUpgrade`) would leave an upgraded upstream
+    // connection with nowhere to go.
+    if prepared.is_upgrade() && client_upgrade.is_none() {
+        return error_response(
+            config,
+            &origin,
+            ProxyError::upstream("the client connection cannot be upgraded by its server"),
+        );
+    }
     parts.version = if config.http2_only {
         Version::HTTP_2
     } else {
@@ -333,12 +343,15 @@ where
             return error_response(
                 config,
                 &origin,
-                ProxyError::upstream("a connection of this request cannot be upgraded"),
+                ProxyError::upstream("the upstream connection cannot be upgraded"),
             );
         };
+        // The hook sees the 101 before any tunnel byte moves.
+        if let Some(modify) = &config.modify_response {
+            modify(&mut parts);
+        }
         tunnel::spawn(client_io, upstream_io, client_abort, config, &origin);
-    }
-    if let Some(modify) = &config.modify_response {
+    } else if let Some(modify) = &config.modify_response {
         modify(&mut parts);
     }
     let body = match outcome {
