@@ -60,6 +60,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     response_timeout: Option<Duration>,
 
+    /// Idle upstream connections kept for reuse, at most; a burst of clients
+    /// leaves no more than this many open once it is over.
+    #[arg(long, default_value_t = proxy_tower::DEFAULT_POOL_MAX_IDLE, value_name = "N")]
+    upstream_max_idle: usize,
+
+    /// Close an idle upstream connection after this long (`0`: keep it until the
+    /// upstream closes it).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    upstream_idle_timeout: Duration,
+
     /// Speak HTTP/2 with prior knowledge to the upstream (gRPC upstreams).
     #[arg(long)]
     http2_upstream: bool,

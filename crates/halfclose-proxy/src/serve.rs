@@ -58,6 +58,8 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
             HostHeader::Upstream
         })
         .forwarded_headers(forwarded)
+        .pool_max_idle(args.upstream_max_idle)
+        .pool_idle_timeout(nonzero(Some(args.upstream_idle_timeout)))
         .upgrade_policy(upgrade_policy(&args.allow_upgrade));
     if let Some(d) = args.response_timeout {
         b = b.response_timeout(d);

@@ -659,3 +659,83 @@ async fn upstream_reset_reaches_the_client_as_a_reset() {
     proxy.terminate();
     assert!(within("exit", proxy.child.wait()).await.unwrap().success());
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the proxy's fd table")
+        .count()
+}
+
+/// Waits until the process has at most `most` file descriptors open.
+async fn fds_settle(pid: u32, most: usize, what: &str) {
+    within(what, async {
+        while open_fds(pid) > most {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// A burst of BURST concurrent requests through a proxy started with `flags`;
+/// returns the proxy and its file descriptors before the burst.
+async fn burst_through(flags: &[&str]) -> (Proxy, usize) {
+    use std::sync::Arc;
+    const BURST: usize = 100;
+    // Every request waits for all the others: the burst needs BURST upstream
+    // connections at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(BURST));
+    let upstream = serve_fn(move |_req| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let upstream = format!("http://{upstream}");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", &upstream];
+    args.extend_from_slice(flags);
+    let proxy = Proxy::start(&args).await;
+    let baseline = open_fds(proxy.child.id().unwrap());
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(raw_get(proxy.addr, "/burst")))
+        .collect();
+    for r in burst {
+        let (head, _) = within("a burst response", r).await.unwrap();
+        assert_eq!(status_of(&head), 200, "{head}");
+    }
+    (proxy, baseline)
+}
+
+/// After a burst, the idle upstream pool keeps at most `--upstream-max-idle`
+/// connections (here with no idle timeout, so only the bound can close them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pool_keeps_at_most_max_idle_after_a_burst() {
+    let (proxy, baseline) =
+        burst_through(&["--upstream-max-idle", "4", "--upstream-idle-timeout", "0"]).await;
+    let pid = proxy.child.id().unwrap();
+    fds_settle(
+        pid,
+        baseline + 4,
+        "the pool to keep at most 4 idle connections",
+    )
+    .await;
+    proxy.terminate();
+}
+
+/// After a burst, idle upstream connections expire after
+/// `--upstream-idle-timeout` (here with no bound on their number): the proxy's
+/// file descriptors come back to their baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pool_expires_idle_connections() {
+    let (proxy, baseline) = burst_through(&[
+        "--upstream-max-idle",
+        "1000",
+        "--upstream-idle-timeout",
+        "1s",
+    ])
+    .await;
+    let pid = proxy.child.id().unwrap();
+    fds_settle(pid, baseline, "idle upstream connections to expire").await;
+    proxy.terminate();
+}

@@ -16,6 +16,13 @@ pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
 pub(crate) type ModifyResponse = Arc<dyn Fn(&mut response::Parts) + Send + Sync>;
 pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send + Sync>;
 
+/// Idle upstream connections kept for reuse, at most (nginx's `keepalive`,
+/// commonly 32 to 128).
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// How long an idle upstream connection is kept (nginx's upstream
+/// `keepalive_timeout` is 60 s).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Everything a running proxy needs, shared by its clones.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -23,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) response_timeout: Option<Duration>,
     pub(crate) http2_only: bool,
+    pub(crate) pool_max_idle: usize,
+    pub(crate) pool_idle_timeout: Option<Duration>,
     pub(crate) tunnel: Tunnel,
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) rewrite: Option<Rewrite>,
@@ -38,6 +47,8 @@ impl Config {
             connect_timeout: None,
             response_timeout: None,
             http2_only: false,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
             tunnel: Tunnel::new(),
             error_handler: None,
             rewrite: None,
@@ -68,6 +79,8 @@ impl fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("http2_only", &self.http2_only)
+            .field("pool_max_idle", &self.pool_max_idle)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("tunnel", &self.tunnel)
             .field("error_handler", &self.error_handler.is_some())
             .field("rewrite", &self.rewrite.is_some())
@@ -131,6 +144,22 @@ impl Builder {
     /// then answered 502: HTTP/2 has no `Upgrade`.
     pub fn http2_only(self) -> Self {
         self.map(|c| c.http2_only = true)
+    }
+
+    /// Keep at most `max` idle upstream connections for reuse (default
+    /// [`DEFAULT_POOL_MAX_IDLE`]); a burst of clients leaves no more than this
+    /// many open once it is over. `0` keeps none: every request opens a new
+    /// connection. Applies to the default client only.
+    pub fn pool_max_idle(self, max: usize) -> Self {
+        self.map(|c| c.pool_max_idle = max)
+    }
+
+    /// Close an idle upstream connection after `timeout` (default
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]; `None`: keep it until the upstream closes
+    /// it). Applies to the default client only.
+    pub fn pool_idle_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.map(|c| c.pool_idle_timeout = timeout)
     }
 
     /// Which `Host` the upstream sees (default: its own authority).

@@ -76,7 +76,7 @@ mod tunnel;
 
 pub use abort::{AbortHandle, ResetOnAbort};
 pub use body::{ProxyBody, RequestBody};
-pub use config::Builder;
+pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 pub use io::ClientIo;
 pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
 pub use proxy::{DefaultClient, ResponseFuture, ReverseProxy};

@@ -14,7 +14,7 @@ use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use proxy_core::{Outcome, ProxyError};
 use tower_service::Service;
 use tracing::Instrument;
@@ -87,7 +87,12 @@ impl ReverseProxy {
         http.set_nodelay(true);
         http.set_connect_timeout(config.connect_timeout);
         let mut client = Client::builder(TokioExecutor::new());
-        client.http2_only(config.http2_only);
+        client
+            .http2_only(config.http2_only)
+            // Without a timer, hyper-util never expires idle connections.
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(config.pool_idle_timeout);
         let client = client.build(http);
         ReverseProxy {
             config: Arc::new(config),
