@@ -4,6 +4,9 @@
 //!   each benchmark once in test mode, API docs without warnings, examples).
 //!   Fails if any fails, and prints a summary.
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
+//! - `cargo xtask soak [ARGS]`: thousands of tunnels and requests through the
+//!   release binary, every byte checked (ARGS go to the soak program, e.g.
+//!   `--tunnels 5000 --concurrency 1000`).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -19,8 +22,9 @@ fn main() -> ExitCode {
     let result = match cmd {
         "test" => test(),
         "bench" => bench(rest),
+        "soak" => soak(true, rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <test|bench [criterion args]>");
+            println!("usage: cargo xtask <test|bench [criterion args]|soak [soak args]>");
             Ok(())
         }
         other => Err(format!(
@@ -128,6 +132,16 @@ fn test() -> Result<(), String> {
         .env("RUSTDOCFLAGS", "-D warnings");
     run("docs", docs, &mut steps);
 
+    // Built in debug, like the tests; a few hundred of each, small sizes.
+    let start = Instant::now();
+    eprintln!("\n==> soak (short)");
+    let ok = soak(false, &SHORT_SOAK.map(String::from)).is_ok();
+    steps.push(Step {
+        name: "soak",
+        ok,
+        secs: start.elapsed().as_secs_f64(),
+    });
+
     let mut examples = cargo();
     examples.args(["build", "--workspace", "--locked", "--examples"]);
     run("examples", examples, &mut steps);
@@ -169,5 +183,59 @@ fn bench(args: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err("benchmarks failed".into())
+    }
+}
+
+/// The soak that `cargo xtask test` runs.
+const SHORT_SOAK: [&str; 8] = [
+    "--tunnels",
+    "300",
+    "--requests",
+    "300",
+    "--concurrency",
+    "100",
+    "--max-size",
+    "262144",
+];
+
+/// Builds the proxy and the soak program (release or debug), then runs it.
+fn soak(release: bool, args: &[String]) -> Result<(), String> {
+    let args = match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => args,
+    };
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--locked",
+        "-p",
+        "halfclose-proxy",
+        "-p",
+        "e2e-tests",
+        "--bins",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    let built = build
+        .status()
+        .map_err(|e| format!("could not start cargo build: {e}"))?;
+    if !built.success() {
+        return Err("building the soak failed".into());
+    }
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let dir = target.join(if release { "release" } else { "debug" });
+    let status = Command::new(dir.join("soak"))
+        .arg("--proxy")
+        .arg(dir.join("halfclose-proxy"))
+        .args(args)
+        .status()
+        .map_err(|e| format!("could not start the soak: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("the soak failed".into())
     }
 }

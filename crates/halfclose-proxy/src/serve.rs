@@ -76,6 +76,21 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
     b.build().map_err(|e| e.to_string())
 }
 
+/// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`
+/// (Go asks for somaxconn itself; tokio's `bind` asks for 1024, which a burst
+/// of clients overflows).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Says once, at start, whether the upstream answers: a WARN line when it does
 /// not. The proxy serves either way (502 until the upstream is up), since
 /// orchestrators start the proxy and its upstream in any order.
@@ -136,9 +151,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener =
+        listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (upstream, demo_addr) = match &args.upstream {
@@ -224,7 +238,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let second_signal = shutdown_signal();
     let grace = args.shutdown_grace;
     println!(
-        "shutting down: no longer accepting; waiting up to {grace:?} for requests and {} tunnel(s)",
+        "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
+        // Every open client connection holds a permit, tunnels included.
+        args.max_connections.max(1) - limit.available_permits(),
         tunnels.active()
     );
     let _ = stop.send(true);

@@ -159,8 +159,11 @@ impl fmt::Display for ProxyError {
         if let Some(d) = &self.detail {
             write!(f, ": {d}")?;
         }
-        if let Some(s) = &self.source {
-            write!(f, ": {s}")?;
+        // The whole chain: "client error (SendRequest)" alone says little.
+        let mut cause: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|s| s as _);
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
         }
         Ok(())
     }
