@@ -287,3 +287,47 @@ async fn expect_100_continue() {
     assert_eq!(status_of(&head), 200, "{head}");
     assert_eq!(body, b"hello");
 }
+
+/// With an HTTP/2 upstream, the host goes in `:authority` and never disagrees
+/// with a `host` field (RFC 9113 section 8.3.1): with `HostHeader::Preserve` the
+/// client's Host, else the upstream's authority. The connection still goes to
+/// the configured upstream, whatever the client's Host says.
+#[tokio::test]
+async fn http2_upstream_gets_the_host_as_authority() {
+    let upstream = serve_fn(|req| async move {
+        let authority = req.uri().authority().map(|a| a.to_string());
+        let host = req
+            .headers()
+            .get("host")
+            .map(|h| h.to_str().unwrap().to_owned());
+        Response::new(Full::new(Bytes::from(format!(
+            "{:?} authority={authority:?} host={host:?}",
+            req.version()
+        ))))
+    })
+    .await;
+    for (policy, want) in [
+        (
+            proxy_tower::HostHeader::Preserve,
+            "HTTP/2.0 authority=Some(\"front.example\") host=None".to_owned(),
+        ),
+        (
+            proxy_tower::HostHeader::Upstream,
+            format!("HTTP/2.0 authority=Some(\"{upstream}\") host=None"),
+        ),
+    ] {
+        let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+            .http2_only()
+            .host_header(policy)
+            .build()
+            .unwrap();
+        let addr = serve(proxy).await;
+        let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+        cli.write_all(b"GET /who HTTP/1.1\r\nHost: front.example\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut cli).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), want, "{policy:?}");
+    }
+}

@@ -182,13 +182,14 @@ impl ProxyRules {
             check_policy(up, &self.upgrades)?;
         }
         let headers = &mut parts.headers;
-        // RFC 9110 section 7.2: Host, or the URI's authority (HTTP/2 :authority).
-        let original_host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // The target's authority wins over Host: RFC 9112 section 3.2.2 (an
+        // absolute-form request target) and RFC 9113 section 8.3.1 (HTTP/2's
+        // :authority). Otherwise Host (RFC 9110 section 7.2).
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| headers.get(header::HOST).cloned());
         // RFC 9110 section 10.1.4: TE is hop-by-hop, but "trailers" says the client
         // accepts trailers, which the upstream needs to know (gRPC).
         let te_trailers = has_token(headers, &header::TE, "trailers");

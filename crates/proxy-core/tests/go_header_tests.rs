@@ -190,6 +190,25 @@ fn host_policy() {
     assert_eq!(r.uri.authority().unwrap(), "backend:8080");
 }
 
+/// RFC 9112 section 3.2.2: with an absolute-form target, its authority wins over
+/// Host, for Preserve and for X-Forwarded-Host.
+#[test]
+fn absolute_form_authority_wins_over_host() {
+    let (mut r, ()) = Request::get("http://front.example/x")
+        .header("host", "other.example")
+        .body(())
+        .unwrap()
+        .into_parts();
+    ProxyRules::new("http://backend:8080")
+        .unwrap()
+        .host_header(HostHeader::Preserve)
+        .prepare_request(&mut r, &client())
+        .unwrap();
+    assert_eq!(r.headers["host"], "front.example");
+    assert_eq!(r.headers["x-forwarded-host"], "front.example");
+    assert_eq!(r.uri, "http://backend:8080/x");
+}
+
 // TestReverseProxyWebSocket (header part): an upgrade request keeps exactly
 // Connection: upgrade and Upgrade; the 101 reaches the client with them and without
 // the other hop-by-hop headers (Go leaks Keep-Alive here).

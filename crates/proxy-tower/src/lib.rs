@@ -68,6 +68,7 @@
 
 mod abort;
 mod body;
+mod client;
 mod config;
 mod io;
 mod layer;
@@ -76,10 +77,11 @@ mod tunnel;
 
 pub use abort::{AbortHandle, ResetOnAbort};
 pub use body::{ProxyBody, RequestBody};
+pub use client::{DefaultClient, DefaultClientFuture};
 pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 pub use io::ClientIo;
 pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
-pub use proxy::{DefaultClient, ResponseFuture, ReverseProxy};
+pub use proxy::{ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
 pub use tunnel::Tunnels;
 

@@ -12,19 +12,12 @@ use bytes::Bytes;
 use http::{Request, Response, Version, header};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use proxy_core::{Outcome, ProxyError};
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::config::{Builder, Config};
-use crate::{BoxError, ProxyBody, RequestBody, tunnel};
-
-/// The client a [`ReverseProxy`] uses unless given another: hyper-util's pooled
-/// client over plain TCP.
-pub type DefaultClient = Client<HttpConnector, RequestBody>;
+use crate::{BoxError, DefaultClient, ProxyBody, RequestBody, tunnel};
 
 /// A tower [`Service`] that forwards every request to one upstream.
 ///
@@ -83,17 +76,7 @@ impl ReverseProxy {
     }
 
     pub(crate) fn from_config(config: Config) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(config.connect_timeout);
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .http2_only(config.http2_only)
-            // Without a timer, hyper-util never expires idle connections.
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_idle_timeout(config.pool_idle_timeout);
-        let client = client.build(http);
+        let client = DefaultClient::new(&config);
         ReverseProxy {
             config: Arc::new(config),
             client,

@@ -1,0 +1,205 @@
+//! The client a `ReverseProxy` uses unless given another.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture as PooledFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::{BoxError, RequestBody};
+
+/// The client a [`ReverseProxy`](crate::ReverseProxy) uses unless given another:
+/// plain TCP to the one upstream. Over HTTP/1.1, a pool of connections (at most
+/// [`pool_max_idle`](crate::Builder::pool_max_idle) idle ones, expired after
+/// [`pool_idle_timeout`](crate::Builder::pool_idle_timeout)); with
+/// [`http2_only`](crate::Builder::http2_only), one multiplexed HTTP/2
+/// connection, made again when it closes.
+///
+/// Over HTTP/2 it sends a request's `host` field, when there is one, as the
+/// `:authority` (RFC 9113 section 8.3.1 forbids them to disagree), while it
+/// always connects to the upstream it was built for: so
+/// [`HostHeader::Preserve`](crate::HostHeader::Preserve) works with HTTP/2
+/// upstreams, and a client's Host can never choose where the proxy connects.
+#[derive(Clone)]
+pub struct DefaultClient {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    // Behind an `Arc`: the proxy clones its client for every request.
+    Http1(Arc<Client<HttpConnector, RequestBody>>),
+    Http2(Arc<Http2>),
+}
+
+impl fmt::Debug for DefaultClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Http1(_) => "DefaultClient(http/1.1)",
+            Kind::Http2(_) => "DefaultClient(h2)",
+        })
+    }
+}
+
+impl DefaultClient {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(config.connect_timeout);
+        if config.http2_only {
+            return DefaultClient {
+                kind: Kind::Http2(Arc::new(Http2 {
+                    connector,
+                    upstream: config.rules.upstream().clone(),
+                    conn: tokio::sync::Mutex::new(None),
+                })),
+            };
+        }
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            // Without a timer, hyper-util never expires idle connections.
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(config.pool_idle_timeout);
+        DefaultClient {
+            kind: Kind::Http1(Arc::new(client.build(connector))),
+        }
+    }
+}
+
+impl Service<Request<RequestBody>> for DefaultClient {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = DefaultClientFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> DefaultClientFuture {
+        match &self.kind {
+            Kind::Http1(client) => DefaultClientFuture {
+                inner: Inner::Pooled {
+                    fut: client.request(req),
+                },
+            },
+            Kind::Http2(h2) => {
+                let h2 = h2.clone();
+                DefaultClientFuture {
+                    inner: Inner::Boxed {
+                        fut: Box::pin(async move { h2.send(req).await }),
+                    },
+                }
+            }
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`DefaultClient`].
+    pub struct DefaultClientFuture {
+        #[pin]
+        inner: Inner,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Pooled { #[pin] fut: PooledFuture },
+        Boxed { fut: BoxFuture },
+    }
+}
+
+impl Future for DefaultClientFuture {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            InnerProj::Pooled { fut } => fut.poll(cx).map_err(Into::into),
+            InnerProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for DefaultClientFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DefaultClientFuture")
+    }
+}
+
+/// One HTTP/2 connection to the upstream, shared by every request.
+struct Http2 {
+    connector: HttpConnector,
+    upstream: Uri,
+    /// Held while connecting, so that one connection is made at a time.
+    conn: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+impl Http2 {
+    async fn send(&self, mut req: Request<RequestBody>) -> Result<Response<Incoming>, BoxError> {
+        // RFC 9113 section 8.3.1: `:authority` carries the host; a `host` field
+        // that disagrees with it is malformed. The connection does not depend on
+        // it: it always goes to `self.upstream`.
+        if let Some(host) = req.headers_mut().remove(HOST) {
+            let authority = http::uri::Authority::try_from(host.as_bytes())
+                .map_err(|e| format!("Host {host:?} is not a valid authority: {e}"))?;
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.authority = Some(authority);
+            *req.uri_mut() = Uri::from_parts(parts)?;
+        }
+        let mut sender = self.sender(false).await?;
+        match sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            // The connection closed before the request went out: once more, on
+            // a new one.
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let mut sender = self.sender(true).await?;
+                    Ok(sender.send_request(req).await?)
+                }
+                None => Err(e.into_error().into()),
+            },
+        }
+    }
+
+    /// A ready sender on the current connection, or on a new one.
+    async fn sender(&self, fresh: bool) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(sender) = conn.as_mut() {
+            if !fresh && !sender.is_closed() {
+                let mut sender = sender.clone();
+                drop(conn);
+                sender.ready().await?;
+                return Ok(sender);
+            }
+        }
+        let io = self.connector.clone().call(self.upstream.clone()).await?;
+        let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *conn = Some(sender.clone());
+        drop(conn);
+        sender.ready().await?;
+        Ok(sender)
+    }
+}
