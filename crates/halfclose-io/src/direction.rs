@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -76,25 +77,28 @@ pub(crate) struct HalfDuplex {
 
 thread_local! {
     /// Per-thread buffer that reads land in first. Only unwritten leftovers are
-    /// copied out of it, so an idle direction needs no buffer of its own.
+    /// copied out of it, so an idle direction needs no buffer of its own. Its
+    /// length stays 0: reads go into its spare capacity through
+    /// `ReadBuf::uninit`, so the bytes a tunnel read before are never counted as
+    /// initialized for the next read, and a reader that claims bytes it did not
+    /// write cannot expose another tunnel's data.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on a scratch buffer of `len` bytes: the thread's own if it is free, a
-/// temporary one otherwise (re-entrant polls, or thread-local teardown).
-fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+/// Runs `f` on a scratch buffer of `len` bytes of spare capacity: the thread's
+/// own if it is free, a temporary one otherwise (re-entrant polls, or
+/// thread-local teardown).
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [MaybeUninit<u8>]) -> T) -> T {
     let mut f = Some(f);
     let res = SCRATCH.try_with(|cell| {
         let mut scratch = cell.try_borrow_mut().ok()?;
-        if scratch.len() < len {
-            scratch.resize(len, 0);
-        }
+        scratch.reserve(len);
         let f = f.take()?;
-        Some(f(&mut scratch[..len]))
+        Some(f(&mut scratch.spare_capacity_mut()[..len]))
     });
     match (res, f) {
         (Ok(Some(out)), _) => out,
-        (_, Some(f)) => f(&mut vec![0; len]),
+        (_, Some(f)) => f(&mut Vec::with_capacity(len).spare_capacity_mut()[..len]),
         // `f` was taken only when the scratch buffer was lent, which returned `Some`.
         (_, None) => unreachable!("scratch closure consumed without a result"),
     }
@@ -230,12 +234,13 @@ impl HalfDuplex {
         W: AsyncWrite + ?Sized,
     {
         with_scratch(buffer_size, |scratch| {
-            let mut rb = ReadBuf::new(scratch);
+            let mut rb = ReadBuf::uninit(scratch);
             ready!(reader.poll_read(cx, &mut rb)).map_err(Failure::read)?;
-            let n = rb.filled().len();
+            let data = rb.filled();
+            let n = data.len();
             let mut written = 0;
             while written < n {
-                match writer.as_mut().poll_write(cx, &scratch[written..n]) {
+                match writer.as_mut().poll_write(cx, &data[written..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(write_zero())),
                     Poll::Ready(Ok(m)) => {
                         written += m;
@@ -249,7 +254,7 @@ impl HalfDuplex {
             if written < n {
                 // The destination is slow: keep exactly the rest. The waker is
                 // registered by the `Pending` write above.
-                self.buf = Some(scratch[written..n].into());
+                self.buf = Some(data[written..].into());
                 self.pos = 0;
             }
             Poll::Ready(Ok(n))

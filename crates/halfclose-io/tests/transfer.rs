@@ -278,3 +278,69 @@ async fn a_busy_direction_does_not_starve_the_other() {
     assert_eq!(&got, b"ping");
     tunnel.abort();
 }
+
+/// A reader that claims bytes it never wrote: it asks the buffer to be
+/// initialized and marks 16 bytes filled. Then EOF.
+struct OverReporting {
+    done: bool,
+}
+
+impl AsyncRead for OverReporting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.done {
+            self.done = true;
+            buf.initialize_unfilled_to(16);
+            buf.advance(16);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for OverReporting {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Tunnels share a per-thread scratch buffer: a reader that claims bytes it
+/// did not write gets zeros, never the bytes another tunnel read before.
+#[tokio::test]
+async fn a_reader_that_over_reports_cannot_see_another_tunnels_bytes() {
+    let secret = [0xA5u8; 64];
+    // Tunnel 1, on this thread: the secret passes through the scratch buffer.
+    let (mut client, mut a) = tokio::io::duplex(1024);
+    let (mut b, mut server) = tokio::io::duplex(1024);
+    client.write_all(&secret).await.unwrap();
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    let (t, got) = tokio::join!(Tunnel::new().copy(&mut a, &mut b), async {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    t.unwrap();
+    assert_eq!(got, secret);
+
+    // Tunnel 2, same thread: the over-reporting reader's 16 bytes reach the
+    // other side, and they are not the secret.
+    let mut liar = OverReporting { done: false };
+    let (mut b, mut server) = tokio::io::duplex(1024);
+    server.shutdown().await.unwrap();
+    let (t, got) = tokio::join!(Tunnel::new().copy(&mut liar, &mut b), async {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    t.unwrap();
+    assert_eq!(got, [0u8; 16], "another tunnel's bytes leaked");
+}
