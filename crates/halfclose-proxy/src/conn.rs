@@ -346,11 +346,13 @@ impl Watch<'_> {
     {
         let mut conn = std::pin::pin!(conn);
         let mut awaiting_first = first_head_by.is_some();
-        let mut timer: Option<Pin<Box<Sleep>>> = match (first_head_by, self.idle_timeout) {
-            (Some(at), _) => Some(Box::pin(tokio::time::sleep_until(at))),
-            (None, Some(idle)) => Some(Box::pin(tokio::time::sleep(idle))),
-            (None, None) => None,
+        let idle_at = self.idle_timeout.map(|idle| Instant::now() + idle);
+        let first = match (first_head_by, idle_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
+        let mut timer: Option<Pin<Box<Sleep>>> =
+            first.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut pulses = self.pressure.pulse.subscribe();
         let mut closing = false;
         loop {
@@ -378,10 +380,16 @@ impl Watch<'_> {
                     }
                 }
                 _ = async { timer.as_mut().expect("guarded").as_mut().await }, if timer.is_some() && !closing => {
-                    if awaiting_first {
+                    if let (true, Some(by)) = (awaiting_first, first_head_by) {
                         if self.activity.requests() == 0 {
-                            tracing::debug!(peer = %self.peer, "no request head within the header-read timeout; closing");
-                            return;
+                            if by <= Instant::now() {
+                                tracing::debug!(peer = %self.peer, "no request head within the header-read timeout; closing");
+                                return;
+                            }
+                            if let Some(t) = timer.as_mut() {
+                                t.as_mut().reset(by);
+                            }
+                            continue;
                         }
                         awaiting_first = false;
                     }

@@ -739,3 +739,71 @@ async fn upstream_pool_expires_idle_connections() {
     fds_settle(pid, baseline, "idle upstream connections to expire").await;
     proxy.terminate();
 }
+
+/// `--idle-timeout` closes a keep-alive HTTP/1 connection that has no request
+/// in flight (here well before the header-read timeout would).
+#[tokio::test]
+async fn idle_http1_connection_is_closed() {
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "300ms",
+        "--header-read-timeout",
+        "60s",
+    ])
+    .await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    cli.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let mut rest = Vec::new();
+    within(
+        "the idle connection to be closed",
+        cli.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty());
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
+
+/// `--idle-timeout` closes an HTTP/2 connection with no open stream (GOAWAY,
+/// then close), though the client answers every ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connection_is_closed() {
+    let mut proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "300ms",
+        "--header-read-timeout",
+        "60s",
+    ])
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", proxy.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = within("an h2c response", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    within("the idle HTTP/2 connection to be closed", conn)
+        .await
+        .unwrap()
+        .expect("a clean close");
+    proxy.terminate();
+    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+}
