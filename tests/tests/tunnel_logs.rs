@@ -68,3 +68,47 @@ async fn tunnel_outcome_is_logged() {
         assert!(line.contains(part), "{part} missing from: {line}");
     }
 }
+
+/// Refusals a client can cause at will (400, 403, 405) are logged at DEBUG, so a
+/// client cannot flood the logs; an upstream failure (502) is a WARN line.
+#[tokio::test]
+async fn client_caused_refusals_log_at_debug() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let down = closed_port().await;
+    let addr = serve(ReverseProxy::new(&format!("http://{down}")).unwrap()).await;
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for (req, status) in [
+        ("GET /a/..%2fb HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 405),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            403,
+        ),
+        ("GET /down HTTP/1.1\r\nHost: x\r\n\r\n", 502),
+    ] {
+        cli.write_all(req.as_bytes()).await.unwrap();
+        let (head, _) = read_response(&mut cli).await;
+        assert_eq!(status_of(&head), status, "{req}: {head}");
+    }
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request not forwarded"))
+        .collect();
+    assert_eq!(refusals.len(), 4, "{text}");
+    for line in &refusals {
+        let client_caused = ["status=400", "status=403", "status=405"]
+            .iter()
+            .any(|s| line.contains(s));
+        let level = if client_caused { "DEBUG" } else { "WARN" };
+        assert!(line.contains(level), "{level} expected: {line}");
+    }
+}
