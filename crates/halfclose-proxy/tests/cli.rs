@@ -55,6 +55,13 @@ impl Proxy {
         }
     }
 
+    /// SIGTERM, and the process must exit 0.
+    async fn stop(mut self) {
+        self.terminate();
+        let status = within("exit", self.child.wait()).await.unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
     fn terminate(&self) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("sh")
@@ -161,8 +168,7 @@ async fn default_mode_passes_the_probe() {
     let (head, body) = read_response(&mut cli).await;
     assert_eq!((status_of(&head), body.as_slice()), (200, &b"hello"[..]));
 
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// A path that cuts the reverse direction when the client sends FIN (what
@@ -204,7 +210,7 @@ async fn demo_websocket_and_h2c_clients() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let mut proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut ws, _) = within(
         "ws handshake",
@@ -242,16 +248,14 @@ async fn demo_websocket_and_h2c_clients() {
         "over h2c"
     );
 
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// A client that never finishes its request head is cut off after
 /// `--header-read-timeout` (slowloris).
 #[tokio::test]
 async fn slow_request_head_is_cut_off() {
-    let mut proxy =
-        Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
         .await
@@ -268,8 +272,7 @@ async fn slow_request_head_is_cut_off() {
         rest.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 #[tokio::test]
@@ -365,7 +368,7 @@ async fn second_signal_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_flags_are_applied() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -410,8 +413,7 @@ async fn policy_flags_are_applied() {
         "a refused upgrade reached the upstream"
     );
 
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// `--max-connections` counts upgraded connections: while a tunnel holds the only
@@ -419,7 +421,7 @@ async fn policy_flags_are_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_counts_tunnels() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -455,8 +457,7 @@ async fn connection_limit_counts_tunnels() {
     let (head, _) = read_response(&mut second).await;
     assert_eq!(status_of(&head), 204);
 
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// As many silent sockets as `--max-connections` do not lock clients out: each
@@ -464,7 +465,7 @@ async fn connection_limit_counts_tunnels() {
 /// next gets its answer within that timeout plus one second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_do_not_lock_clients_out() {
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--max-connections",
@@ -489,16 +490,14 @@ async fn silent_sockets_do_not_lock_clients_out() {
             .ok();
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     }
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// An HTTP/2 client that sends part of the preface and then nothing is closed
 /// after the header-read timeout too.
 #[tokio::test]
 async fn partial_http2_preface_is_cut_off() {
-    let mut proxy =
-        Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     // The whole preface, but no SETTINGS frame.
     cli.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -512,15 +511,14 @@ async fn partial_http2_preface_is_cut_off() {
     .await
     .ok();
     assert!(rest.is_empty(), "{rest:?}");
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// At the connection limit, keep-alive connections that sit idle give their
 /// slot up to a new client at once (well before any timeout would free one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_shed_at_the_limit() {
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--max-connections",
@@ -555,8 +553,7 @@ async fn idle_keep_alive_connections_are_shed_at_the_limit() {
         }
     }
     assert!(closed >= 1, "no idle connection was shed");
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// The proxy starts with its upstream down, answers 502, and serves normally
@@ -564,7 +561,7 @@ async fn idle_keep_alive_connections_are_shed_at_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_before_its_upstream() {
     let down = closed_port().await;
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -592,8 +589,7 @@ async fn starts_before_its_upstream() {
         (200, &b"up"[..]),
         "{head}"
     );
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// A client that sends an upgrade request and its FIN in one go still gets its
@@ -602,7 +598,7 @@ async fn starts_before_its_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_and_fin_at_once_still_tunnels() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -632,8 +628,7 @@ async fn upgrade_and_fin_at_once_still_tunnels() {
         .await
         .unwrap();
     assert_eq!(back, b"pong");
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// An upstream's reset reaches the client as a reset: the binary serves each
@@ -641,7 +636,7 @@ async fn upgrade_and_fin_at_once_still_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_reaches_the_client_as_a_reset() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -656,8 +651,7 @@ async fn upstream_reset_reaches_the_client_as_a_reset() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         Ok(n) => panic!("client saw a clean close ({n} bytes), not a reset"),
     }
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -744,7 +738,7 @@ async fn upstream_pool_expires_idle_connections() {
 /// in flight (here well before the header-read timeout would).
 #[tokio::test]
 async fn idle_http1_connection_is_closed() {
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--idle-timeout",
@@ -767,15 +761,14 @@ async fn idle_http1_connection_is_closed() {
     .await
     .unwrap();
     assert!(rest.is_empty());
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
 
 /// `--idle-timeout` closes an HTTP/2 connection with no open stream (GOAWAY,
 /// then close), though the client answers every ping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connection_is_closed() {
-    let mut proxy = Proxy::start(&[
+    let proxy = Proxy::start(&[
         "--listen",
         "127.0.0.1:0",
         "--idle-timeout",
@@ -804,6 +797,5 @@ async fn idle_http2_connection_is_closed() {
         .await
         .unwrap()
         .expect("a clean close");
-    proxy.terminate();
-    assert!(within("exit", proxy.child.wait()).await.unwrap().success());
+    proxy.stop().await;
 }
