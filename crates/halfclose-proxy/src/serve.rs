@@ -13,8 +13,8 @@ use tracing_subscriber::EnvFilter;
 use crate::{ServeArgs, conn, demo};
 
 /// `0` turns a timer off.
-fn nonzero(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| !d.is_zero())
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 fn init_tracing(level: &str) -> Result<(), String> {
@@ -59,15 +59,15 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
         })
         .forwarded_headers(forwarded)
         .pool_max_idle(args.upstream_max_idle)
-        .pool_idle_timeout(nonzero(Some(args.upstream_idle_timeout)))
+        .pool_idle_timeout(nonzero(args.upstream_idle_timeout))
         .upgrade_policy(upgrade_policy(&args.allow_upgrade));
     if let Some(d) = args.response_timeout {
         b = b.response_timeout(d);
     }
-    if let Some(d) = nonzero(Some(args.tunnel_idle_timeout)) {
+    if let Some(d) = nonzero(args.tunnel_idle_timeout) {
         b = b.tunnel_idle_timeout(d);
     }
-    if let Some(d) = nonzero(Some(args.tunnel_half_close_timeout)) {
+    if let Some(d) = nonzero(args.tunnel_half_close_timeout) {
         b = b.tunnel_half_close_timeout(d);
     }
     if args.http2_upstream {
@@ -181,8 +181,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let tunnels = proxy.tunnels();
     let settings = Arc::new(conn::Settings::new(
         args.header_read_timeout,
-        nonzero(Some(args.idle_timeout)),
-        nonzero(Some(args.http2_ping_interval)),
+        nonzero(args.idle_timeout),
+        nonzero(args.http2_ping_interval),
     ));
     let (stop, stopped) = watch::channel(false);
     let (running, mut all_done) = mpsc::channel::<()>(1);
