@@ -313,7 +313,7 @@ pub(crate) async fn serve(
 }
 
 /// Resolves once the server shuts down.
-async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
         if rx.changed().await.is_err() {
             return;

@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A reverse proxy that keeps TCP half-close intact across WebSocket and other
 /// upgraded connections.
 #[derive(Debug, Parser)]
@@ -60,8 +64,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     response_timeout: Option<Duration>,
 
-    /// Idle upstream connections kept for reuse, at most; a burst of clients
-    /// leaves no more than this many open once it is over.
+    /// Idle upstream connections kept for reuse, at most (shared out among the
+    /// workers, at least one each); a burst of clients leaves no more than this
+    /// many open once it is over.
     #[arg(long, default_value_t = proxy_tower::DEFAULT_POOL_MAX_IDLE, value_name = "N")]
     upstream_max_idle: usize,
 
@@ -135,6 +140,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     shutdown_grace: Duration,
 
+    /// Worker threads, each with its own event loop, listener (SO_REUSEPORT)
+    /// and upstream pool. Default: one per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+
     /// Log level (RUST_LOG, when set, takes precedence).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: String,
@@ -181,22 +191,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("halfclose-proxy: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Some(Command::Probe(args)) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(probe::run(args)),
+            Err(e) => Err(format!("cannot start the runtime: {e}")),
+        },
+        None => serve::run(cli.serve),
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Some(Command::Probe(args)) => probe::run(args).await,
-            None => serve::run(cli.serve).await,
-        }
-    });
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -42,7 +42,8 @@ fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     }
 }
 
-fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String> {
+/// The proxy of one of `workers` workers.
+fn build_proxy(args: &ServeArgs, upstream: &str, workers: usize) -> Result<ReverseProxy, String> {
     let forwarded = ForwardedHeaders::default()
         .forwarded(args.forwarded)
         .trust_incoming(args.trust_forwarded);
@@ -58,7 +59,12 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
             HostHeader::Upstream
         })
         .forwarded_headers(forwarded)
-        .pool_max_idle(args.upstream_max_idle)
+        // Each worker has its own pool: the bound is shared out among them (at
+        // least one each, unless it is 0).
+        .pool_max_idle(match args.upstream_max_idle {
+            0 => 0,
+            n => (n / workers).max(1),
+        })
         .pool_idle_timeout(nonzero(args.upstream_idle_timeout))
         .upgrade_policy(upgrade_policy(&args.allow_upgrade));
     if let Some(d) = args.response_timeout {
@@ -81,14 +87,22 @@ fn build_proxy(args: &ServeArgs, upstream: &str) -> Result<ReverseProxy, String>
 /// of clients overflows).
 const BACKLOG: u32 = 4096;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A socket bound to `addr`, ready to listen; with `share`, other sockets may
+/// bind the same address (`SO_REUSEPORT`) and the kernel spreads connections.
+fn bind(addr: SocketAddr, share: bool) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if share {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = share;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    Ok(socket)
 }
 
 /// Says once, at start, whether the upstream answers: a WARN line when it does
@@ -143,7 +157,23 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+/// What every worker shares.
+#[derive(Clone)]
+struct Shared {
+    settings: Arc<conn::Settings>,
+    signals: conn::Signals,
+    limit: Arc<Semaphore>,
+    /// Held by each worker while its listener is open.
+    listening: mpsc::Sender<()>,
+}
+
+/// The proxy runs one single-threaded tokio runtime per worker thread, each
+/// with its own listener on the same port (`SO_REUSEPORT`: the kernel spreads
+/// new connections over them) and its own upstream pool, as nginx runs one
+/// worker per core. A connection, its upstream connections and its tunnel stay
+/// on one thread: no task wakes another thread for a request. The main thread
+/// runs a small runtime of its own for signals and the demo upstream.
+pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     init_tracing(&args.log_level)?;
     // Every connection and tunnel costs file descriptors; raise the soft limit to
     // the hard one, as Go does at start (many systems default to a soft 1024).
@@ -151,48 +181,145 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
-    let listener =
-        listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let workers = args.workers.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+
+    // Bind every listener first, so that a bad address is one error line.
+    let mut sockets = Vec::with_capacity(workers);
+    let first = bind(args.listen, workers > 1)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = first.local_addr().map_err(|e| e.to_string())?;
+    sockets.push(first);
+    for _ in 1..workers {
+        sockets.push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
+    }
 
     let (upstream, demo_addr) = match &args.upstream {
         Some(u) => (u.clone(), None),
         None => {
-            let addr = demo::start()
-                .await
+            let addr = control
+                .block_on(demo::start())
                 .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
             (format!("http://{addr}"), Some(addr))
         }
     };
-    let proxy = build_proxy(&args, &upstream)?;
-    if demo_addr.is_none() {
-        check_upstream(proxy.upstream().clone(), args.connect_timeout);
-    }
 
-    // Listen for signals before saying we are up: from here on, SIGTERM means a
-    // graceful shutdown, never the default action.
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    println!("listening on http://{local}");
-    match demo_addr {
-        Some(demo) => print_demo_help(local, demo),
-        None => println!("forwarding to {upstream}"),
-    }
-
-    let tunnels = proxy.tunnels();
-    let settings = Arc::new(conn::Settings::new(
-        args.header_read_timeout,
-        nonzero(args.idle_timeout),
-        nonzero(args.http2_ping_interval),
-    ));
     let (stop, stopped) = watch::channel(false);
     let (running, mut all_done) = mpsc::channel::<()>(1);
-    let signals = conn::Signals {
-        shutdown: stopped,
-        pressure: conn::Pressure::new(),
-        running,
+    let (listening, mut all_closed) = mpsc::channel::<()>(1);
+    let shared = Shared {
+        settings: Arc::new(conn::Settings::new(
+            args.header_read_timeout,
+            nonzero(args.idle_timeout),
+            nonzero(args.http2_ping_interval),
+        )),
+        signals: conn::Signals {
+            shutdown: stopped,
+            pressure: conn::Pressure::new(),
+            running,
+        },
+        limit: Arc::new(Semaphore::new(args.max_connections.max(1))),
+        listening,
     };
-    let limit = Arc::new(Semaphore::new(args.max_connections.max(1)));
+    let mut tunnels = Vec::with_capacity(workers);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        // Each worker has its own proxy: its own upstream pool, on its thread.
+        let proxy = build_proxy(&args, &upstream, workers)?;
+        tunnels.push(proxy.tunnels());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let listener = {
+            let _entered = rt.enter();
+            socket
+                .listen(BACKLOG)
+                .map_err(|e| format!("cannot listen on {local}: {e}"))?
+        };
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("proxy-worker-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    accept_loop(listener, proxy, shared).await;
+                    // Connections and tunnels of this worker go on until the
+                    // main thread ends the process.
+                    std::future::pending::<()>().await
+                })
+            })
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    }
+    let limit = shared.limit.clone();
+    drop(shared);
+    let open_tunnels = || {
+        tunnels
+            .iter()
+            .map(proxy_tower::Tunnels::active)
+            .sum::<usize>()
+    };
 
+    control.block_on(async {
+        if demo_addr.is_none() {
+            if let Ok(uri) = upstream.parse() {
+                check_upstream(uri, args.connect_timeout);
+            }
+        }
+        // Listen for signals before saying we are up: from here on, SIGTERM means
+        // a graceful shutdown, never the default action.
+        let shutdown = shutdown_signal();
+        println!("listening on http://{local}");
+        match demo_addr {
+            Some(demo) => print_demo_help(local, demo),
+            None => println!("forwarding to {upstream}"),
+        }
+        shutdown.await;
+
+        let second_signal = shutdown_signal();
+        let _ = stop.send(true);
+        // Every listener is closed before we say so.
+        let _ = all_closed.recv().await;
+        let grace = args.shutdown_grace;
+        println!(
+            "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
+            // Every open client connection holds a permit, tunnels included.
+            args.max_connections.max(1) - limit.available_permits(),
+            open_tunnels()
+        );
+        let drained = async {
+            let _ = all_done.recv().await;
+            for t in &tunnels {
+                t.wait_idle().await;
+            }
+        };
+        // A second signal means "now".
+        tokio::select! {
+            done = tokio::time::timeout(grace, drained) => match done {
+                Ok(()) => tracing::info!("all connections and tunnels finished"),
+                Err(_) => tracing::warn!(tunnels = open_tunnels(), "grace period over; closing what is left"),
+            },
+            _ = second_signal => {
+                println!("second signal: closing {} tunnel(s) now", open_tunnels());
+            }
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Accepts connections on one worker's listener until shutdown.
+async fn accept_loop(listener: TcpListener, proxy: ReverseProxy, shared: Shared) {
+    let Shared {
+        settings,
+        signals,
+        limit,
+        listening,
+    } = shared;
+    let mut stop = signals.shutdown.clone();
+    let mut shutdown = std::pin::pin!(conn::shutting_down(&mut stop));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -233,33 +360,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             signals.clone(),
         ));
     }
-
     drop(listener);
-    let second_signal = shutdown_signal();
-    let grace = args.shutdown_grace;
-    println!(
-        "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
-        // Every open client connection holds a permit, tunnels included.
-        args.max_connections.max(1) - limit.available_permits(),
-        tunnels.active()
-    );
-    let _ = stop.send(true);
-    drop(signals);
-    let drained = async {
-        let _ = all_done.recv().await;
-        tunnels.wait_idle().await;
-    };
-    // A second signal means "now".
-    tokio::select! {
-        done = tokio::time::timeout(grace, drained) => match done {
-            Ok(()) => tracing::info!("all connections and tunnels finished"),
-            Err(_) => tracing::warn!(tunnels = tunnels.active(), "grace period over; closing what is left"),
-        },
-        _ = second_signal => {
-            println!("second signal: closing {} tunnel(s) now", tunnels.active());
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    drop(listening);
 }
 
 fn print_demo_help(local: SocketAddr, demo: SocketAddr) {

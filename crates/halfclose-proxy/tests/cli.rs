@@ -799,3 +799,25 @@ async fn idle_http2_connection_is_closed() {
         .expect("a clean close");
     proxy.stop().await;
 }
+
+/// `--workers N` runs N worker threads, each with its own listener on the same
+/// port; every connection is served whichever worker the kernel gives it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_port() {
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--workers", "3"]).await;
+    let pid = proxy.child.id().unwrap();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("proxy-worker-"))
+        .count();
+    assert_eq!(workers, 3);
+    let gets: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(raw_get(proxy.addr, "/")))
+        .collect();
+    for g in gets {
+        let (head, _) = within("a response", g).await.unwrap();
+        assert_eq!(status_of(&head), 200, "{head}");
+    }
+    proxy.stop().await;
+}
