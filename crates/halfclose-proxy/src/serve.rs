@@ -12,6 +12,15 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{ServeArgs, conn, demo};
 
+/// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
+/// stop proxying, so errors are ignored (`println!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `0` turns a timer off.
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
@@ -272,10 +281,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Listen for signals before saying we are up: from here on, SIGTERM means
         // a graceful shutdown, never the default action.
         let shutdown = shutdown_signal();
-        println!("listening on http://{local}");
+        say!("listening on http://{local}");
         match demo_addr {
             Some(demo) => print_demo_help(local, demo),
-            None => println!("forwarding to {upstream}"),
+            None => say!("forwarding to {upstream}"),
         }
         shutdown.await;
 
@@ -284,7 +293,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Every listener is closed before we say so.
         let _ = all_closed.recv().await;
         let grace = args.shutdown_grace;
-        println!(
+        say!(
             "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
             // Every open client connection holds a permit, tunnels included.
             args.max_connections.max(1) - limit.available_permits(),
@@ -303,7 +312,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 Err(_) => tracing::warn!(tunnels = open_tunnels(), "grace period over; closing what is left"),
             },
             _ = second_signal => {
-                println!("second signal: closing {} tunnel(s) now", open_tunnels());
+                say!("second signal: closing {} tunnel(s) now", open_tunnels());
             }
         }
     });
@@ -365,9 +374,9 @@ async fn accept_loop(listener: TcpListener, proxy: ReverseProxy, shared: Shared)
 }
 
 fn print_demo_help(local: SocketAddr, demo: SocketAddr) {
-    println!("demo upstream on http://{demo} (no --upstream given)");
-    println!("try:");
-    println!("  curl http://{local}/");
-    println!("  curl --data 'hello' http://{local}/echo");
-    println!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo");
+    say!("demo upstream on http://{demo} (no --upstream given)");
+    say!("try:");
+    say!("  curl http://{local}/");
+    say!("  curl --data 'hello' http://{local}/echo");
+    say!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo");
 }

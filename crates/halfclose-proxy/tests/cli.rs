@@ -821,3 +821,35 @@ async fn workers_share_the_port() {
     }
     proxy.stop().await;
 }
+
+/// A closed stdout (`halfclose-proxy | head -1`) does not stop the proxy: it
+/// keeps serving and still shuts down cleanly, though it can no longer print.
+#[tokio::test]
+async fn closed_stdout_is_not_fatal() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within("first line", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    drop(lines);
+    let (head, _) = raw_get(addr, "/").await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = within("exit", child.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
