@@ -4,6 +4,9 @@
 //!   each benchmark once in test mode, API docs without warnings, examples).
 //!   Fails if any fails, and prints a summary.
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
+//! - `cargo xtask bench e2e [ARGS]`: the end-to-end benchmark: the release
+//!   binary in front of an in-tree backend, against a direct connection and
+//!   nginx when installed (ARGS go to `tests/bench_e2e.rs`, e.g. `--rounds 5`).
 //! - `cargo xtask soak [ARGS]`: thousands of tunnels and requests through the
 //!   release binary, every byte checked (ARGS go to the soak program, e.g.
 //!   `--tunnels 5000 --concurrency 1000`).
@@ -22,9 +25,11 @@ fn main() -> ExitCode {
     let result = match cmd {
         "test" => test(),
         "bench" => bench(rest),
-        "soak" => soak(true, rest),
+        "soak" => run_bin(true, "soak", rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <test|bench [criterion args]|soak [soak args]>");
+            println!(
+                "usage: cargo xtask <test | bench [criterion args] | bench e2e [args] | soak [args]>"
+            );
             Ok(())
         }
         other => Err(format!(
@@ -135,9 +140,19 @@ fn test() -> Result<(), String> {
     // Built in debug, like the tests; a few hundred of each, small sizes.
     let start = Instant::now();
     eprintln!("\n==> soak (short)");
-    let ok = soak(false, &SHORT_SOAK.map(String::from)).is_ok();
+    let ok = run_bin(false, "soak", &SHORT_SOAK.map(String::from)).is_ok();
     steps.push(Step {
         name: "soak",
+        ok,
+        secs: start.elapsed().as_secs_f64(),
+    });
+
+    // The end-to-end benchmark once, quickly, so that it cannot rot.
+    let start = Instant::now();
+    eprintln!("\n==> bench e2e (quick)");
+    let ok = run_bin(false, "bench-e2e", &["--quick".to_owned()]).is_ok();
+    steps.push(Step {
+        name: "bench e2e",
         ok,
         secs: start.elapsed().as_secs_f64(),
     });
@@ -170,6 +185,9 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some((first, rest)) if first == "--" => rest,
         _ => args,
     };
+    if let Some(("e2e", rest)) = args.split_first().map(|(f, r)| (f.as_str(), r)) {
+        return run_bin(true, "bench-e2e", rest);
+    }
     let mut cmd = cargo();
     // Bench targets only: criterion arguments must not reach libtest harnesses.
     cmd.args(["bench", "--workspace", "--benches", "--locked"]);
@@ -198,8 +216,9 @@ const SHORT_SOAK: [&str; 8] = [
     "262144",
 ];
 
-/// Builds the proxy and the soak program (release or debug), then runs it.
-fn soak(release: bool, args: &[String]) -> Result<(), String> {
+/// Builds the proxy and the programs of the tests package (release or debug),
+/// then runs `program` with the proxy's path and `args`.
+fn run_bin(release: bool, program: &str, args: &[String]) -> Result<(), String> {
     let args = match args.split_first() {
         Some((first, rest)) if first == "--" => rest,
         _ => args,
@@ -221,21 +240,21 @@ fn soak(release: bool, args: &[String]) -> Result<(), String> {
         .status()
         .map_err(|e| format!("could not start cargo build: {e}"))?;
     if !built.success() {
-        return Err("building the soak failed".into());
+        return Err(format!("building {program} failed"));
     }
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     let dir = target.join(if release { "release" } else { "debug" });
-    let status = Command::new(dir.join("soak"))
+    let status = Command::new(dir.join(program))
         .arg("--proxy")
         .arg(dir.join("halfclose-proxy"))
         .args(args)
         .status()
-        .map_err(|e| format!("could not start the soak: {e}"))?;
+        .map_err(|e| format!("could not start {program}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err("the soak failed".into())
+        Err(format!("{program} failed"))
     }
 }

@@ -1,0 +1,618 @@
+//! `bench-e2e`: the end-to-end benchmark (`cargo xtask bench e2e`).
+//!
+//! Starts an in-tree backend (hyper: a 64-byte GET, and `Upgrade: sink`,
+//! `source`, `echo`), the halfclose-proxy binary in front of it, and nginx too
+//! when it is installed, then measures each figure straight to the backend and
+//! through each proxy, interleaved and repeated, and prints medians and ratios.
+//! Small requests use `wrk` when it is installed, else an in-tree load
+//! generator.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e_tests::{read_head, status_of};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const SMALL: &[u8; 64] = b"0123456789012345678901234567890123456789012345678901234567890123";
+
+struct Options {
+    proxy: String,
+    rounds: usize,
+    seconds: u64,
+    tunnel_mib: usize,
+    fins: usize,
+    idle_tunnels: usize,
+    connections: usize,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        proxy: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("halfclose-proxy")))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "halfclose-proxy".into()),
+        rounds: 3,
+        seconds: 5,
+        tunnel_mib: 512,
+        fins: 200,
+        idle_tunnels: 2000,
+        connections: 64,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--quick" {
+            (o.rounds, o.seconds, o.tunnel_mib, o.fins, o.idle_tunnels) = (1, 1, 8, 10, 50);
+            continue;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || value.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--proxy" => o.proxy = value.clone(),
+            "--rounds" => o.rounds = num()?.max(1),
+            "--seconds" => o.seconds = num()?.max(1) as u64,
+            "--tunnel-mib" => o.tunnel_mib = num()?,
+            "--fins" => o.fins = num()?.max(1),
+            "--idle-tunnels" => o.idle_tunnels = num()?,
+            "--connections" => o.connections = num()?.max(1),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(o)
+}
+
+// ---- The backend -----------------------------------------------------------
+
+async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(protocol) = upgrade else {
+        return Ok(Response::new(Full::new(Bytes::from_static(SMALL))));
+    };
+    let bytes: usize = req
+        .headers()
+        .get("x-bytes")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let on = hyper::upgrade::on(req);
+    let kind = protocol.clone();
+    tokio::spawn(async move {
+        let Ok(io) = on.await else { return };
+        let mut io = TokioIo::new(io);
+        let mut buf = vec![0u8; 64 * 1024];
+        match kind.as_str() {
+            "sink" => {
+                while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = io.shutdown().await;
+            }
+            "source" => {
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                let _ = io.shutdown().await;
+                while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+            _ => {
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = io.shutdown().await;
+            }
+        }
+    });
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    res.headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    res.headers_mut()
+        .insert("upgrade", protocol.parse().unwrap());
+    Ok(res)
+}
+
+async fn start_backend() -> std::io::Result<SocketAddr> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+    let listener = socket.listen(4096)?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(backend))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+// ---- The proxies -----------------------------------------------------------
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// Processes whose RSS counts for this target.
+    pids: Vec<u32>,
+    child: Option<Child>,
+}
+
+impl Target {
+    /// SIGTERM, so that nginx's master takes its workers down with it.
+    async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn start_ours(bin: &str, backend: SocketAddr) -> Result<Target, String> {
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+            "--upstream",
+        ])
+        .arg(format!("http://{backend}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .map_err(|_| "the proxy did not start".to_owned())?
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let addr = first
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .ok_or(format!("unexpected first line {first:?}"))?;
+    // Keep reading what it prints, so that it never writes into a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Target {
+        name: "halfclose-proxy",
+        addr,
+        pids: vec![child.id().ok_or("exited")?],
+        child: Some(child),
+    })
+}
+
+async fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0").await?.local_addr()
+}
+
+/// nginx as a careful user configures it, when it is installed.
+async fn start_nginx(backend: SocketAddr) -> Option<Target> {
+    let dir = std::env::temp_dir().join(format!("bench-e2e-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs")).ok()?;
+    let addr = free_port().await.ok()?;
+    let conf = format!(
+        r#"worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir}; scgi_temp_path {dir};
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  upstream backend {{ server {backend}; keepalive 256; }}
+  server {{
+    listen {addr};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_buffering off;
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }}
+  }}
+}}
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let master = child.id()?;
+    // Up when it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let workers = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    Some(Target {
+        name: "nginx",
+        addr,
+        pids: workers,
+        child: Some(child),
+    })
+}
+
+fn rss_kb(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+// ---- The figures -----------------------------------------------------------
+
+/// (req/s, p99 ms) of 64-byte GETs over `conns` keep-alive connections.
+async fn small_gets(addr: SocketAddr, conns: usize, secs: u64) -> (f64, f64) {
+    if let Some(r) = wrk(addr, conns, secs).await {
+        return r;
+    }
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let Ok(mut tcp) = TcpStream::connect(addr).await else {
+                    return lat;
+                };
+                let _ = tcp.set_nodelay(true);
+                let mut buf = vec![0u8; 4096];
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    if tcp
+                        .write_all(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    // The answer is a head and 64 bytes: read until the body is in.
+                    let mut got = 0;
+                    loop {
+                        match tcp.read(&mut buf[got..]).await {
+                            Ok(0) | Err(_) => return lat,
+                            Ok(n) => got += n,
+                        }
+                        let end = buf[..got].windows(4).position(|w| w == b"\r\n\r\n");
+                        if end.is_some_and(|end| got >= end + 4 + SMALL.len()) {
+                            break;
+                        }
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all.sort();
+    let p99 = all
+        .get(all.len().saturating_sub(1) * 99 / 100)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    (all.len() as f64 / secs as f64, p99)
+}
+
+async fn wrk(addr: SocketAddr, conns: usize, secs: u64) -> Option<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+        ])
+        .arg(format!("http://{addr}/small"))
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))?
+        .split_whitespace()
+        .nth(1)?;
+    let ms = if let Some(v) = p99.strip_suffix("us") {
+        v.parse::<f64>().ok()? / 1000.0
+    } else if let Some(v) = p99.strip_suffix("ms") {
+        v.parse().ok()?
+    } else {
+        p99.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0
+    };
+    Some((rps, ms))
+}
+
+/// Opens an upgraded connection for `protocol`.
+async fn upgrade(addr: SocketAddr, protocol: &str, bytes: usize) -> std::io::Result<TcpStream> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let head = format!(
+        "GET /t HTTP/1.1\r\nHost: bench\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\nx-bytes: {bytes}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    let res = read_head(&mut tcp).await?;
+    if status_of(&res) != 101 {
+        return Err(std::io::Error::other(format!("no 101: {res:?}")));
+    }
+    Ok(tcp)
+}
+
+/// MiB/s of one tunnel: upload to `sink`, or download from `source`.
+async fn tunnel_speed(addr: SocketAddr, mib: usize, upload: bool) -> f64 {
+    let bytes = mib << 20;
+    let run = async {
+        let mut tcp = upgrade(addr, if upload { "sink" } else { "source" }, bytes).await?;
+        let t = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        if upload {
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len());
+                tcp.write_all(&buf[..n]).await?;
+                left -= n;
+            }
+            tcp.shutdown().await?;
+            while tcp.read(&mut buf).await? > 0 {}
+        } else {
+            let mut got = 0;
+            loop {
+                let n = tcp.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if got != bytes {
+                return Err(std::io::Error::other(format!("{got} of {bytes} bytes")));
+            }
+        }
+        Ok::<_, std::io::Error>(t.elapsed())
+    };
+    match run.await {
+        Ok(d) => mib as f64 / d.as_secs_f64(),
+        Err(e) => {
+            eprintln!("bench-e2e: tunnel to {addr}: {e}");
+            0.0
+        }
+    }
+}
+
+/// p50 in microseconds from a client's FIN to the echo upstream's FIN back.
+async fn fin_round_trip(addr: SocketAddr, n: usize) -> f64 {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut tcp) = upgrade(addr, "echo", 0).await else {
+            continue;
+        };
+        let mut b = [0u8; 1];
+        if tcp.write_all(b"x").await.is_err() || tcp.read_exact(&mut b).await.is_err() {
+            continue;
+        }
+        let t = Instant::now();
+        if tcp.shutdown().await.is_err() {
+            continue;
+        }
+        if matches!(tcp.read(&mut b).await, Ok(0)) {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    times
+        .get(times.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+/// Bytes of RSS per idle upgraded tunnel held through the target.
+async fn idle_tunnel_rss(target: &Target, n: usize) -> f64 {
+    if target.pids.is_empty() || n == 0 {
+        return 0.0;
+    }
+    let before = rss_kb(&target.pids);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut tcp) = upgrade(target.addr, "echo", 0).await else {
+            break;
+        };
+        let mut b = [0u8; 5];
+        if tcp.write_all(b"hello").await.is_ok() && tcp.read_exact(&mut b).await.is_ok() {
+            held.push(tcp);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kb(&target.pids);
+    let per = (after.saturating_sub(before) * 1024) as f64 / held.len().max(1) as f64;
+    drop(held);
+    per
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn run(o: Options) -> Result<(), String> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let backend = start_backend().await.map_err(|e| format!("backend: {e}"))?;
+    let direct = Target {
+        name: "direct",
+        addr: backend,
+        pids: Vec::new(),
+        child: None,
+    };
+    let mut targets = vec![direct];
+    match start_nginx(backend).await {
+        Some(t) => targets.push(t),
+        None => eprintln!("bench-e2e: nginx not installed or not starting: measured without it"),
+    }
+    targets.push(start_ours(&o.proxy, backend).await?);
+    let generator = if wrk(backend, 1, 1).await.is_some() {
+        "wrk -t1"
+    } else {
+        "in-tree generator"
+    };
+
+    // figure -> target -> samples
+    let names = [
+        "small GET req/s",
+        "small GET p99 ms",
+        "tunnel upload MiB/s",
+        "tunnel download MiB/s",
+        "FIN round trip p50 us",
+    ];
+    let mut samples = vec![vec![Vec::new(); targets.len()]; names.len()];
+    for round in 0..o.rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let (rps, p99) = small_gets(t.addr, o.connections, o.seconds).await;
+            samples[0][i].push(rps);
+            samples[1][i].push(p99);
+            samples[2][i].push(tunnel_speed(t.addr, o.tunnel_mib, true).await);
+            samples[3][i].push(tunnel_speed(t.addr, o.tunnel_mib, false).await);
+            samples[4][i].push(fin_round_trip(t.addr, o.fins).await);
+        }
+        eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
+    }
+    let rss: Vec<f64> = {
+        let mut v = Vec::new();
+        for t in &targets {
+            v.push(idle_tunnel_rss(t, o.idle_tunnels).await);
+        }
+        v
+    };
+
+    println!(
+        "end-to-end benchmark: medians of {} interleaved round(s); small GETs by {generator}, {} connections, {} s; tunnels of {} MiB; {} FINs",
+        o.rounds, o.connections, o.seconds, o.tunnel_mib, o.fins
+    );
+    print!("| figure |");
+    for t in &targets {
+        print!(" {} |", t.name);
+    }
+    for t in &targets[1..] {
+        print!(" {} / direct |", t.name);
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(2 * targets.len() - 1));
+    for (f, name) in names.iter().enumerate() {
+        let med: Vec<f64> = samples[f].iter().map(|s| median(s.clone())).collect();
+        print!("| {name} |");
+        for m in &med {
+            print!(" {m:.1} |");
+        }
+        for m in &med[1..] {
+            let ratio = if med[0] > 0.0 { m / med[0] } else { 0.0 };
+            print!(" {ratio:.2} |");
+        }
+        println!();
+    }
+    print!("| RSS per idle tunnel, bytes ({}) |", o.idle_tunnels);
+    for r in &rss {
+        print!(" {r:.0} |");
+    }
+    println!("{}", " - |".repeat(targets.len() - 1));
+    // A figure of 0 is a failure (nothing got through), not a measurement.
+    let failed: Vec<&str> = names
+        .iter()
+        .zip(&samples)
+        .filter(|(_, per_target)| per_target.iter().any(|s| s.contains(&0.0)))
+        .map(|(name, _)| *name)
+        .filter(|name| !name.contains("p99"))
+        .collect();
+    for t in targets {
+        t.stop().await;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("nothing got through for: {}", failed.join(", ")))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench-e2e: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match rt.block_on(run(options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-e2e: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
