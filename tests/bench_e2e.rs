@@ -45,7 +45,7 @@ fn parse_args() -> Result<Options, String> {
         seconds: 5,
         tunnel_mib: 512,
         fins: 200,
-        idle_tunnels: 2000,
+        idle_tunnels: 3000,
         connections: 64,
     };
     let mut args = std::env::args().skip(1);
@@ -220,7 +220,9 @@ async fn free_port() -> std::io::Result<SocketAddr> {
 
 /// nginx as a careful user configures it, when it is installed.
 async fn start_nginx(backend: SocketAddr) -> Option<Target> {
-    let dir = std::env::temp_dir().join(format!("bench-e2e-nginx-{}", std::process::id()));
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bench-e2e-nginx-{}-{n}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs")).ok()?;
     let addr = free_port().await.ok()?;
     let conf = format!(
@@ -540,13 +542,22 @@ async fn run(o: Options) -> Result<(), String> {
         }
         eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
     }
-    let rss: Vec<f64> = {
-        let mut v = Vec::new();
-        for t in &targets {
-            v.push(idle_tunnel_rss(t, o.idle_tunnels).await);
+    // Memory on fresh processes: after the load above, the allocators hold
+    // free memory that idle tunnels would reuse without growing RSS.
+    let mut rss = vec![0.0];
+    for t in &targets[1..] {
+        let fresh = match t.name {
+            "nginx" => start_nginx(backend).await,
+            _ => start_ours(&o.proxy, backend).await.ok(),
+        };
+        match fresh {
+            Some(fresh) => {
+                rss.push(idle_tunnel_rss(&fresh, o.idle_tunnels).await);
+                fresh.stop().await;
+            }
+            None => rss.push(0.0),
         }
-        v
-    };
+    }
 
     println!(
         "end-to-end benchmark: medians of {} interleaved round(s); small GETs by {generator}, {} connections, {} s; tunnels of {} MiB; {} FINs",
@@ -573,7 +584,10 @@ async fn run(o: Options) -> Result<(), String> {
         }
         println!();
     }
-    print!("| RSS per idle tunnel, bytes ({}) |", o.idle_tunnels);
+    print!(
+        "| RSS per idle tunnel, bytes ({} held, fresh process) |",
+        o.idle_tunnels
+    );
     for r in &rss {
         print!(" {r:.0} |");
     }
