@@ -853,3 +853,36 @@ async fn closed_stdout_is_not_fatal() {
     let status = within("exit", child.wait()).await.unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// HTTP/2 keep-alive pings find a peer that stopped answering: a client that
+/// sends its preface and SETTINGS, then never reads nor answers a PING, is
+/// closed after `--http2-ping-interval` plus as long again (the idle timeout is
+/// off here, so only the pings can close it).
+#[tokio::test]
+async fn unanswered_http2_pings_close_the_connection() {
+    let proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--http2-ping-interval",
+        "200ms",
+        "--idle-timeout",
+        "0",
+        "--header-read-timeout",
+        "60s",
+    ])
+    .await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame (RFC 9113 sections 3.4 and 6.5).
+    cli.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Read what the proxy sends (its SETTINGS, PINGs, GOAWAY) without ever
+    // answering, until it closes the connection.
+    let mut sink = Vec::new();
+    let _ = within(
+        "the proxy to give up on a peer that does not answer pings",
+        cli.read_to_end(&mut sink),
+    )
+    .await;
+    proxy.stop().await;
+}
