@@ -289,6 +289,20 @@ http {{
     })
 }
 
+/// CPU time (user + system) the processes have used, in seconds.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which is in parentheses).
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum::<u64>() as f64
+        / 100.0
+}
+
 fn rss_kb(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -528,6 +542,7 @@ async fn run(o: Options) -> Result<(), String> {
         "small GET p99 ms",
         "tunnel upload MiB/s",
         "tunnel download MiB/s",
+        "tunnel CPU ms per GiB (proxy)",
         "FIN round trip p50 us",
     ];
     let mut samples = vec![vec![Vec::new(); targets.len()]; names.len()];
@@ -536,9 +551,12 @@ async fn run(o: Options) -> Result<(), String> {
             let (rps, p99) = small_gets(t.addr, o.connections, o.seconds).await;
             samples[0][i].push(rps);
             samples[1][i].push(p99);
+            let cpu = cpu_secs(&t.pids);
             samples[2][i].push(tunnel_speed(t.addr, o.tunnel_mib, true).await);
             samples[3][i].push(tunnel_speed(t.addr, o.tunnel_mib, false).await);
-            samples[4][i].push(fin_round_trip(t.addr, o.fins).await);
+            let gib = (2 * o.tunnel_mib) as f64 / 1024.0;
+            samples[4][i].push((cpu_secs(&t.pids) - cpu) * 1000.0 / gib);
+            samples[5][i].push(fin_round_trip(t.addr, o.fins).await);
         }
         eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
     }
@@ -579,8 +597,11 @@ async fn run(o: Options) -> Result<(), String> {
             print!(" {m:.1} |");
         }
         for m in &med[1..] {
-            let ratio = if med[0] > 0.0 { m / med[0] } else { 0.0 };
-            print!(" {ratio:.2} |");
+            if med[0] > 0.0 {
+                print!(" {:.2} |", m / med[0]);
+            } else {
+                print!(" - |");
+            }
         }
         println!();
     }
@@ -598,7 +619,7 @@ async fn run(o: Options) -> Result<(), String> {
         .zip(&samples)
         .filter(|(_, per_target)| per_target.iter().any(|s| s.contains(&0.0)))
         .map(|(name, _)| *name)
-        .filter(|name| !name.contains("p99"))
+        .filter(|name| !name.contains("p99") && !name.contains("CPU"))
         .collect();
     for t in targets {
         t.stop().await;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Copying bytes; the source has not reached EOF or bytes are still pending.
     Copying,
     /// The source reached EOF and every byte was written: shutting down the
@@ -37,14 +37,14 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn read(error: io::Error) -> Self {
+    pub(crate) fn read(error: io::Error) -> Self {
         Failure {
             kind: Kind::Read,
             error,
         }
     }
 
-    fn write(error: io::Error) -> Self {
+    pub(crate) fn write(error: io::Error) -> Self {
         Failure {
             kind: Kind::Write,
             error,
@@ -52,11 +52,71 @@ impl Failure {
     }
 }
 
-fn write_zero() -> Failure {
+pub(crate) fn write_zero() -> Failure {
     Failure::write(io::Error::new(
         io::ErrorKind::WriteZero,
         "destination accepted no bytes",
     ))
+}
+
+/// What a tunnel needs to know of one copy direction, whatever moves its bytes.
+pub(crate) trait Progress {
+    /// The source has reached EOF (its peer sent FIN).
+    fn read_eof(&self) -> bool;
+    /// The direction has passed its FIN on and is finished.
+    fn is_done(&self) -> bool;
+    /// Bytes written to the destination.
+    fn copied(&self) -> u64;
+}
+
+/// One copy direction, from a source `R` to a destination `W`.
+pub(crate) trait Pump<R: ?Sized, W: ?Sized>: Progress {
+    /// Drives the direction until it is done, fails, or must wait.
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<Result<(), Failure>>;
+
+    /// On the way out after the other direction failed: offers the bytes already
+    /// read to the destination once, without waiting, and ignores errors.
+    fn salvage(&mut self, cx: &mut Context<'_>, to: &mut W);
+}
+
+impl Progress for HalfDuplex {
+    fn read_eof(&self) -> bool {
+        self.read_eof
+    }
+
+    fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn copied(&self) -> u64 {
+        self.copied
+    }
+}
+
+impl<R, W> Pump<R, W> for HalfDuplex
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<Result<(), Failure>> {
+        self.poll_copy(cx, buffer_size, Pin::new(from), Pin::new(to))
+    }
+
+    fn salvage(&mut self, cx: &mut Context<'_>, to: &mut W) {
+        let _ = self.poll_write_pending(cx, Pin::new(to));
+    }
 }
 
 /// The state of one copy direction.
@@ -114,16 +174,6 @@ impl HalfDuplex {
             need_flush: false,
             copied: 0,
         }
-    }
-
-    /// The source has reached EOF (its peer sent FIN).
-    pub(crate) fn read_eof(&self) -> bool {
-        self.read_eof
-    }
-
-    /// The direction has passed its FIN on and is finished.
-    pub(crate) fn is_done(&self) -> bool {
-        self.state == State::Done
     }
 
     /// Bytes of owned buffer memory this direction holds now.
@@ -260,15 +310,6 @@ impl HalfDuplex {
             Poll::Ready(Ok(n))
         })
     }
-
-    /// On the way out after the other direction failed: offers the bytes already
-    /// read to the destination once, without waiting, and ignores errors.
-    pub(crate) fn salvage<W>(&mut self, cx: &mut Context<'_>, writer: Pin<&mut W>)
-    where
-        W: AsyncWrite + ?Sized,
-    {
-        let _ = self.poll_write_pending(cx, writer);
-    }
 }
 
 #[cfg(test)]
@@ -330,7 +371,7 @@ mod tests {
             dir.poll_copy(&mut cx, 256, Pin::new(&mut src_r), Pin::new(&mut dst_w)),
             Poll::Ready(Ok(()))
         ));
-        assert!(dir.read_eof() && dir.is_done());
+        assert!(Progress::read_eof(&dir) && Progress::is_done(&dir));
         let mut rest = Vec::new();
         drain(&mut cx, &mut dst_r, &mut rest);
         let mut rb_buf = [0u8; 1];

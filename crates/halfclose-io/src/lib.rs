@@ -53,6 +53,8 @@
 
 mod direction;
 mod error;
+#[cfg(all(target_os = "linux", feature = "splice"))]
+mod splice;
 mod transfer;
 mod tunnel;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::direction::{Failure, HalfDuplex};
+use crate::direction::{Failure, HalfDuplex, Progress, Pump};
 use crate::error::Kind;
 use crate::{Direction, Side, Transfer, TunnelError};
 
@@ -111,19 +111,46 @@ impl Tunnel {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let started = Instant::now();
-        let mut state = Copy {
-            options: self,
-            a_to_b: HalfDuplex::new(),
-            b_to_a: HalfDuplex::new(),
-            first_eof: None,
-            started,
-            last_active: started,
-            idle: self.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
-            half_close: None,
-            b_first: true,
-        };
+        let mut state = Copy::new(self, HalfDuplex::new(), HalfDuplex::new());
         poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
+    }
+
+    /// Like [`copy`](Tunnel::copy), for two TCP sockets: on Linux (with the
+    /// default `splice` feature) the bytes move with `splice(2)` through a pipe
+    /// per direction and never enter user space; elsewhere this is `copy`. The
+    /// contract is the same, FIN for FIN.
+    ///
+    /// Pipes are taken from a small per-thread pool when bytes first flow and
+    /// given back whenever a direction is idle with its pipe empty, so an idle
+    /// tunnel holds no pipe (and no buffer).
+    ///
+    /// ```no_run
+    /// use tokio::net::{TcpListener, TcpStream};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = TcpListener::bind("127.0.0.1:8080").await?;
+    /// let (mut client, _) = listener.accept().await?;
+    /// let mut server = TcpStream::connect("127.0.0.1:9000").await?;
+    /// let transfer = halfclose_io::Tunnel::new().copy_tcp(&mut client, &mut server).await?;
+    /// println!("{transfer:?}");
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "net")]
+    pub async fn copy_tcp(
+        self,
+        a: &mut tokio::net::TcpStream,
+        b: &mut tokio::net::TcpStream,
+    ) -> Result<Transfer, TunnelError> {
+        #[cfg(all(target_os = "linux", feature = "splice"))]
+        {
+            use crate::splice::SpliceDuplex;
+            let mut state = Copy::new(self, SpliceDuplex::new(), SpliceDuplex::new());
+            poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
+        }
+        #[cfg(not(all(target_os = "linux", feature = "splice")))]
+        {
+            self.copy(a, b).await
+        }
     }
 }
 
@@ -154,11 +181,12 @@ where
     Tunnel::new().copy(a, b).await
 }
 
-/// The running state of one tunnel.
-struct Copy {
+/// The running state of one tunnel, whatever moves the bytes of a direction
+/// (`D`: a copy through user space, or splice).
+struct Copy<D> {
     options: Tunnel,
-    a_to_b: HalfDuplex,
-    b_to_a: HalfDuplex,
+    a_to_b: D,
+    b_to_a: D,
     first_eof: Option<Side>,
     started: Instant,
     /// Last time a byte moved (or the first FIN was seen), kept only when a
@@ -172,11 +200,28 @@ struct Copy {
     b_first: bool,
 }
 
-impl Copy {
+impl<D: Progress> Copy<D> {
+    fn new(options: Tunnel, a_to_b: D, b_to_a: D) -> Self {
+        let started = Instant::now();
+        Copy {
+            options,
+            a_to_b,
+            b_to_a,
+            first_eof: None,
+            started,
+            last_active: started,
+            idle: options
+                .idle_timeout
+                .map(|d| Box::pin(tokio::time::sleep(d))),
+            half_close: None,
+            b_first: true,
+        }
+    }
+
     fn transfer(&self) -> Transfer {
         Transfer {
-            a_to_b: self.a_to_b.copied,
-            b_to_a: self.b_to_a.copied,
+            a_to_b: self.a_to_b.copied(),
+            b_to_a: self.b_to_a.copied(),
             first_eof: self.first_eof,
             duration: self.started.elapsed(),
         }
@@ -197,29 +242,24 @@ impl Copy {
         b: &mut B,
     ) -> Result<(), TunnelError>
     where
-        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        A: ?Sized,
+        B: ?Sized,
+        D: Pump<A, B> + Pump<B, A>,
     {
         let failure = match direction {
             Direction::AToB if !self.a_to_b.is_done() => {
-                match self
-                    .a_to_b
-                    .poll_copy(cx, size, Pin::new(&mut *a), Pin::new(&mut *b))
-                {
+                match Pump::<A, B>::poll_pump(&mut self.a_to_b, cx, size, a, b) {
                     Poll::Ready(Err(failure)) => {
-                        self.b_to_a.salvage(cx, Pin::new(&mut *a));
+                        Pump::<B, A>::salvage(&mut self.b_to_a, cx, a);
                         failure
                     }
                     _ => return Ok(()),
                 }
             }
             Direction::BToA if !self.b_to_a.is_done() => {
-                match self
-                    .b_to_a
-                    .poll_copy(cx, size, Pin::new(&mut *b), Pin::new(&mut *a))
-                {
+                match Pump::<B, A>::poll_pump(&mut self.b_to_a, cx, size, b, a) {
                     Poll::Ready(Err(failure)) => {
-                        self.a_to_b.salvage(cx, Pin::new(&mut *b));
+                        Pump::<A, B>::salvage(&mut self.a_to_b, cx, b);
                         failure
                     }
                     _ => return Ok(()),
@@ -237,8 +277,9 @@ impl Copy {
         b: &mut B,
     ) -> Poll<Result<Transfer, TunnelError>>
     where
-        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        A: ?Sized,
+        B: ?Sized,
+        D: Pump<A, B> + Pump<B, A>,
     {
         // Deadlines are checked against the clock before any IO, not by polling
         // the timers after it: a direction that is always ready uses up tokio's
@@ -253,7 +294,7 @@ impl Copy {
         }
 
         let size = self.options.buffer_size;
-        let moved_before = self.a_to_b.copied + self.b_to_a.copied;
+        let moved_before = self.a_to_b.copied() + self.b_to_a.copied();
 
         // Take turns at going first: tokio's cooperative budget is per task poll,
         // so a direction that always has data would otherwise use it all and
@@ -290,7 +331,7 @@ impl Copy {
         let Some(now) = now else {
             return Poll::Pending;
         };
-        if newly_half_closed || self.a_to_b.copied + self.b_to_a.copied != moved_before {
+        if newly_half_closed || self.a_to_b.copied() + self.b_to_a.copied() != moved_before {
             self.last_active = now;
         }
         if newly_half_closed {

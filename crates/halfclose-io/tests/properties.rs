@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use halfclose_io::{Side, Tunnel};
+use halfclose_io::{Side, Transfer, Tunnel, TunnelError};
 use proptest::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -38,19 +39,19 @@ fn byte(side: u8, n: usize) -> u8 {
     (n % 251) as u8 ^ side
 }
 
-async fn read_all(mut r: ReadHalf<tokio::io::DuplexStream>) -> Vec<u8> {
+async fn read_all<S: AsyncRead>(mut r: ReadHalf<S>) -> Vec<u8> {
     let mut v = Vec::new();
     r.read_to_end(&mut v).await.expect("read to EOF");
     v
 }
 
-struct Writer {
-    half: Option<WriteHalf<tokio::io::DuplexStream>>,
+struct Writer<S> {
+    half: Option<WriteHalf<S>>,
     sent: usize,
     tag: u8,
 }
 
-impl Writer {
+impl<S: AsyncWrite> Writer<S> {
     async fn write(&mut self, n: usize) {
         if let Some(w) = self.half.as_mut() {
             let data: Vec<u8> = (self.sent..self.sent + n)
@@ -82,6 +83,46 @@ fn run(ops: Vec<Op>, cap_a: usize, cap_b: usize, buffer: usize) -> Result<(), Te
                 .copy(&mut a_tunnel, &mut b_tunnel)
                 .await
         });
+        check(ops, a_user, b_user, tunnel).await
+    })
+}
+
+/// The same over loopback TCP through `Tunnel::copy_tcp` (splice on Linux).
+fn run_tcp(ops: Vec<Op>, buffer: usize) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let pair = || async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+            (c.unwrap(), a.unwrap().0)
+        };
+        let (a_user, mut a_tunnel) = pair().await;
+        let (mut b_tunnel, b_user) = pair().await;
+        let tunnel = tokio::spawn(async move {
+            Tunnel::new()
+                .buffer_size(buffer)
+                .copy_tcp(&mut a_tunnel, &mut b_tunnel)
+                .await
+        });
+        check(ops, a_user, b_user, tunnel).await
+    })
+}
+
+/// Plays `ops` on the two user ends of a running tunnel and checks the contract.
+async fn check<S>(
+    ops: Vec<Op>,
+    a_user: S,
+    b_user: S,
+    tunnel: JoinHandle<Result<Transfer, TunnelError>>,
+) -> Result<(), TestCaseError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    {
         let (a_rd, a_wr) = tokio::io::split(a_user);
         let (b_rd, b_wr) = tokio::io::split(b_user);
         let at_a = tokio::spawn(read_all(a_rd));
@@ -157,7 +198,7 @@ fn run(ops: Vec<Op>, cap_a: usize, cap_b: usize, buffer: usize) -> Result<(), Te
             None => prop_assert!(t.first_eof.is_some()),
         }
         Ok(())
-    })
+    }
 }
 
 proptest! {
@@ -171,5 +212,18 @@ proptest! {
         buffer in 1usize..70_000,
     ) {
         run(ops, cap_a, cap_b, buffer)?;
+    }
+}
+
+proptest! {
+    // Real sockets: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn every_byte_and_fin_arrives_over_tcp_with_splice(
+        ops in prop::collection::vec(op(), 0..40),
+        buffer in 1usize..70_000,
+    ) {
+        run_tcp(ops, buffer)?;
     }
 }

@@ -27,6 +27,11 @@ impl<T> Prefixed<T> {
         p
     }
 
+    /// The IO itself, when nothing is waiting in front of it.
+    pub(crate) fn bare(&mut self) -> Option<&mut T> {
+        self.prefix.is_empty().then_some(&mut self.io)
+    }
+
     /// Puts `bytes` back in front of whatever is still to be read.
     pub(crate) fn unread(&mut self, bytes: Bytes) {
         if bytes.is_empty() {
@@ -153,6 +158,11 @@ impl ClientIo {
 
     pub(crate) fn unread(&mut self, bytes: Bytes) {
         self.inner.unread(bytes);
+    }
+
+    /// The socket, when no sniffed or read-ahead bytes wait in front of it.
+    pub(crate) fn bare_tcp(&mut self) -> Option<&mut TcpStream> {
+        self.inner.bare()
     }
 }
 

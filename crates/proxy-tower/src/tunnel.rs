@@ -120,7 +120,12 @@ pub(crate) fn spawn(
             };
             let mut a = TunnelIo::client(client);
             let mut b = TunnelIo::upstream(upstream);
-            let result = tunnel.copy(&mut a, &mut b).await;
+            // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
+            // side are written first by the generic path.
+            let result = match (a.bare_tcp(), b.bare_tcp()) {
+                (Some(a), Some(b)) => tunnel.copy_tcp(a, b).await,
+                _ => tunnel.copy(&mut a, &mut b).await,
+            };
             // Pass an abortive close on as one: reset, not FIN.
             match result.as_ref().err().and_then(TunnelError::reset_side) {
                 Some(Side::A) => {
@@ -187,6 +192,15 @@ impl TunnelIo {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => TunnelIo::Tcp(Prefixed::new(parts.read_buf, parts.io.into_inner())),
             Err(other) => TunnelIo::Other(TokioIo::new(other)),
+        }
+    }
+
+    /// The socket, when nothing waits to be read in front of it.
+    fn bare_tcp(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            TunnelIo::Tcp(p) => p.bare(),
+            TunnelIo::Client(c) => c.bare_tcp(),
+            TunnelIo::Other(_) => None,
         }
     }
 

@@ -41,10 +41,18 @@ pub struct Relay {
     pub tunnel: JoinHandle<Result<Transfer, TunnelError>>,
 }
 
+/// A relay through `Tunnel::copy`, or `Tunnel::copy_tcp` (splice) where the
+/// test binary sets `SPLICED`.
 pub async fn relay(tunnel: Tunnel) -> Relay {
     let (client, mut a) = tcp_pair().await;
     let (mut b, server) = tcp_pair().await;
-    let tunnel = tokio::spawn(async move { tunnel.copy(&mut a, &mut b).await });
+    let tunnel = tokio::spawn(async move {
+        if crate::SPLICED {
+            tunnel.copy_tcp(&mut a, &mut b).await
+        } else {
+            tunnel.copy(&mut a, &mut b).await
+        }
+    });
     Relay {
         client,
         server,

@@ -1,0 +1,205 @@
+//! One copy direction between two TCP sockets with `splice(2)`: socket to pipe,
+//! pipe to socket, the bytes never entering user space. Linux only.
+//!
+//! The state machine is the one of [`HalfDuplex`](crate::direction::HalfDuplex):
+//! bytes already in the pipe go out before anything more is read; EOF on the
+//! source becomes a shutdown of the destination's write half once the pipe is
+//! empty. A direction takes a pipe from a per-thread pool when bytes first
+//! flow and gives it back whenever it waits for its source with the pipe empty,
+//! so an idle tunnel holds no pipe.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::{AsyncWrite, Interest};
+use tokio::net::TcpStream;
+
+use crate::direction::{Failure, Progress, Pump, State, write_zero};
+use crate::error::Kind;
+
+/// Pipes kept per thread for reuse, at most.
+const POOL: usize = 64;
+
+/// Both ends of a pipe.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_pipe() -> io::Result<Pipe> {
+    if let Some(p) = PIPES
+        .try_with(|pool| pool.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+    {
+        return Ok(p);
+    }
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    Ok(Pipe { read, write })
+}
+
+/// An empty pipe goes back to the pool (or is closed when the pool is full).
+fn give_back(pipe: Pipe) {
+    let _ = PIPES.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            if pool.len() < POOL {
+                pool.push(pipe);
+            }
+        }
+    });
+}
+
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+    )?)
+}
+
+/// One direction moved by splice.
+pub(crate) struct SpliceDuplex {
+    state: State,
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe, not yet written to the destination.
+    in_pipe: usize,
+    read_eof: bool,
+    copied: u64,
+}
+
+impl SpliceDuplex {
+    pub(crate) fn new() -> Self {
+        SpliceDuplex {
+            state: State::Copying,
+            pipe: None,
+            in_pipe: 0,
+            read_eof: false,
+            copied: 0,
+        }
+    }
+
+    /// Writes what the pipe holds until it is empty.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, to: &TcpStream) -> Poll<Result<(), Failure>> {
+        while self.in_pipe > 0 {
+            ready!(to.poll_write_ready(cx)).map_err(Failure::write)?;
+            let Some(pipe) = &self.pipe else {
+                unreachable!("bytes in a pipe that is not there")
+            };
+            match to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, self.in_pipe)) {
+                Ok(0) => return Poll::Ready(Err(write_zero())),
+                Ok(n) => {
+                    self.in_pipe -= n;
+                    self.copied += n as u64;
+                }
+                // Readiness was cleared: the next `poll_write_ready` waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(Failure::write(e))),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SpliceDuplex {
+    fn drop(&mut self) {
+        // A pipe with bytes in it is closed; an empty one is reused.
+        if let (Some(pipe), 0) = (self.pipe.take(), self.in_pipe) {
+            give_back(pipe);
+        }
+    }
+}
+
+impl Progress for SpliceDuplex {
+    fn read_eof(&self) -> bool {
+        self.read_eof
+    }
+
+    fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn copied(&self) -> u64 {
+        self.copied
+    }
+}
+
+impl Pump<TcpStream, TcpStream> for SpliceDuplex {
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+    ) -> Poll<Result<(), Failure>> {
+        loop {
+            match self.state {
+                State::Copying => {
+                    // 1. Bytes already read go out before anything else is read.
+                    ready!(self.poll_drain(cx, to))?;
+                    if self.read_eof {
+                        self.state = State::ShuttingDown;
+                        continue;
+                    }
+                    // 2. Read more into the (empty) pipe.
+                    match from.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::read(e))),
+                        Poll::Pending => {
+                            // Idle with an empty pipe: no pipe is held while idle.
+                            if let Some(pipe) = self.pipe.take() {
+                                give_back(pipe);
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                    let pipe = match self.pipe.take() {
+                        Some(p) => p,
+                        None => take_pipe().map_err(Failure::read)?,
+                    };
+                    let pipe = self.pipe.insert(pipe);
+                    let src: &TcpStream = from;
+                    match src.try_io(Interest::READABLE, || splice(src, &pipe.write, buffer_size)) {
+                        Ok(0) => self.read_eof = true,
+                        Ok(n) => self.in_pipe = n,
+                        // Readiness was cleared: the next `poll_read_ready` waits.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(Failure::read(e))),
+                    }
+                }
+                State::ShuttingDown => {
+                    match ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
+                        Ok(()) => {}
+                        // The peer is already gone: nobody left to tell.
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(error) => {
+                            return Poll::Ready(Err(Failure {
+                                kind: Kind::Shutdown,
+                                error,
+                            }));
+                        }
+                    }
+                    if let Some(pipe) = self.pipe.take() {
+                        give_back(pipe);
+                    }
+                    self.state = State::Done;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn salvage(&mut self, cx: &mut Context<'_>, to: &mut TcpStream) {
+        let _ = self.poll_drain(cx, to);
+    }
+}

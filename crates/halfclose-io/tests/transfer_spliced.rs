@@ -1,0 +1,8 @@
+//! The cases of `transfer.rs` through `Tunnel::copy_tcp`: with splice(2) on
+//! Linux, so both paths keep the same contract.
+
+mod common;
+
+const SPLICED: bool = true;
+
+include!("cases/transfer.rs");
