@@ -8,7 +8,7 @@
 //! flow and gives it back whenever it waits for its source with the pipe empty,
 //! so an idle tunnel holds no pipe.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 use crate::direction::{Failure, Progress, Pump, State, write_zero};
 use crate::error::Kind;
 
-/// Pipes kept per thread for reuse, at most.
+/// Pipes kept per thread for reuse, at most; and never more than there are
+/// directions alive on the thread, so that when the last tunnel ends, its pipes
+/// are closed and the process's file descriptors are back to their baseline.
 const POOL: usize = 64;
 
 /// Both ends of a pipe.
@@ -32,6 +34,13 @@ struct Pipe {
 
 thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// Splice directions alive on this thread.
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The most pipes the pool may keep now.
+fn pool_bound() -> usize {
+    LIVE.try_with(Cell::get).unwrap_or(0).min(POOL)
 }
 
 fn take_pipe() -> io::Result<Pipe> {
@@ -48,9 +57,10 @@ fn take_pipe() -> io::Result<Pipe> {
 
 /// An empty pipe goes back to the pool (or is closed when the pool is full).
 fn give_back(pipe: Pipe) {
+    let bound = pool_bound();
     let _ = PIPES.try_with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut() {
-            if pool.len() < POOL {
+            if pool.len() < bound {
                 pool.push(pipe);
             }
         }
@@ -80,6 +90,7 @@ pub(crate) struct SpliceDuplex {
 
 impl SpliceDuplex {
     pub(crate) fn new() -> Self {
+        let _ = LIVE.try_with(|n| n.set(n.get() + 1));
         SpliceDuplex {
             state: State::Copying,
             pipe: None,
@@ -114,9 +125,17 @@ impl SpliceDuplex {
 impl Drop for SpliceDuplex {
     fn drop(&mut self) {
         // A pipe with bytes in it is closed; an empty one is reused.
+        let _ = LIVE.try_with(|n| n.set(n.get().saturating_sub(1)));
         if let (Some(pipe), 0) = (self.pipe.take(), self.in_pipe) {
             give_back(pipe);
         }
+        // Fewer directions alive: fewer pipes kept.
+        let bound = pool_bound();
+        let _ = PIPES.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                pool.truncate(bound);
+            }
+        });
     }
 }
 
@@ -201,5 +220,32 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
 
     fn salvage(&mut self, cx: &mut Context<'_>, to: &mut TcpStream) {
         let _ = self.poll_drain(cx, to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled() -> usize {
+        PIPES.with(|p| p.borrow().len())
+    }
+
+    /// Pipes are reused while directions are alive, and closed when the last
+    /// one ends: no file descriptor outlives the tunnels.
+    #[test]
+    fn the_pool_never_outlives_the_tunnels() {
+        let (a, b) = (SpliceDuplex::new(), SpliceDuplex::new());
+        let pipes = [
+            take_pipe().unwrap(),
+            take_pipe().unwrap(),
+            take_pipe().unwrap(),
+        ];
+        pipes.into_iter().for_each(give_back);
+        assert_eq!(pooled(), 2, "at most one pipe per live direction");
+        drop(a);
+        assert_eq!(pooled(), 1);
+        drop(b);
+        assert_eq!(pooled(), 0);
     }
 }

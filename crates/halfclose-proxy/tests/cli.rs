@@ -806,12 +806,21 @@ async fn idle_http2_connection_is_closed() {
 async fn workers_share_the_port() {
     let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--workers", "3"]).await;
     let pid = proxy.child.id().unwrap();
-    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("proxy-worker-"))
-        .count();
-    assert_eq!(workers, 3);
+    let workers = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("proxy-worker-"))
+            .count()
+    };
+    // A thread takes its name once it runs: wait for all three.
+    within("three named worker threads", async {
+        while workers() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(workers(), 3);
     let gets: Vec<_> = (0..30)
         .map(|_| tokio::spawn(raw_get(proxy.addr, "/")))
         .collect();
