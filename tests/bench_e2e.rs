@@ -36,11 +36,7 @@ struct Options {
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
-        proxy: std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("halfclose-proxy")))
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "halfclose-proxy".into()),
+        proxy: e2e_tests::sibling_proxy_binary(),
         rounds: 3,
         seconds: 5,
         tunnel_mib: 512,

@@ -287,3 +287,13 @@ pub async fn open_tunnel(
     assert_eq!(status_of(&head), 101, "{head}");
     (cli, srv)
 }
+
+/// The `halfclose-proxy` binary next to the running one (both in
+/// `target/<profile>/`), for the soak and the end-to-end benchmark.
+pub fn sibling_proxy_binary() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("halfclose-proxy")))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "halfclose-proxy".into())
+}

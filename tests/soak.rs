@@ -46,7 +46,7 @@ fn parse_args() -> Result<Options, String> {
         concurrency: 500,
         max_size: 1 << 20,
         seed: 0x5eed,
-        proxy: default_proxy_path(),
+        proxy: e2e_tests::sibling_proxy_binary(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -63,15 +63,6 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     Ok(o)
-}
-
-/// `halfclose-proxy` next to this binary (both in `target/<profile>/`).
-fn default_proxy_path() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("halfclose-proxy")))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "halfclose-proxy".into())
 }
 
 /// Who closes a tunnel, and how.

@@ -52,6 +52,23 @@ impl Failure {
     }
 }
 
+/// Passes the FIN on: shuts the destination's write half down (which flushes
+/// it first). A peer already gone (`NotConnected`, as macOS reports it) leaves
+/// nobody to tell: the direction is finished all the same.
+pub(crate) fn poll_pass_fin<W: AsyncWrite + ?Sized>(
+    cx: &mut Context<'_>,
+    writer: Pin<&mut W>,
+) -> Poll<Result<(), Failure>> {
+    match ready!(writer.poll_shutdown(cx)) {
+        Ok(()) => Poll::Ready(Ok(())),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+        Err(error) => Poll::Ready(Err(Failure {
+            kind: Kind::Shutdown,
+            error,
+        })),
+    }
+}
+
 pub(crate) fn write_zero() -> Failure {
     Failure::write(io::Error::new(
         io::ErrorKind::WriteZero,
@@ -221,19 +238,7 @@ impl HalfDuplex {
                     }
                 }
                 State::ShuttingDown => {
-                    // `poll_shutdown` flushes before it closes the write half.
-                    match ready!(writer.as_mut().poll_shutdown(cx)) {
-                        Ok(()) => {}
-                        // The peer is already gone (macOS reports this on shutdown):
-                        // there is nobody left to tell, the direction is finished.
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                        Err(error) => {
-                            return Poll::Ready(Err(Failure {
-                                kind: Kind::Shutdown,
-                                error,
-                            }));
-                        }
-                    }
+                    ready!(poll_pass_fin(cx, writer.as_mut()))?;
                     self.need_flush = false;
                     self.state = State::Done;
                 }

@@ -15,11 +15,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use tokio::io::{AsyncWrite, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::direction::{Failure, Progress, Pump, State, write_zero};
-use crate::error::Kind;
+use crate::direction::{Failure, Progress, Pump, State, poll_pass_fin, write_zero};
 
 /// Pipes kept per thread for reuse, at most; and never more than there are
 /// directions alive on the thread, so that when the last tunnel ends, its pipes
@@ -197,17 +196,7 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                     }
                 }
                 State::ShuttingDown => {
-                    match ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
-                        Ok(()) => {}
-                        // The peer is already gone: nobody left to tell.
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                        Err(error) => {
-                            return Poll::Ready(Err(Failure {
-                                kind: Kind::Shutdown,
-                                error,
-                            }));
-                        }
-                    }
+                    ready!(poll_pass_fin(cx, Pin::new(&mut *to)))?;
                     if let Some(pipe) = self.pipe.take() {
                         give_back(pipe);
                     }
