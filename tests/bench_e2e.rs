@@ -458,6 +458,54 @@ async fn tunnel_speed(addr: SocketAddr, mib: usize, upload: bool) -> f64 {
     }
 }
 
+/// MiB/s in all of `n` tunnels at once sharing `mib`, up or down.
+async fn tunnels_at_once(addr: SocketAddr, n: usize, mib: usize, upload: bool) -> f64 {
+    let each = (mib / n).max(1);
+    let t = Instant::now();
+    let runs: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(tunnel_speed(addr, each, upload)))
+        .collect();
+    for r in runs {
+        if !matches!(r.await, Ok(speed) if speed > 0.0) {
+            return 0.0;
+        }
+    }
+    (each * n) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Upgraded tunnels opened, used once (one byte echoed) and closed per second,
+/// by 16 dialers at once.
+async fn tunnels_per_second(addr: SocketAddr, secs: u64) -> f64 {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let dialers: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < stop {
+                    let Ok(mut tcp) = upgrade(addr, "echo", 0).await else {
+                        break;
+                    };
+                    let mut b = [0u8; 1];
+                    let ok = tcp.write_all(b"x").await.is_ok()
+                        && tcp.read_exact(&mut b).await.is_ok()
+                        && tcp.shutdown().await.is_ok()
+                        && matches!(tcp.read(&mut b).await, Ok(0));
+                    if !ok {
+                        break;
+                    }
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for d in dialers {
+        total += d.await.unwrap_or(0);
+    }
+    total as f64 / secs as f64
+}
+
 /// p50 in microseconds from a client's FIN to the echo upstream's FIN back.
 async fn fin_round_trip(addr: SocketAddr, n: usize) -> f64 {
     let mut times = Vec::with_capacity(n);
@@ -540,6 +588,9 @@ async fn run(o: Options) -> Result<(), String> {
         "tunnel download MiB/s",
         "tunnel CPU ms per GiB (proxy)",
         "FIN round trip p50 us",
+        "8 tunnels at once, upload MiB/s",
+        "8 tunnels at once, download MiB/s",
+        "tunnels opened per second (16 dialers)",
     ];
     let mut samples = vec![vec![Vec::new(); targets.len()]; names.len()];
     for round in 0..o.rounds {
@@ -553,6 +604,9 @@ async fn run(o: Options) -> Result<(), String> {
             let gib = (2 * o.tunnel_mib) as f64 / 1024.0;
             samples[4][i].push((cpu_secs(&t.pids) - cpu) * 1000.0 / gib);
             samples[5][i].push(fin_round_trip(t.addr, o.fins).await);
+            samples[6][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, true).await);
+            samples[7][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, false).await);
+            samples[8][i].push(tunnels_per_second(t.addr, o.seconds).await);
         }
         eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
     }
