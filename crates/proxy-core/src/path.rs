@@ -71,16 +71,24 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, ProxyError> {
     if trailing_slash || (rooted && out.is_empty()) {
         normalized.push('/');
     }
+    if normalized == path {
+        return Ok(Cow::Borrowed(path));
+    }
     Ok(Cow::Owned(normalized))
 }
 
-/// True if the path may hold a dot-segment, plain or encoded.
+/// True if the path may hold a dot-segment, plain or encoded: a segment that
+/// starts with `.`, an escaped `.`, `/` or `\`, or a `\`. Other escapes
+/// (`%20`, UTF-8) leave the path on the fast path.
 fn needs_work(path: &str) -> bool {
     let b = path.as_bytes();
     b.iter().enumerate().any(|(i, &c)| match c {
-        // A segment starting with '.' may be "." or "..".
         b'.' => i == 0 || b[i - 1] == b'/',
-        b'%' | b'\\' => true,
+        b'\\' => true,
+        b'%' => matches!(
+            b.get(i + 1..i + 3),
+            Some([b'2', b'e' | b'E' | b'f' | b'F'] | [b'5', b'c' | b'C'])
+        ),
         _ => false,
     })
 }
@@ -109,6 +117,9 @@ fn decode_dots(path: &str) -> Cow<'_, str> {
 
 /// A segment that holds `.` or `..` between encoded slashes or backslashes.
 fn hides_dot_segment(seg: &str) -> bool {
+    if !seg.contains(['%', '\\']) {
+        return false;
+    }
     let lower = seg.to_ascii_lowercase();
     if !(lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\')) {
         return false;
@@ -152,7 +163,16 @@ mod tests {
 
     #[test]
     fn clean_paths_are_borrowed() {
-        for p in ["/", "/api/users", "/favicon.ico", "/a/b.c/d..e", "/x/y/"] {
+        for p in [
+            "/",
+            "/api/users",
+            "/favicon.ico",
+            "/a/b.c/d..e",
+            "/x/y/",
+            "/caf%C3%A9/menu",
+            "/a%2Fb/c",
+            "/q%20r",
+        ] {
             assert!(
                 matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p),
                 "{p}"
