@@ -16,8 +16,10 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Starts the binary on a free loopback port with `args`.
     async fn start(args: &[&str]) -> Proxy {
         let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .args(["--log-level", "warn"])
             .stdout(Stdio::piped())
@@ -55,6 +57,14 @@ impl Proxy {
         }
     }
 
+    /// Starts the binary in front of `upstream`, with `args`.
+    async fn in_front_of(upstream: std::net::SocketAddr, args: &[&str]) -> Proxy {
+        let upstream = format!("http://{upstream}");
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        Proxy::start(&all).await
+    }
+
     /// SIGTERM, and the process must exit 0.
     async fn stop(mut self) {
         self.terminate();
@@ -78,15 +88,7 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_and_shuts_down_gracefully_with_an_open_tunnel() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--shutdown-grace",
-        "20s",
-    ])
-    .await;
+    let mut proxy = Proxy::in_front_of(upstream, &["--shutdown-grace", "20s"]).await;
     let addr = proxy.addr;
 
     // A plain request.
@@ -136,11 +138,11 @@ async fn proxies_and_shuts_down_gracefully_with_an_open_tunnel() {
     assert!(status.success(), "exit status {status}");
 }
 
-/// The front door: no flags but `--listen 127.0.0.1:0` starts the demo upstream;
+/// The front door: no flags but `--listen` starts the demo upstream;
 /// `probe` against it passes every check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_mode_passes_the_probe() {
-    let mut proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
+    let mut proxy = Proxy::start(&[]).await;
     proxy
         .line_starting("demo upstream on http://127.0.0.1:")
         .await;
@@ -210,7 +212,7 @@ async fn demo_websocket_and_h2c_clients() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let proxy = Proxy::start(&["--listen", "127.0.0.1:0"]).await;
+    let proxy = Proxy::start(&[]).await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut ws, _) = within(
         "ws handshake",
@@ -255,7 +257,7 @@ async fn demo_websocket_and_h2c_clients() {
 /// `--header-read-timeout` (slowloris).
 #[tokio::test]
 async fn slow_request_head_is_cut_off() {
-    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let proxy = Proxy::start(&["--header-read-timeout", "500ms"]).await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
         .await
@@ -338,15 +340,7 @@ async fn raises_the_open_file_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
     let (upstream, mut heads) = raw_upstream().await;
-    let mut proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--shutdown-grace",
-        "1h",
-    ])
-    .await;
+    let mut proxy = Proxy::in_front_of(upstream, &["--shutdown-grace", "1h"]).await;
     let (mut cli, _srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
 
     proxy.terminate();
@@ -368,18 +362,17 @@ async fn second_signal_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_flags_are_applied() {
     let (upstream, mut heads) = raw_upstream().await;
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--preserve-host",
-        "--forwarded",
-        "--via",
-        "edge",
-        "--allow-upgrade",
-        "echo",
-    ])
+    let proxy = Proxy::in_front_of(
+        upstream,
+        &[
+            "--preserve-host",
+            "--forwarded",
+            "--via",
+            "edge",
+            "--allow-upgrade",
+            "echo",
+        ],
+    )
     .await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     cli.write_all(b"GET /x HTTP/1.1\r\nHost: front.example\r\n\r\n")
@@ -421,15 +414,7 @@ async fn policy_flags_are_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_counts_tunnels() {
     let (upstream, mut heads) = raw_upstream().await;
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--max-connections",
-        "1",
-    ])
-    .await;
+    let proxy = Proxy::in_front_of(upstream, &["--max-connections", "1"]).await;
     let (mut cli, mut srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
 
     let mut second = TcpStream::connect(proxy.addr).await.unwrap(); // waits in the backlog
@@ -465,15 +450,7 @@ async fn connection_limit_counts_tunnels() {
 /// next gets its answer within that timeout plus one second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_do_not_lock_clients_out() {
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--max-connections",
-        "20",
-        "--header-read-timeout",
-        "2s",
-    ])
-    .await;
+    let proxy = Proxy::start(&["--max-connections", "20", "--header-read-timeout", "2s"]).await;
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(TcpStream::connect(proxy.addr).await.unwrap());
@@ -497,7 +474,7 @@ async fn silent_sockets_do_not_lock_clients_out() {
 /// after the header-read timeout too.
 #[tokio::test]
 async fn partial_http2_preface_is_cut_off() {
-    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--header-read-timeout", "500ms"]).await;
+    let proxy = Proxy::start(&["--header-read-timeout", "500ms"]).await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     // The whole preface, but no SETTINGS frame.
     cli.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -518,15 +495,7 @@ async fn partial_http2_preface_is_cut_off() {
 /// slot up to a new client at once (well before any timeout would free one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_shed_at_the_limit() {
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--max-connections",
-        "2",
-        "--header-read-timeout",
-        "60s",
-    ])
-    .await;
+    let proxy = Proxy::start(&["--max-connections", "2", "--header-read-timeout", "60s"]).await;
     let addr = proxy.addr;
     let mut idle = Vec::new();
     for _ in 0..2 {
@@ -561,13 +530,7 @@ async fn idle_keep_alive_connections_are_shed_at_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_before_its_upstream() {
     let down = closed_port().await;
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{down}"),
-    ])
-    .await;
+    let proxy = Proxy::in_front_of(down, &[]).await;
     let (head, _) = raw_get(proxy.addr, "/early").await;
     assert_eq!(status_of(&head), 502, "{head}");
 
@@ -598,13 +561,7 @@ async fn starts_before_its_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_and_fin_at_once_still_tunnels() {
     let (upstream, mut heads) = raw_upstream().await;
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-    ])
-    .await;
+    let proxy = Proxy::in_front_of(upstream, &[]).await;
     let mut cli = send_upgrade(proxy.addr, "echo", b"ping").await;
     cli.shutdown().await.unwrap();
     let (_, mut srv) = within("the upgrade at the upstream", heads.recv())
@@ -636,13 +593,7 @@ async fn upgrade_and_fin_at_once_still_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_reaches_the_client_as_a_reset() {
     let (upstream, mut heads) = raw_upstream().await;
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-    ])
-    .await;
+    let proxy = Proxy::in_front_of(upstream, &[]).await;
     let (mut cli, srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
     srv.set_zero_linger().unwrap();
     drop(srv);
@@ -686,10 +637,7 @@ async fn burst_through(flags: &[&str]) -> (Proxy, usize) {
         }
     })
     .await;
-    let upstream = format!("http://{upstream}");
-    let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", &upstream];
-    args.extend_from_slice(flags);
-    let proxy = Proxy::start(&args).await;
+    let proxy = Proxy::in_front_of(upstream, flags).await;
     let baseline = open_fds(proxy.child.id().unwrap());
     let burst: Vec<_> = (0..BURST)
         .map(|_| tokio::spawn(raw_get(proxy.addr, "/burst")))
@@ -738,15 +686,7 @@ async fn upstream_pool_expires_idle_connections() {
 /// in flight (here well before the header-read timeout would).
 #[tokio::test]
 async fn idle_http1_connection_is_closed() {
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        "300ms",
-        "--header-read-timeout",
-        "60s",
-    ])
-    .await;
+    let proxy = Proxy::start(&["--idle-timeout", "300ms", "--header-read-timeout", "60s"]).await;
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     cli.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -768,15 +708,7 @@ async fn idle_http1_connection_is_closed() {
 /// then close), though the client answers every ping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connection_is_closed() {
-    let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        "300ms",
-        "--header-read-timeout",
-        "60s",
-    ])
-    .await;
+    let proxy = Proxy::start(&["--idle-timeout", "300ms", "--header-read-timeout", "60s"]).await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -804,7 +736,7 @@ async fn idle_http2_connection_is_closed() {
 /// port; every connection is served whichever worker the kernel gives it to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_share_the_port() {
-    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--workers", "3"]).await;
+    let proxy = Proxy::start(&["--workers", "3"]).await;
     let pid = proxy.child.id().unwrap();
     let workers = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -870,8 +802,6 @@ async fn closed_stdout_is_not_fatal() {
 #[tokio::test]
 async fn unanswered_http2_pings_close_the_connection() {
     let proxy = Proxy::start(&[
-        "--listen",
-        "127.0.0.1:0",
         "--http2-ping-interval",
         "200ms",
         "--idle-timeout",
