@@ -42,9 +42,9 @@ const MAX_SETTINGS: usize = 16_384;
 pub(crate) struct Settings {
     /// Time from accept to a complete first request head (HTTP/1) or the
     /// preface and SETTINGS (HTTP/2); also hyper's limit for later heads.
-    pub(crate) header_read_timeout: Duration,
+    header_read_timeout: Duration,
     /// Close a connection with no request in flight for this long.
-    pub(crate) idle_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
 }

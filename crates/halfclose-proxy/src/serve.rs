@@ -236,10 +236,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         listening,
     };
     let mut tunnels = Vec::with_capacity(workers);
+    let mut upstream_uri = None;
     for (i, socket) in sockets.into_iter().enumerate() {
         // Each worker has its own proxy: its own upstream pool, on its thread.
         let proxy = build_proxy(&args, &upstream, workers)?;
         tunnels.push(proxy.tunnels());
+        upstream_uri.get_or_insert_with(|| proxy.upstream().clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -274,7 +276,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
 
     control.block_on(async {
         if demo_addr.is_none() {
-            if let Ok(uri) = upstream.parse() {
+            if let Some(uri) = upstream_uri {
                 check_upstream(uri, args.connect_timeout);
             }
         }
