@@ -99,16 +99,20 @@ impl TunnelError {
         self.kind == Kind::HalfCloseTimeout
     }
 
-    /// True if the underlying error is an abortive close by a peer (connection reset
-    /// or aborted, or a broken pipe). Callers holding sockets may want to reset the
-    /// other side too (e.g. `SO_LINGER` 0 before dropping it).
+    /// True if the underlying error is an abortive close by a peer: connection
+    /// reset or aborted, a broken pipe, or a read that ended without the
+    /// stream's clean close (`UnexpectedEof`: TLS truncated by a FIN with no
+    /// `close_notify`). Callers holding sockets may want to reset the other
+    /// side too (e.g. `SO_LINGER` 0 before dropping it), so that it sees an
+    /// abortive end, never a clean one.
     pub fn is_reset(&self) -> bool {
-        matches!(
-            self.io_kind(),
+        match self.io_kind() {
             io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-        )
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => true,
+            io::ErrorKind::UnexpectedEof => self.is_read(),
+            _ => false,
+        }
     }
 
     /// The side that reset its connection, if the tunnel ended on a reset: the

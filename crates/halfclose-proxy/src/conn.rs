@@ -47,6 +47,9 @@ pub(crate) struct Settings {
     idle_timeout: Option<Duration>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// Serve HTTPS: a TLS handshake first, then the protocol ALPN chose.
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Settings {
@@ -70,7 +73,24 @@ impl Settings {
             idle_timeout,
             http1: h1,
             http2: h2,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// True when connections are served over TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Serves HTTPS through `acceptor`.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 }
 
@@ -247,17 +267,46 @@ pub(crate) async fn serve(
     permit: OwnedSemaphorePermit,
     proxy: ReverseProxy,
     settings: Arc<Settings>,
-    signals: Signals,
+    mut signals: Signals,
 ) {
-    let Signals {
-        mut shutdown,
-        pressure,
-        running: _running,
-    } = signals;
     let first_head_by = Instant::now() + settings.header_read_timeout;
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &settings.tls {
+        // The handshake counts against the header-read timeout: a stalled one
+        // holds its slot no longer than a silent plain socket.
+        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit));
+        let accepted = tokio::select! {
+            s = tokio::time::timeout_at(first_head_by, handshake) => s,
+            _ = shutting_down(&mut signals.shutdown) => return,
+        };
+        let tls = match accepted {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, limit = ?settings.header_read_timeout, "no TLS handshake within the header-read timeout; closing");
+                return;
+            }
+        };
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        let conn = Conn {
+            peer,
+            protocol,
+            first_head_by,
+            proxy,
+            settings: &settings,
+            signals,
+        };
+        return conn.run(TokioIo::new(tls)).await;
+    }
     let sniffed = tokio::select! {
         s = tokio::time::timeout_at(first_head_by, sniff(&mut tcp)) => s,
-        _ = shutting_down(&mut shutdown) => return,
+        _ = shutting_down(&mut signals.shutdown) => return,
     };
     let (protocol, prefix) = match sniffed {
         Ok(Ok(Some(found))) => found,
@@ -271,43 +320,83 @@ pub(crate) async fn serve(
             return;
         }
     };
-
-    let activity = Arc::new(Activity::new(pressure.clone()));
-    let client = ClientInfo::new(peer.ip().to_canonical());
-    let svc = {
-        let activity = activity.clone();
-        hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            let in_flight = InFlight::start(&activity);
-            req.extensions_mut().insert(client);
-            let proxy = proxy.clone();
-            async move {
-                let res = proxy.oneshot(req).await?;
-                Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
-                    body,
-                    _in_flight: in_flight,
-                }))
-            }
-        })
-    };
     let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
-    let watch = Watch {
+    let conn = Conn {
         peer,
         protocol,
-        activity: &activity,
-        idle_timeout: settings.idle_timeout,
-        shutdown,
-        pressure,
+        first_head_by,
+        proxy,
+        settings: &settings,
+        signals,
     };
-    match protocol {
-        Protocol::Http1 => {
-            let conn = settings.http1.serve_connection(io, svc).with_upgrades();
-            watch
-                .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
-                .await
-        }
-        Protocol::Http2 => {
-            let conn = settings.http2.serve_connection(io, svc);
-            watch.drive(conn, None, |c| c.graceful_shutdown()).await
+    conn.run(io).await
+}
+
+/// A connection whose protocol is known.
+struct Conn<'a> {
+    peer: SocketAddr,
+    protocol: Protocol,
+    first_head_by: Instant,
+    proxy: ReverseProxy,
+    settings: &'a Settings,
+    signals: Signals,
+}
+
+impl Conn<'_> {
+    /// Serves `io` with hyper until the connection ends.
+    async fn run<I>(self, io: TokioIo<I>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            peer,
+            protocol,
+            first_head_by,
+            proxy,
+            settings,
+            signals:
+                Signals {
+                    shutdown,
+                    pressure,
+                    running: _running,
+                },
+        } = self;
+        let activity = Arc::new(Activity::new(pressure.clone()));
+        let client = ClientInfo::new(peer.ip().to_canonical());
+        let svc = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                let in_flight = InFlight::start(&activity);
+                req.extensions_mut().insert(client);
+                let proxy = proxy.clone();
+                async move {
+                    let res = proxy.oneshot(req).await?;
+                    Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
+                }
+            })
+        };
+        let watch = Watch {
+            peer,
+            protocol,
+            activity: &activity,
+            idle_timeout: settings.idle_timeout,
+            shutdown,
+            pressure,
+        };
+        match protocol {
+            Protocol::Http1 => {
+                let conn = settings.http1.serve_connection(io, svc).with_upgrades();
+                watch
+                    .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
+                    .await
+            }
+            Protocol::Http2 => {
+                let conn = settings.http2.serve_connection(io, svc);
+                watch.drive(conn, None, |c| c.graceful_shutdown()).await
+            }
         }
     }
 }

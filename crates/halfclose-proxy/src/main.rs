@@ -10,6 +10,8 @@ mod conn;
 mod demo;
 mod probe;
 mod serve;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,7 +58,26 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
 
-    /// Time allowed to connect to the upstream (502 when exceeded).
+    /// Trust the CA certificates in FILE (PEM) for an https upstream, instead of
+    /// the bundled web PKI roots.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<std::path::PathBuf>,
+
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain
+    /// (PEM); needs --tls-key. Reloaded with the key on SIGHUP: new connections
+    /// get the new certificate, open ones keep going.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// Time allowed to connect to the upstream, TLS handshake included (502
+    /// when exceeded).
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     connect_timeout: Duration,
 
@@ -121,7 +142,8 @@ pub(crate) struct ServeArgs {
     /// Time allowed for a client to send a request head (against slowloris),
     /// counted from accept for a connection's first request, and from the end of
     /// the previous response for the next one on a keep-alive connection. An
-    /// HTTP/2 client must send its preface and SETTINGS within it.
+    /// HTTP/2 client must send its preface and SETTINGS within it; a TLS
+    /// handshake counts against it.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
 

@@ -51,8 +51,14 @@ fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     }
 }
 
-/// The proxy of one of `workers` workers.
-fn build_proxy(args: &ServeArgs, upstream: &str, workers: usize) -> Result<ReverseProxy, String> {
+/// The proxy of one of `workers` workers; `upstream_ca` is the PEM of
+/// `--upstream-ca`.
+fn build_proxy(
+    args: &ServeArgs,
+    upstream: &str,
+    upstream_ca: Option<&[u8]>,
+    workers: usize,
+) -> Result<ReverseProxy, String> {
     let forwarded = ForwardedHeaders::default()
         .forwarded(args.forwarded)
         .trust_incoming(args.trust_forwarded);
@@ -88,6 +94,12 @@ fn build_proxy(args: &ServeArgs, upstream: &str, workers: usize) -> Result<Rever
     if args.http2_upstream {
         b = b.http2_only();
     }
+    #[cfg(feature = "tls")]
+    if let Some(pem) = upstream_ca {
+        b = b.upstream_ca_pem(pem);
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = upstream_ca;
     b.build().map_err(|e| e.to_string())
 }
 
@@ -125,7 +137,11 @@ fn check_upstream(upstream: http::Uri, limit: Duration) {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = upstream.port_u16().unwrap_or(80);
+        let default_port = match upstream.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            true => 443,
+            false => 80,
+        };
+        let port = upstream.port_u16().unwrap_or(default_port);
         let problem = match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
             Ok(Ok(_)) => return,
             Ok(Err(e)) => e.to_string(),
@@ -164,6 +180,37 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = int => {}
         }
     }
+}
+
+/// On SIGHUP, loads the TLS certificate again (a no-op without one). The
+/// listener is registered before the call returns, so that SIGHUP never takes
+/// its default action (ending the process) once we said we are up.
+#[cfg(unix)]
+fn reload_on_sighup(#[cfg(feature = "tls")] cert: Option<Arc<crate::tls::Certificate>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            #[cfg(feature = "tls")]
+            if let Some(cert) = &cert {
+                match cert.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded");
+                        say!(
+                            "reloaded TLS certificate from {}",
+                            cert.cert_path().display()
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: keeping the certificate in use"),
+                }
+                continue;
+            }
+            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+        }
+    });
 }
 
 /// What every worker shares.
@@ -218,15 +265,41 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
     };
 
+    #[cfg(feature = "tls")]
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Certificate::load(cert, key)?),
+        _ => None,
+    };
+    #[cfg(feature = "tls")]
+    let upstream_ca = match &args.upstream_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --upstream-ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    let upstream_ca: Option<Vec<u8>> = None;
+
+    let mut settings = conn::Settings::new(
+        args.header_read_timeout,
+        nonzero(args.idle_timeout),
+        nonzero(args.http2_ping_interval),
+    );
+    #[cfg(feature = "tls")]
+    if let Some(cert) = &certificate {
+        settings = settings.tls(cert.acceptor());
+    }
+    let scheme = match cfg!(feature = "tls") && settings.is_tls() {
+        true => "https",
+        false => "http",
+    };
+
     let (stop, stopped) = watch::channel(false);
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let (listening, mut all_closed) = mpsc::channel::<()>(1);
     let shared = Shared {
-        settings: Arc::new(conn::Settings::new(
-            args.header_read_timeout,
-            nonzero(args.idle_timeout),
-            nonzero(args.http2_ping_interval),
-        )),
+        settings: Arc::new(settings),
         signals: conn::Signals {
             shutdown: stopped,
             pressure: conn::Pressure::new(),
@@ -239,7 +312,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let mut upstream_uri = None;
     for (i, socket) in sockets.into_iter().enumerate() {
         // Each worker has its own proxy: its own upstream pool, on its thread.
-        let proxy = build_proxy(&args, &upstream, workers)?;
+        let proxy = build_proxy(&args, &upstream, upstream_ca.as_deref(), workers)?;
         tunnels.push(proxy.tunnels());
         upstream_uri.get_or_insert_with(|| proxy.upstream().clone());
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -283,9 +356,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Listen for signals before saying we are up: from here on, SIGTERM means
         // a graceful shutdown, never the default action.
         let shutdown = shutdown_signal();
-        say!("listening on http://{local}");
+        #[cfg(unix)]
+        reload_on_sighup(
+            #[cfg(feature = "tls")]
+            certificate,
+        );
+        say!("listening on {scheme}://{local}");
         match demo_addr {
-            Some(demo) => print_demo_help(local, demo),
+            Some(demo) => print_demo_help(scheme, local, demo),
             None => say!("forwarding to {upstream}"),
         }
         shutdown.await;
@@ -375,10 +453,14 @@ async fn accept_loop(listener: TcpListener, proxy: ReverseProxy, shared: Shared)
     drop(listening);
 }
 
-fn print_demo_help(local: SocketAddr, demo: SocketAddr) {
+fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
     say!("demo upstream on http://{demo} (no --upstream given)");
     say!("try:");
-    say!("  curl http://{local}/");
-    say!("  curl --data 'hello' http://{local}/echo");
-    say!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo");
+    // A self-signed certificate is common for a first try.
+    let k = if scheme == "https" { "-k " } else { "" };
+    say!("  curl {k}{scheme}://{local}/");
+    say!("  curl {k}--data 'hello' {scheme}://{local}/echo");
+    if scheme == "http" {
+        say!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo");
+    }
 }

@@ -10,21 +10,31 @@ use http::header::HOST;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture as PooledFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::config::Config;
+use crate::connect::Connector;
 use crate::{BoxError, RequestBody};
 
 /// The client a [`ReverseProxy`](crate::ReverseProxy) uses unless given another:
-/// plain TCP to the one upstream. Over HTTP/1.1, a pool of connections (at most
+/// TCP to the one upstream, and TLS over it for `https` upstreams. Over
+/// HTTP/1.1, a pool of connections (at most
 /// [`pool_max_idle`](crate::Builder::pool_max_idle) idle ones, expired after
 /// [`pool_idle_timeout`](crate::Builder::pool_idle_timeout)); with
 /// [`http2_only`](crate::Builder::http2_only), one multiplexed HTTP/2
 /// connection, made again when it closes.
+///
+/// For `https` (cargo feature `tls`, on by default) it verifies the upstream's
+/// certificate against the bundled web PKI roots (Mozilla's, from
+/// `webpki-roots`), or against the CA set with
+/// [`upstream_ca_pem`](crate::Builder::upstream_ca_pem) instead; sends the
+/// upstream's host as SNI; and offers `h2` and `http/1.1` by ALPN, so an
+/// upstream that picks `h2` gets HTTP/2 without prior knowledge. Upgrade
+/// requests go over connections that offered `http/1.1` alone, since HTTP/2
+/// has no `Upgrade`.
 ///
 /// Over HTTP/2 it sends a request's `host` field, when there is one, as the
 /// `:authority` (RFC 9113 section 8.3.1 forbids them to disagree), while it
@@ -39,8 +49,15 @@ pub struct DefaultClient {
 #[derive(Clone)]
 enum Kind {
     // Behind an `Arc`: the proxy clones its client for every request.
-    Http1(Arc<Client<HttpConnector, RequestBody>>),
+    Http1(Arc<Http1>),
     Http2(Arc<Http2>),
+}
+
+struct Http1 {
+    pooled: Client<Connector, RequestBody>,
+    /// For upgrades to an `https` upstream: connections that offer only
+    /// `http/1.1` by ALPN.
+    upgrades: Option<Client<Connector, RequestBody>>,
 }
 
 impl fmt::Debug for DefaultClient {
@@ -54,26 +71,48 @@ impl fmt::Debug for DefaultClient {
 
 impl DefaultClient {
     pub(crate) fn new(config: &Config) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(config.connect_timeout);
+        let connector = Connector::new(config.connect_timeout);
+        let https = config.rules.upstream().scheme() == Some(&http::uri::Scheme::HTTPS);
+        #[cfg(feature = "tls")]
+        let with_alpn = |alpn: &[&[u8]]| -> Connector {
+            if !https {
+                return connector.clone();
+            }
+            let roots = config.upstream_roots.as_deref();
+            connector
+                .clone()
+                .tls(crate::connect::tls::client_config(roots, alpn))
+        };
+        // `Builder::build` refuses `https` upstreams without the feature.
+        #[cfg(not(feature = "tls"))]
+        let with_alpn = |_: &[&[u8]]| connector.clone();
         if config.http2_only {
             return DefaultClient {
                 kind: Kind::Http2(Arc::new(Http2 {
-                    connector,
+                    connector: with_alpn(&[b"h2"]),
                     upstream: config.rules.upstream().clone(),
                     conn: tokio::sync::Mutex::new(None),
                 })),
             };
         }
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            // Without a timer, hyper-util never expires idle connections.
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_idle_timeout(config.pool_idle_timeout);
+        let pooled = |connector: Connector| {
+            let mut client = Client::builder(TokioExecutor::new());
+            client
+                // Without a timer, hyper-util never expires idle connections.
+                .pool_timer(TokioTimer::new())
+                .pool_max_idle_per_host(config.pool_max_idle)
+                .pool_idle_timeout(config.pool_idle_timeout);
+            client.build(connector)
+        };
+        let upgrades = match https {
+            true => Some(pooled(with_alpn(&[b"http/1.1"]))),
+            false => None,
+        };
         DefaultClient {
-            kind: Kind::Http1(Arc::new(client.build(connector))),
+            kind: Kind::Http1(Arc::new(Http1 {
+                pooled: pooled(with_alpn(&[b"h2", b"http/1.1"])),
+                upgrades,
+            })),
         }
     }
 }
@@ -89,11 +128,17 @@ impl Service<Request<RequestBody>> for DefaultClient {
 
     fn call(&mut self, req: Request<RequestBody>) -> DefaultClientFuture {
         match &self.kind {
-            Kind::Http1(client) => DefaultClientFuture {
-                inner: Inner::Pooled {
-                    fut: client.request(req),
-                },
-            },
+            Kind::Http1(h1) => {
+                let client = match &h1.upgrades {
+                    Some(c) if req.headers().contains_key(http::header::UPGRADE) => c,
+                    _ => &h1.pooled,
+                };
+                DefaultClientFuture {
+                    inner: Inner::Pooled {
+                        fut: client.request(req),
+                    },
+                }
+            }
             Kind::Http2(h2) => {
                 let h2 = h2.clone();
                 DefaultClientFuture {
@@ -143,7 +188,7 @@ impl fmt::Debug for DefaultClientFuture {
 
 /// One HTTP/2 connection to the upstream, shared by every request.
 struct Http2 {
-    connector: HttpConnector,
+    connector: Connector,
     upstream: Uri,
     /// Held while connecting, so that one connection is made at a time.
     conn: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,

@@ -38,6 +38,9 @@ pub(crate) struct Config {
     pub(crate) modify_response: Option<ModifyResponse>,
     pub(crate) client_info: Option<ClientInfoFn>,
     pub(crate) tunnels: Tunnels,
+    /// Trust anchors for an `https` upstream instead of the bundled roots.
+    #[cfg(feature = "tls")]
+    pub(crate) upstream_roots: Option<Arc<rustls::RootCertStore>>,
 }
 
 impl Config {
@@ -55,6 +58,8 @@ impl Config {
             modify_response: None,
             client_info: None,
             tunnels: Tunnels::default(),
+            #[cfg(feature = "tls")]
+            upstream_roots: None,
         }
     }
 
@@ -162,6 +167,30 @@ impl Builder {
         self.map(|c| c.pool_idle_timeout = timeout)
     }
 
+    /// Trusts the CA certificates in `pem` (a PEM bundle) for an `https`
+    /// upstream, instead of the bundled web PKI roots: a private CA, or a
+    /// self-signed upstream. A bundle with no certificate, or a malformed one,
+    /// makes [`build`](Builder::build) fail. Applies to the default client only.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("internal-ca.pem")?;
+    /// let proxy = proxy_tower::ReverseProxy::builder("https://api.internal:8443")
+    ///     .upstream_ca_pem(ca)
+    ///     .build()?;
+    /// # let _ = proxy; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn upstream_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        if let Ok(c) = &mut self.config {
+            match crate::connect::tls::roots_from_pem(pem.as_ref()) {
+                Ok(roots) => c.upstream_roots = Some(Arc::new(roots)),
+                Err(e) => self.config = Err(e),
+            }
+        }
+        self
+    }
+
     /// Which `Host` the upstream sees (default: its own authority).
     pub fn host_header(self, host: HostHeader) -> Self {
         self.map(|c| c.rules = c.rules.clone().host_header(host))
@@ -244,13 +273,16 @@ impl Builder {
         self.map(|c| c.client_info = Some(Arc::new(f)))
     }
 
-    /// Builds the proxy with the default client: hyper-util's pooled client over
-    /// plain TCP (`http` upstreams).
+    /// Builds the proxy with the [`DefaultClient`]: pooled connections over TCP,
+    /// with TLS for `https` upstreams (cargo feature `tls`, on by default).
     pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
         let config = self.config?;
-        if config.rules.upstream().scheme() != Some(&http::uri::Scheme::HTTP) {
+        let scheme = config.rules.upstream().scheme();
+        let supported = scheme == Some(&http::uri::Scheme::HTTP)
+            || (cfg!(feature = "tls") && scheme == Some(&http::uri::Scheme::HTTPS));
+        if !supported {
             return Err(ProxyError::invalid_upstream(format!(
-                "{}: the default client speaks plain http only; use `build_with_client` with a TLS-capable client",
+                "{}: https upstreams need proxy-tower's `tls` feature, or `build_with_client` with a TLS-capable client",
                 config.rules.upstream()
             )));
         }

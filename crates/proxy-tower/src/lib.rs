@@ -70,6 +70,7 @@ mod abort;
 mod body;
 mod client;
 mod config;
+mod connect;
 mod io;
 mod layer;
 mod proxy;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::AbortHandle;
 use crate::config::Config;
+use crate::connect::UpstreamIo;
 use crate::io::{ClientIo, Prefixed};
 use crate::proxy::Origin;
 
@@ -163,43 +164,64 @@ pub(crate) fn spawn(
     );
 }
 
-/// One end of a tunnel: the TCP socket itself where it can be recovered from
-/// hyper's upgraded connection (so that a reset can be passed on as a reset),
-/// else the upgraded connection.
+/// A client connection served over TLS by the binary (or any server that
+/// serves `TlsStream<ClientIo>`).
+#[cfg(feature = "tls")]
+type TlsClientIo = tokio_rustls::server::TlsStream<ClientIo>;
+
+/// One end of a tunnel: the connection as it was before hyper wrapped it, where
+/// it can be recovered from hyper's upgraded connection (so that its socket can
+/// be reached: a reset passed on as a reset, splice(2) between two bare
+/// sockets), else the upgraded connection.
 enum TunnelIo {
-    /// The upstream socket, made by hyper-util's connector.
-    Tcp(Prefixed<TcpStream>),
+    /// The upstream connection, made by the default client's connector.
+    Upstream(Prefixed<UpstreamIo>),
     /// The client socket, served as a [`ClientIo`].
     Client(ClientIo),
+    /// The client connection, served as TLS over a [`ClientIo`].
+    #[cfg(feature = "tls")]
+    TlsClient(Prefixed<Box<TlsClientIo>>),
     Other(TokioIo<Upgraded>),
 }
 
 impl TunnelIo {
     fn client(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<ClientIo>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<ClientIo>>() {
             Ok(parts) => {
                 let mut io = parts.io.into_inner();
                 // hyper's read-ahead came from the stream before what the
                 // connection may still hold.
                 io.unread(parts.read_buf);
-                TunnelIo::Client(io)
+                return TunnelIo::Client(io);
             }
-            Err(other) => TunnelIo::Other(TokioIo::new(other)),
-        }
+            Err(other) => other,
+        };
+        #[cfg(feature = "tls")]
+        let upgraded = match upgraded.downcast::<TokioIo<TlsClientIo>>() {
+            Ok(parts) => {
+                let io = Box::new(parts.io.into_inner());
+                return TunnelIo::TlsClient(Prefixed::new(parts.read_buf, io));
+            }
+            Err(other) => other,
+        };
+        TunnelIo::Other(TokioIo::new(upgraded))
     }
 
     fn upstream(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => TunnelIo::Tcp(Prefixed::new(parts.read_buf, parts.io.into_inner())),
+        match upgraded.downcast::<TokioIo<UpstreamIo>>() {
+            Ok(parts) => TunnelIo::Upstream(Prefixed::new(parts.read_buf, parts.io.into_inner())),
             Err(other) => TunnelIo::Other(TokioIo::new(other)),
         }
     }
 
-    /// The socket, when nothing waits to be read in front of it.
+    /// The socket, when bytes cross it as they are (no TLS) and nothing waits
+    /// to be read in front of it.
     fn bare_tcp(&mut self) -> Option<&mut TcpStream> {
         match self {
-            TunnelIo::Tcp(p) => p.bare(),
+            TunnelIo::Upstream(p) => p.bare()?.bare_tcp(),
             TunnelIo::Client(c) => c.bare_tcp(),
+            #[cfg(feature = "tls")]
+            TunnelIo::TlsClient(_) => None,
             TunnelIo::Other(_) => None,
         }
     }
@@ -208,8 +230,10 @@ impl TunnelIo {
     /// is reachable; returns false where it is not.
     fn reset_on_drop(&self) -> bool {
         let tcp = match self {
-            TunnelIo::Tcp(p) => &p.io,
+            TunnelIo::Upstream(p) => p.io.tcp(),
             TunnelIo::Client(c) => c.tcp(),
+            #[cfg(feature = "tls")]
+            TunnelIo::TlsClient(p) => p.io.get_ref().0.tcp(),
             TunnelIo::Other(_) => return false,
         };
         let _ = tcp.set_zero_linger();
@@ -220,7 +244,12 @@ impl TunnelIo {
 macro_rules! each {
     ($self:ident, $io:ident => $e:expr) => {
         match $self.get_mut() {
-            TunnelIo::Tcp($io) => {
+            TunnelIo::Upstream($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            #[cfg(feature = "tls")]
+            TunnelIo::TlsClient($io) => {
                 let $io = Pin::new($io);
                 $e
             }
@@ -273,7 +302,9 @@ impl AsyncWrite for TunnelIo {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            TunnelIo::Tcp(io) => io.is_write_vectored(),
+            TunnelIo::Upstream(io) => io.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            TunnelIo::TlsClient(io) => io.is_write_vectored(),
             TunnelIo::Client(io) => io.is_write_vectored(),
             TunnelIo::Other(io) => io.is_write_vectored(),
         }
