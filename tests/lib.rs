@@ -103,7 +103,7 @@ pub async fn raw_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Tcp
 }
 
 /// Reads one HTTP message head, byte by byte so nothing behind it is consumed.
-pub async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+pub async fn read_head<R: tokio::io::AsyncRead + Unpin>(tcp: &mut R) -> std::io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -143,6 +143,14 @@ pub async fn send_upgrade(addr: SocketAddr, protocol: &str, extra: &[u8]) -> Tcp
     msg.extend_from_slice(extra);
     tcp.write_all(&msg).await.expect("write upgrade request");
     tcp
+}
+
+/// Shuts down the reading half of a socket (`shutdown(SHUT_RD)`), which tokio
+/// has no method for; works under TLS too.
+pub fn shutdown_read(tcp: &TcpStream) {
+    socket2::SockRef::from(tcp)
+        .shutdown(std::net::Shutdown::Read)
+        .expect("shutdown(SHUT_RD)");
 }
 
 /// The address of a port nobody listens on.
@@ -250,7 +258,7 @@ where
 }
 
 /// At a raw upstream: answers `101 Switching Protocols` to `protocol`.
-pub async fn switch_protocols(srv: &mut TcpStream, protocol: &str) {
+pub async fn switch_protocols<W: tokio::io::AsyncWrite + Unpin>(srv: &mut W, protocol: &str) {
     let msg = format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
     );
@@ -296,4 +304,179 @@ pub fn sibling_proxy_binary() -> String {
         .and_then(|p| p.parent().map(|d| d.join("halfclose-proxy")))
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "halfclose-proxy".into())
+}
+
+/// TLS fixtures: a test CA made at run time (no key is checked in), server
+/// and client configs, a TLS server for a tower service, a raw TLS upstream.
+pub mod tls {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::net::TcpStream;
+    use tokio::sync::mpsc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::{self, RootCertStore, crypto::ring};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    /// A CA that issues leaf certificates.
+    pub struct Pki {
+        issuer: Issuer<'static, KeyPair>,
+        ca: CertificateDer<'static>,
+        pub ca_pem: String,
+    }
+
+    /// A leaf certificate and its key.
+    pub struct Leaf {
+        pub cert: CertificateDer<'static>,
+        pub cert_pem: String,
+        pub key_pem: String,
+    }
+
+    impl Pki {
+        pub fn new() -> Pki {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "halfclose test CA");
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Pki {
+                ca: cert.der().clone(),
+                ca_pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A leaf for `names` (DNS names or IP addresses).
+        pub fn leaf(&self, names: &[&str]) -> Leaf {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &self.issuer)
+                .unwrap();
+            Leaf {
+                cert: cert.der().clone(),
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        }
+
+        /// A client config trusting this CA, offering `alpn`.
+        pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca.clone()).unwrap();
+            let mut config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        }
+    }
+
+    impl Default for Pki {
+        fn default() -> Self {
+            Pki::new()
+        }
+    }
+
+    impl Leaf {
+        /// A server config serving this leaf, offering `alpn`.
+        pub fn acceptor(&self, alpn: &[&[u8]]) -> TlsAcceptor {
+            let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+            let mut config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_single_cert(vec![self.cert.clone()], key)
+                    .unwrap();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsAcceptor::from(Arc::new(config))
+        }
+    }
+
+    /// A TLS client connection to `addr`, verified as `name`.
+    pub async fn connect(
+        connector: &TlsConnector,
+        addr: SocketAddr,
+        name: &str,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        within("TLS handshake", connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// Serves a tower service over TLS with hyper-util (HTTP/1.1 with upgrades,
+    /// or HTTP/2), each connection a `TlsStream<ClientIo>`, as a server that
+    /// serves `proxy_tower::ReverseProxy` over TLS should.
+    pub async fn serve_tls<S, B>(svc: S, acceptor: TlsAcceptor) -> SocketAddr
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (listener, addr) = listener().await;
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                let svc = svc.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(proxy_tower::ClientIo::new(tcp)).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+                        svc.clone().oneshot(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    pub type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+    /// A raw upstream over TLS: after the handshake it reads each request
+    /// head and hands it and the TLS stream to the test.
+    pub async fn raw_tls_upstream(
+        acceptor: TlsAcceptor,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<(String, ServerTls)>) {
+        let (listener, addr) = listener().await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Ok(head) = read_head(&mut tls).await {
+                        let _ = tx.send((head, tls));
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
 }

@@ -188,3 +188,31 @@ impl From<TunnelError> for io::Error {
         io::Error::new(e.io_kind(), e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_error(kind: io::ErrorKind, direction: Direction) -> TunnelError {
+        let transfer = Transfer {
+            a_to_b: 0,
+            b_to_a: 0,
+            first_eof: None,
+            duration: std::time::Duration::ZERO,
+        };
+        TunnelError::io(Kind::Read, direction, kind.into(), transfer)
+    }
+
+    #[test]
+    fn a_read_cut_short_is_an_abortive_end_of_its_source() {
+        // TLS truncated by a bare FIN reads as `UnexpectedEof`.
+        let e = read_error(io::ErrorKind::UnexpectedEof, Direction::BToA);
+        assert!(e.is_reset());
+        assert_eq!(e.reset_side(), Some(Side::B));
+        let e = read_error(io::ErrorKind::ConnectionReset, Direction::AToB);
+        assert_eq!(e.reset_side(), Some(Side::A));
+        // Other failures are not a peer's abortive close.
+        let e = read_error(io::ErrorKind::InvalidData, Direction::AToB);
+        assert_eq!(e.reset_side(), None);
+    }
+}
