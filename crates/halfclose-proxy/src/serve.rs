@@ -204,7 +204,10 @@ fn reload_on_sighup(#[cfg(feature = "tls")] cert: Option<Arc<crate::tls::Certifi
                             cert.cert_path().display()
                         );
                     }
-                    Err(e) => tracing::warn!(error = %e, "SIGHUP: keeping the certificate in use"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: keeping the certificate in use");
+                        say!("TLS certificate not reloaded, keeping the one in use: {e}");
+                    }
                 }
                 continue;
             }

@@ -3,84 +3,12 @@
 use std::process::Stdio;
 
 use e2e_tests::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_halfclose-proxy");
-
-struct Proxy {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    addr: std::net::SocketAddr,
-}
-
-impl Proxy {
-    /// Starts the binary on a free loopback port with `args`.
-    async fn start(args: &[&str]) -> Proxy {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn halfclose-proxy");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = within("first stdout line", stdout.next_line())
-            .await
-            .unwrap()
-            .expect("a first line");
-        let addr = first
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .parse()
-            .expect("an address");
-        Proxy {
-            child,
-            stdout,
-            addr,
-        }
-    }
-
-    async fn line_starting(&mut self, prefix: &str) -> String {
-        loop {
-            let line = within("a stdout line", self.stdout.next_line())
-                .await
-                .unwrap();
-            match line {
-                Some(l) if l.starts_with(prefix) => return l,
-                Some(_) => continue,
-                None => panic!("stdout ended before a line starting with {prefix:?}"),
-            }
-        }
-    }
-
-    /// Starts the binary in front of `upstream`, with `args`.
-    async fn in_front_of(upstream: std::net::SocketAddr, args: &[&str]) -> Proxy {
-        let upstream = format!("http://{upstream}");
-        let mut all = vec!["--upstream", upstream.as_str()];
-        all.extend_from_slice(args);
-        Proxy::start(&all).await
-    }
-
-    /// SIGTERM, and the process must exit 0.
-    async fn stop(mut self) {
-        self.terminate();
-        let status = within("exit", self.child.wait()).await.unwrap();
-        assert!(status.success(), "exit status {status}");
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
+mod common;
+use common::{BIN, Proxy};
 
 /// In front of a test upstream: a request, an upgrade with half-close both ways,
 /// and SIGTERM while the tunnel is open: the tunnel's data still completes, new

@@ -1,0 +1,89 @@
+//! The `halfclose-proxy` binary as a child process, shared by the test files.
+#![allow(dead_code, unreachable_pub)]
+
+use std::process::Stdio;
+
+use e2e_tests::within;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_halfclose-proxy");
+
+pub struct Proxy {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Proxy {
+    /// Starts the binary on a free loopback port with `args`.
+    pub async fn start(args: &[&str]) -> Proxy {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn halfclose-proxy");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = within("first stdout line", stdout.next_line())
+            .await
+            .unwrap()
+            .expect("a first line");
+        let addr = first
+            .strip_prefix("listening on http://")
+            .or_else(|| first.strip_prefix("listening on https://"))
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .parse()
+            .expect("an address");
+        Proxy {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    pub async fn line_starting(&mut self, prefix: &str) -> String {
+        loop {
+            let line = within("a stdout line", self.stdout.next_line())
+                .await
+                .unwrap();
+            match line {
+                Some(l) if l.starts_with(prefix) => return l,
+                Some(_) => continue,
+                None => panic!("stdout ended before a line starting with {prefix:?}"),
+            }
+        }
+    }
+
+    /// Starts the binary in front of `upstream`, with `args`.
+    pub async fn in_front_of(upstream: std::net::SocketAddr, args: &[&str]) -> Proxy {
+        let upstream = format!("http://{upstream}");
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        Proxy::start(&all).await
+    }
+
+    /// SIGTERM, and the process must exit 0.
+    pub async fn stop(mut self) {
+        self.terminate();
+        let status = within("exit", self.child.wait()).await.unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
