@@ -382,6 +382,23 @@ pub mod tls {
         }
     }
 
+    impl Leaf {
+        /// A self-signed certificate for `names` that is also marked as a CA,
+        /// as Go's `httptest` and `openssl req -x509` make them.
+        pub fn self_signed_ca(names: &[&str]) -> Leaf {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Leaf {
+                cert: cert.der().clone(),
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        }
+    }
+
     impl Default for Pki {
         fn default() -> Self {
             Pki::new()
@@ -437,6 +454,7 @@ pub mod tls {
                 let svc = svc.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
                     let Ok(tls) = acceptor.accept(proxy_tower::ClientIo::new(tcp)).await else {
                         return;
                     };

@@ -371,6 +371,40 @@ async fn upstream_certificate_for_another_name_is_a_502() {
     );
 }
 
+/// A self-signed upstream certificate marked as a CA (Go's `httptest`, `openssl
+/// req -x509`) is trusted when it is itself in the CA bundle, as Go trusts
+/// it; another certificate in the bundle does not make it trusted.
+#[tokio::test]
+async fn self_signed_ca_flagged_upstream_is_trusted_when_pinned() {
+    let own = Leaf::self_signed_ca(&["127.0.0.1"]);
+    let upstream = https_upstream(&own).await;
+    let proxy = ReverseProxy::builder(&format!("https://{upstream}"))
+        .upstream_ca_pem(&own.cert_pem)
+        .build()
+        .unwrap();
+    let (head, body) = raw_get(serve(proxy).await, "/version").await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, b"HTTP/2.0");
+
+    let stranger = Leaf::self_signed_ca(&["127.0.0.1"]);
+    let proxy = ReverseProxy::builder(&format!("https://{upstream}"))
+        .upstream_ca_pem(&stranger.cert_pem)
+        .build()
+        .unwrap();
+    let (head, _) = raw_get(serve(proxy).await, "/version").await;
+    assert_eq!(status_of(&head), 502, "{head}");
+
+    // Pinned, but for another name: refused.
+    let named = Leaf::self_signed_ca(&["other.example"]);
+    let upstream = https_upstream(&named).await;
+    let proxy = ReverseProxy::builder(&format!("https://{upstream}"))
+        .upstream_ca_pem(&named.cert_pem)
+        .build()
+        .unwrap();
+    let (head, _) = raw_get(serve(proxy).await, "/version").await;
+    assert_eq!(status_of(&head), 502, "{head}");
+}
+
 /// A CA bundle with no certificate is refused when the proxy is built.
 #[test]
 fn empty_ca_bundle_is_a_build_error() {

@@ -284,15 +284,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     #[cfg(not(feature = "tls"))]
     let upstream_ca: Option<Vec<u8>> = None;
 
-    let mut settings = conn::Settings::new(
+    let settings = conn::Settings::new(
         args.header_read_timeout,
         nonzero(args.idle_timeout),
         nonzero(args.http2_ping_interval),
     );
     #[cfg(feature = "tls")]
-    if let Some(cert) = &certificate {
-        settings = settings.tls(cert.acceptor());
-    }
+    let settings = match &certificate {
+        Some(cert) => settings.tls(cert.acceptor()),
+        None => settings,
+    };
     let scheme = match cfg!(feature = "tls") && settings.is_tls() {
         true => "https",
         false => "http",

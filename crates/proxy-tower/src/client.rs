@@ -78,10 +78,10 @@ impl DefaultClient {
             if !https {
                 return connector.clone();
             }
-            let roots = config.upstream_roots.as_deref();
+            let ca = config.upstream_ca.as_deref();
             connector
                 .clone()
-                .tls(crate::connect::tls::client_config(roots, alpn))
+                .tls(crate::connect::tls::client_config(ca, alpn))
         };
         // `Builder::build` refuses `https` upstreams without the feature.
         #[cfg(not(feature = "tls"))]

@@ -40,7 +40,7 @@ pub(crate) struct Config {
     pub(crate) tunnels: Tunnels,
     /// Trust anchors for an `https` upstream instead of the bundled roots.
     #[cfg(feature = "tls")]
-    pub(crate) upstream_roots: Option<Arc<rustls::RootCertStore>>,
+    pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
 }
 
 impl Config {
@@ -59,7 +59,7 @@ impl Config {
             client_info: None,
             tunnels: Tunnels::default(),
             #[cfg(feature = "tls")]
-            upstream_roots: None,
+            upstream_ca: None,
         }
     }
 
@@ -169,8 +169,12 @@ impl Builder {
 
     /// Trusts the CA certificates in `pem` (a PEM bundle) for an `https`
     /// upstream, instead of the bundled web PKI roots: a private CA, or a
-    /// self-signed upstream. A bundle with no certificate, or a malformed one,
-    /// makes [`build`](Builder::build) fail. Applies to the default client only.
+    /// self-signed upstream. The upstream's certificate must chain to one of
+    /// them and name the upstream's host; a certificate that is itself in the
+    /// bundle is accepted even when it is marked as a CA (as the self-signed
+    /// ones of `openssl req -x509` and Go's `httptest` are), as Go accepts it.
+    /// A bundle with no certificate, or a malformed one, makes
+    /// [`build`](Builder::build) fail. Applies to the default client only.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -183,8 +187,8 @@ impl Builder {
     #[cfg(feature = "tls")]
     pub fn upstream_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
         if let Ok(c) = &mut self.config {
-            match crate::connect::tls::roots_from_pem(pem.as_ref()) {
-                Ok(roots) => c.upstream_roots = Some(Arc::new(roots)),
+            match crate::connect::tls::ca_from_pem(pem.as_ref()) {
+                Ok(ca) => c.upstream_ca = Some(Arc::new(ca)),
                 Err(e) => self.config = Err(e),
             }
         }
