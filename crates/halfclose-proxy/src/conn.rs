@@ -296,6 +296,7 @@ pub(crate) async fn serve(
         };
         let conn = Conn {
             peer,
+            tls: true,
             protocol,
             first_head_by,
             proxy,
@@ -323,6 +324,7 @@ pub(crate) async fn serve(
     let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
     let conn = Conn {
         peer,
+        tls: false,
         protocol,
         first_head_by,
         proxy,
@@ -335,6 +337,8 @@ pub(crate) async fn serve(
 /// A connection whose protocol is known.
 struct Conn<'a> {
     peer: SocketAddr,
+    /// Served over TLS: the client's scheme is `https` (X-Forwarded-Proto).
+    tls: bool,
     protocol: Protocol,
     first_head_by: Instant,
     proxy: ReverseProxy,
@@ -350,6 +354,7 @@ impl Conn<'_> {
     {
         let Conn {
             peer,
+            tls,
             protocol,
             first_head_by,
             proxy,
@@ -362,7 +367,7 @@ impl Conn<'_> {
                 },
         } = self;
         let activity = Arc::new(Activity::new(pressure.clone()));
-        let client = ClientInfo::new(peer.ip().to_canonical());
+        let client = ClientInfo::new(peer.ip().to_canonical()).tls(tls);
         let svc = {
             let activity = activity.clone();
             hyper::service::service_fn(move |mut req: http::Request<Incoming>| {

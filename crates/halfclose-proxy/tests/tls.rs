@@ -128,9 +128,14 @@ async fn tls_client_half_close_crosses_the_https_listener() {
     )
     .await
     .unwrap();
-    let (_, mut srv) = within("upgrade at the upstream", heads.recv())
+    let (request, mut srv) = within("upgrade at the upstream", heads.recv())
         .await
         .unwrap();
+    assert_eq!(
+        header_of(&request, "x-forwarded-proto"),
+        Some("https"),
+        "{request}"
+    );
     switch_protocols(&mut srv, "echo").await;
     let head = within("101", read_head(&mut cli)).await.unwrap();
     assert_eq!(status_of(&head), 101, "{head}");

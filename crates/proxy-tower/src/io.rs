@@ -103,7 +103,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 /// with hyper: a `TcpStream`, the bytes a protocol sniffer already read from it
 /// (replayed first), and a value held for as long as the connection is open.
 ///
-/// Serve it as `hyper_util::rt::TokioIo<ClientIo>`. When such a connection is
+/// Serve it as `hyper_util::rt::TokioIo<ClientIo>`, or over TLS as
+/// `TokioIo<tokio_rustls::server::TlsStream<ClientIo>>` (tokio-rustls 0.26,
+/// with the `tls` feature). When such a connection is
 /// upgraded, the tunnel recovers the socket itself (through
 /// `hyper::upgrade::Upgraded::downcast`), so that an upstream's reset (RST) is
 /// passed on to the client as a reset, not as a FIN that would look like a clean

@@ -57,6 +57,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # An `https` upstream
+//!
+//! With the `tls` feature (on by default), `https://` upstreams work as they
+//! are: rustls verifies the upstream against the bundled web PKI roots, or
+//! against your own CA bundle, sends the host as SNI, and offers `h2` and
+//! `http/1.1` by ALPN. Upgrades and their tunnels work over TLS, half-close
+//! included (`close_notify` + FIN on one side is FIN on the other).
+//!
+//! ```no_run
+//! use proxy_tower::ReverseProxy;
+//!
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let public = ReverseProxy::new("https://api.example.com")?;
+//! let private = ReverseProxy::builder("https://10.0.0.7:8443")
+//!     .upstream_ca_pem(std::fs::read("internal-ca.pem")?)
+//!     .build()?;
+//! # let _ = (public, private); Ok(()) }
+//! ```
+//!
 //! # Where the client address comes from
 //!
 //! X-Forwarded-For needs the client's address. The proxy reads a [`ClientInfo`]

@@ -64,7 +64,7 @@ impl<C> fmt::Debug for ReverseProxy<C> {
 }
 
 impl ReverseProxy {
-    /// A proxy to `upstream` (an absolute `http://` URI; its path prefixes every
+    /// A proxy to `upstream` (an absolute `http://` or `https://` URI; its path prefixes every
     /// request path) with default options.
     pub fn new(upstream: &str) -> Result<Self, ProxyError> {
         Self::builder(upstream).build()
