@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::parse_duration;
@@ -12,8 +12,15 @@ use crate::parse_duration;
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
     /// The URL of an `Upgrade: echo` endpoint (a halfclose-proxy demo upstream,
-    /// directly or through any proxy), e.g. http://127.0.0.1:8080/echo.
+    /// directly or through any proxy), e.g. http://127.0.0.1:8080/echo. With
+    /// https://, our FIN is `close_notify` + FIN and the server's must be too.
     url: String,
+
+    /// Trust the CA certificates in FILE (PEM) for an https:// URL, instead of
+    /// the bundled web PKI roots.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 
     /// How long each step may take.
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
@@ -47,7 +54,11 @@ impl Report {
     }
 }
 
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+/// The connection probed: TCP, or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+async fn read_head(tcp: &mut (impl AsyncRead + Unpin)) -> std::io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -71,9 +82,21 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
         .url
         .parse()
         .map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{}: only http:// URLs can be probed", args.url));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") if cfg!(feature = "tls") => true,
+        _ => {
+            return Err(format!(
+                "{}: only http:// and https:// URLs can be probed",
+                args.url
+            ));
+        }
+    };
+    #[cfg(feature = "tls")]
+    let tls = match https {
+        true => Some(crate::tls::client_config(args.ca.as_deref())?),
+        false => None,
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| format!("{}: no host", args.url))?
@@ -83,14 +106,27 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let limit = args.timeout;
     let mut report = Report { failed: false };
 
     // 1. Connect and upgrade.
-    let mut tcp = match tokio::time::timeout(limit, TcpStream::connect((host.as_str(), port))).await
-    {
+    let connect = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let _ = tcp.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some(config) = tls {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            return std::io::Result::Ok(Box::new(stream) as Box<dyn Conn>);
+        }
+        std::io::Result::Ok(Box::new(tcp) as Box<dyn Conn>)
+    };
+    let mut tcp = match tokio::time::timeout(limit, connect).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             report.fail("connect", format!("{authority}: {e}"));
@@ -104,7 +140,6 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
             return Ok(report.exit());
         }
     };
-    let _ = tcp.set_nodelay(true);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
     );
@@ -158,7 +193,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
 
     // 3. Send a payload and our FIN at once; the echo keeps coming back after our
     //    FIN only if the path keeps the reverse direction open.
-    let (mut rd, mut wr) = tcp.into_split();
+    let (mut rd, mut wr) = tokio::io::split(tcp);
     let total = args.bytes;
     let writer = tokio::spawn(async move {
         let payload: Vec<u8> = (0..total).map(pattern).collect();

@@ -464,7 +464,11 @@ fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
     let k = if scheme == "https" { "-k " } else { "" };
     say!("  curl {k}{scheme}://{local}/");
     say!("  curl {k}--data 'hello' {scheme}://{local}/echo");
-    if scheme == "http" {
-        say!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo");
+    match scheme {
+        "http" => say!("  cargo run --release -p halfclose-proxy -- probe http://{local}/echo"),
+        _ => say!(
+            "  cargo run --release -p halfclose-proxy -- probe https://HOST:{}/echo --ca CA.pem",
+            local.port()
+        ),
     }
 }

@@ -291,6 +291,38 @@ async fn https_upstream_with_upstream_ca_passes_the_probe() {
     back.stop().await;
 }
 
+/// `probe https://...` against the HTTPS listener in front of the demo
+/// upstream: every check passes, our `close_notify` + FIN crossing the proxy
+/// and the server's coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_over_https_passes() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["localhost"]);
+    let files = Files::new("probe-https");
+    let proxy = https_proxy(&files, &leaf, &[]).await;
+    std::fs::write(files.path("ca.pem"), &pki.ca_pem).unwrap();
+    let url = format!("https://localhost:{}/echo", proxy.addr.port());
+    let out = within(
+        "probe",
+        Command::new(BIN)
+            .args(["probe", &url, "--ca", &files.path("ca.pem")])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    // Without the CA, the certificate is not trusted: the connect check fails.
+    let out = within("probe", Command::new(BIN).args(["probe", &url]).output())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.starts_with("FAIL  connect"), "{text}");
+    proxy.stop().await;
+}
+
 /// Missing or malformed certificate files, or a bad CA bundle: one line, a
 /// non-zero exit, at start.
 #[tokio::test]
