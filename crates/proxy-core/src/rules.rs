@@ -4,6 +4,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, StatusCode, Uri, request, response};
 
 use crate::ProxyError;
+use crate::connect::{
+    Connect, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, websocket_accept,
+    websocket_key,
+};
 use crate::forwarded::{ClientInfo, ForwardedHeaders};
 use crate::hop::{UPGRADE, has_token, remove_hop_by_hop};
 use crate::target::Target;
@@ -80,18 +84,40 @@ pub struct ProxyRules {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     upgrade: Option<UpgradeRequest>,
+    connect: Option<Connect>,
 }
 
 impl Prepared {
-    /// The upgrade the client asked for, if it did (and the policy allowed it).
+    /// The upgrade the client asked for, if it did (and the policy allowed it);
+    /// for an extended CONNECT, its `:protocol`.
     pub fn upgrade(&self) -> Option<&UpgradeRequest> {
         self.upgrade.as_ref()
     }
 
-    /// True if the request asks for a protocol upgrade.
+    /// True if the request asks for a protocol upgrade (an HTTP/1.1 upgrade or
+    /// an extended CONNECT): its connection becomes a tunnel on success.
     pub fn is_upgrade(&self) -> bool {
         self.upgrade.is_some()
     }
+
+    /// True for an extended CONNECT turned into an HTTP/1.1 WebSocket upgrade
+    /// by [`ProxyRules::prepare_upgrade_bridge`].
+    pub fn is_bridged(&self) -> bool {
+        matches!(self.connect, Some(Connect::Bridged { .. }))
+    }
+}
+
+/// A `:protocol` as the one protocol of an upgrade: a token (RFC 9110 section
+/// 7.8 `protocol-name`, as RFC 8441 section 4 requires).
+fn protocol_token(protocol: &str) -> Result<UpgradeRequest, ProxyError> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if protocol.is_empty() || !protocol.bytes().all(is_tchar) {
+        return Err(ProxyError::bad_request(format!(
+            "invalid :protocol {protocol:?}"
+        )));
+    }
+    let value = HeaderValue::from_str(protocol).expect("a token is a valid header value");
+    Ok(UpgradeRequest::single(value))
 }
 
 /// What to do with an upstream response, as decided by
@@ -181,6 +207,121 @@ impl ProxyRules {
         if let Some(up) = &upgrade {
             check_policy(up, &self.upgrades)?;
         }
+        self.rewrite_head(parts, client, upgrade.as_ref())?;
+        Ok(Prepared {
+            upgrade,
+            connect: None,
+        })
+    }
+
+    /// Turns an extended CONNECT (RFC 8441: `:method CONNECT` with a
+    /// `:protocol`, over HTTP/2) into the HTTP/1.1 upgrade request an upstream
+    /// that speaks only HTTP/1.1 expects: `GET`, `Connection: upgrade`,
+    /// `Upgrade: <protocol>`. For `websocket` (RFC 8441 section 5, RFC 6455
+    /// section 4.1) it adds a `Sec-WebSocket-Key` made from `nonce` (16 random
+    /// bytes), and the client's `Sec-WebSocket-Version` (required: 400
+    /// without it), `-Protocol` and `-Extensions` pass on. Then the rules of
+    /// [`prepare_request`](ProxyRules::prepare_request) apply (hop-by-hop
+    /// fields, target, `Host`, forwarding headers).
+    /// [`prepare_response`](ProxyRules::prepare_response) then accepts only a
+    /// 101 to that protocol (for a WebSocket, with the `Sec-WebSocket-Accept`
+    /// of the key sent), and turns it into the `200` an extended CONNECT
+    /// expects.
+    ///
+    /// `protocol` is the request's `:protocol` (hyper's `ext::Protocol`); it
+    /// must be one token allowed by the upgrade policy (403).
+    ///
+    /// ```
+    /// use http::{Method, Request, Response, StatusCode, Version};
+    /// use proxy_core::{ClientInfo, Outcome, ProxyRules, websocket_accept};
+    ///
+    /// # fn main() -> Result<(), proxy_core::ProxyError> {
+    /// let rules = ProxyRules::new("http://127.0.0.1:3000")?;
+    /// let (mut req, ()) = Request::builder()
+    ///     .method(Method::CONNECT)
+    ///     .version(Version::HTTP_2)
+    ///     .uri("https://example.com/chat")
+    ///     .header("sec-websocket-version", "13")
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// let prepared = rules.prepare_upgrade_bridge(&mut req, &ClientInfo::unknown(), "websocket", [7; 16])?;
+    /// assert_eq!(req.method, Method::GET);
+    /// assert_eq!(req.headers["upgrade"], "websocket");
+    /// let key = req.headers["sec-websocket-key"].clone();
+    ///
+    /// let (mut res, ()) = Response::builder()
+    ///     .status(StatusCode::SWITCHING_PROTOCOLS)
+    ///     .header("connection", "upgrade")
+    ///     .header("upgrade", "websocket")
+    ///     .header("sec-websocket-accept", websocket_accept(key.as_bytes()))
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// assert_eq!(rules.prepare_response(&prepared, &mut res)?, Outcome::Tunnel);
+    /// assert_eq!(res.status, StatusCode::OK);
+    /// assert!(!res.headers.contains_key("upgrade"));
+    /// # Ok(()) }
+    /// ```
+    pub fn prepare_upgrade_bridge(
+        &self,
+        parts: &mut request::Parts,
+        client: &ClientInfo,
+        protocol: &str,
+        nonce: [u8; 16],
+    ) -> Result<Prepared, ProxyError> {
+        let upgrade = protocol_token(protocol)?;
+        check_policy(&upgrade, &self.upgrades)?;
+        let websocket = protocol.eq_ignore_ascii_case("websocket");
+        if websocket && !parts.headers.contains_key(SEC_WEBSOCKET_VERSION) {
+            return Err(ProxyError::bad_request(
+                "a WebSocket extended CONNECT needs sec-websocket-version (RFC 8441 section 5)",
+            ));
+        }
+        parts.method = Method::GET;
+        self.rewrite_head(parts, client, Some(&upgrade))?;
+        parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        parts.headers.remove(SEC_WEBSOCKET_KEY);
+        let accept = websocket.then(|| {
+            let key = websocket_key(nonce);
+            let accept = websocket_accept(key.as_bytes());
+            parts.headers.insert(SEC_WEBSOCKET_KEY, key);
+            accept
+        });
+        Ok(Prepared {
+            upgrade: Some(upgrade),
+            connect: Some(Connect::Bridged { accept }),
+        })
+    }
+
+    /// Prepares an extended CONNECT (RFC 8441) for an upstream that speaks
+    /// HTTP/2 and accepts extended CONNECT itself: the request stays a
+    /// `CONNECT` with its `:protocol`, and the rules of
+    /// [`prepare_request`](ProxyRules::prepare_request) apply to its head. A
+    /// 2xx answer opens the tunnel. `protocol` must be allowed by the upgrade
+    /// policy (403).
+    pub fn prepare_extended_connect(
+        &self,
+        parts: &mut request::Parts,
+        client: &ClientInfo,
+        protocol: &str,
+    ) -> Result<Prepared, ProxyError> {
+        let upgrade = protocol_token(protocol)?;
+        check_policy(&upgrade, &self.upgrades)?;
+        self.rewrite_head(parts, client, None)?;
+        Ok(Prepared {
+            upgrade: Some(upgrade),
+            connect: Some(Connect::PassThrough),
+        })
+    }
+
+    /// Steps 3 to 5 of [`prepare_request`](ProxyRules::prepare_request).
+    fn rewrite_head(
+        &self,
+        parts: &mut request::Parts,
+        client: &ClientInfo,
+        upgrade: Option<&UpgradeRequest>,
+    ) -> Result<(), ProxyError> {
         let headers = &mut parts.headers;
         // The target's authority wins over Host: RFC 9112 section 3.2.2 (an
         // absolute-form request target) and RFC 9113 section 8.3.1 (HTTP/2's
@@ -198,7 +339,7 @@ impl ProxyRules {
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if let Some(up) = &upgrade {
+        if let Some(up) = upgrade {
             // RFC 9110 section 7.8: Upgrade is only valid with Connection: upgrade.
             headers.insert(header::CONNECTION, UPGRADE);
             for v in up.header_values() {
@@ -223,7 +364,7 @@ impl ProxyRules {
 
         self.forwarded
             .apply(headers, client, original_host.as_ref(), parts.version);
-        Ok(Prepared { upgrade })
+        Ok(())
     }
 
     /// Turns the upstream's response head into the one to send the client, and says
@@ -242,6 +383,9 @@ impl ProxyRules {
         prepared: &Prepared,
         parts: &mut response::Parts,
     ) -> Result<Outcome, ProxyError> {
+        if let Some(connect) = &prepared.connect {
+            return self.prepare_connect_response(prepared, connect, parts);
+        }
         let outcome = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let protocol = check_switch(prepared.upgrade.as_ref(), &parts.headers)?;
             remove_hop_by_hop(&mut parts.headers);
@@ -251,6 +395,55 @@ impl ProxyRules {
         } else {
             remove_hop_by_hop(&mut parts.headers);
             Outcome::Forward
+        };
+        self.forwarded.add_via(&mut parts.headers, parts.version);
+        Ok(outcome)
+    }
+
+    /// The answer to an extended CONNECT: a tunnel on success, else relayed.
+    fn prepare_connect_response(
+        &self,
+        prepared: &Prepared,
+        connect: &Connect,
+        parts: &mut response::Parts,
+    ) -> Result<Outcome, ProxyError> {
+        let outcome = match connect {
+            Connect::Bridged { accept } if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                check_switch(prepared.upgrade.as_ref(), &parts.headers)?;
+                if accept.is_some() && parts.headers.get(SEC_WEBSOCKET_ACCEPT) != accept.as_ref() {
+                    return Err(ProxyError::bad_upgrade_response(
+                        "upstream's Sec-WebSocket-Accept does not match the key sent",
+                    ));
+                }
+                remove_hop_by_hop(&mut parts.headers);
+                parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+                // RFC 8441 section 5: success is a 2xx to the CONNECT.
+                parts.status = StatusCode::OK;
+                Outcome::Tunnel
+            }
+            // A 2xx that did not switch would tell the client its WebSocket is
+            // open while the upstream speaks HTTP.
+            Connect::Bridged { .. } if parts.status.is_success() => {
+                return Err(ProxyError::bad_upgrade_response(format!(
+                    "upstream answered {} to an upgrade, not 101",
+                    parts.status
+                )));
+            }
+            Connect::PassThrough if parts.status.is_success() => {
+                remove_hop_by_hop(&mut parts.headers);
+                Outcome::Tunnel
+            }
+            Connect::Bridged { .. } | Connect::PassThrough
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                return Err(ProxyError::bad_upgrade_response(
+                    "upstream switched protocols on an HTTP/2 stream",
+                ));
+            }
+            _ => {
+                remove_hop_by_hop(&mut parts.headers);
+                Outcome::Forward
+            }
         };
         self.forwarded.add_via(&mut parts.headers, parts.version);
         Ok(outcome)

@@ -120,6 +120,12 @@ pub struct UpgradeRequest {
 }
 
 impl UpgradeRequest {
+    pub(crate) fn single(protocol: HeaderValue) -> Self {
+        UpgradeRequest {
+            value: vec![protocol],
+        }
+    }
+
     /// The `Upgrade` values to forward upstream, as the client sent them.
     pub fn header_values(&self) -> &[HeaderValue] {
         &self.value
