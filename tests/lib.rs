@@ -60,7 +60,10 @@ where
                     req.extensions_mut().insert(abort.clone());
                     svc.clone().oneshot(req)
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().enable_connect_protocol();
+                let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .await;
             });

@@ -66,6 +66,8 @@ impl Settings {
             .half_close(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
+            // RFC 8441: WebSockets (and other upgrades) over HTTP/2 streams.
+            .enable_connect_protocol()
             .keep_alive_interval(ping_interval)
             .keep_alive_timeout(ping_interval.unwrap_or(Duration::from_secs(20)));
         Settings {

@@ -236,6 +236,18 @@ fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Respo
     res.map(ProxyBody::message)
 }
 
+/// A `Sec-WebSocket-Key` nonce: 16 bytes from std's per-process random
+/// SipHash keys (RFC 6455 asks for a fresh random nonce; it protects against
+/// caches that replay answers, not against attackers, so no CSPRNG is needed).
+fn nonce() -> [u8; 16] {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
+    out[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
+    out
+}
+
 /// One request through the proxy: rules, upstream call, response rules, and the
 /// tunnel on a checked 101.
 async fn forward<B, C, CB>(
@@ -255,7 +267,32 @@ where
         uri: parts.uri.clone(),
     };
     let client_info = config.client_info(&parts);
-    let prepared = match config.rules.prepare_request(&mut parts, &client_info) {
+    // Extended CONNECT (RFC 8441): a WebSocket, or another upgraded protocol,
+    // over one HTTP/2 stream.
+    let protocol = match parts.method == http::Method::CONNECT {
+        true => parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_owned()),
+        false => None,
+    };
+    let prepared = match &protocol {
+        // An HTTP/2 upstream takes the extended CONNECT as it is.
+        Some(p) if config.http2_only => {
+            config
+                .rules
+                .prepare_extended_connect(&mut parts, &client_info, p)
+        }
+        // An HTTP/1.1 upstream gets the upgrade it knows.
+        Some(p) => {
+            parts.extensions.remove::<hyper::ext::Protocol>();
+            config
+                .rules
+                .prepare_upgrade_bridge(&mut parts, &client_info, p, nonce())
+        }
+        None => config.rules.prepare_request(&mut parts, &client_info),
+    };
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return error_response(config, &origin, e),
     };
@@ -269,7 +306,7 @@ where
     } else {
         (None, None)
     };
-    if prepared.is_upgrade() && config.http2_only {
+    if prepared.is_upgrade() && config.http2_only && protocol.is_none() {
         return error_response(
             config,
             &origin,
@@ -338,7 +375,11 @@ where
         if let Some(modify) = &config.modify_response {
             modify(&mut parts);
         }
-        tunnel::spawn(client_io, upstream_io, client_abort, config, &origin);
+        let client_side = match protocol {
+            Some(_) => tunnel::ClientSide::H2Stream,
+            None => tunnel::ClientSide::Connection(client_abort),
+        };
+        tunnel::spawn(client_io, upstream_io, client_side, config, &origin);
     } else if let Some(modify) = &config.modify_response {
         modify(&mut parts);
     }

@@ -85,12 +85,21 @@ impl Drop for Open {
     }
 }
 
+/// What the client end of a tunnel is.
+pub(crate) enum ClientSide {
+    /// A connection upgraded from HTTP/1.1, and the server's abort handle for
+    /// it, if any.
+    Connection(Option<AbortHandle>),
+    /// An HTTP/2 stream opened by extended CONNECT.
+    H2Stream,
+}
+
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
 pub(crate) fn spawn(
     client: OnUpgrade,
     upstream: OnUpgrade,
-    client_abort: Option<AbortHandle>,
+    client_side: ClientSide,
     config: &Config,
     origin: &Origin,
 ) {
@@ -119,7 +128,10 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let mut a = TunnelIo::client(client);
+            let (mut a, client_abort) = match client_side {
+                ClientSide::Connection(abort) => (TunnelIo::client(client), abort),
+                ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
+            };
             let mut b = TunnelIo::upstream(upstream);
             // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
             // side are written first by the generic path.
@@ -181,7 +193,66 @@ enum TunnelIo {
     /// The client connection, served as TLS over a [`ClientIo`].
     #[cfg(feature = "tls")]
     TlsClient(Prefixed<Box<TlsClientIo>>),
+    /// The client's HTTP/2 stream (extended CONNECT).
+    H2Stream(H2Stream),
     Other(TokioIo<Upgraded>),
+}
+
+/// An HTTP/2 stream as hyper hands it over after an extended CONNECT: reading
+/// its end is the client's END_STREAM. hyper reports the client's RST_STREAM
+/// as an EOF (CANCEL, NO_ERROR) or an opaque error, and only on the next write
+/// or read; here every failure is a reset (`ConnectionReset`), noticed while
+/// reading too, so that the tunnel passes it on to the upstream as a reset.
+pub(crate) struct H2Stream(TokioIo<Upgraded>);
+
+fn as_reset(e: io::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let io = &mut self.get_mut().0;
+        let before = buf.filled().len();
+        match Pin::new(&mut *io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(as_reset(e))),
+            // EOF, or nothing yet: a reset shows as a failed flush (the task
+            // that writes the stream ended with an error).
+            other => match Pin::new(io).poll_flush(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(as_reset(e))),
+                _ => other,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0)
+            .poll_write(cx, buf)
+            .map_err(as_reset)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0)
+            .poll_flush(cx)
+            .map_err(as_reset)
+    }
+
+    /// END_STREAM.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0)
+            .poll_shutdown(cx)
+            .map_err(as_reset)
+    }
 }
 
 impl TunnelIo {
@@ -222,7 +293,7 @@ impl TunnelIo {
             TunnelIo::Client(c) => c.bare_tcp(),
             #[cfg(feature = "tls")]
             TunnelIo::TlsClient(_) => None,
-            TunnelIo::Other(_) => None,
+            TunnelIo::H2Stream(_) | TunnelIo::Other(_) => None,
         }
     }
 
@@ -234,7 +305,7 @@ impl TunnelIo {
             TunnelIo::Client(c) => c.tcp(),
             #[cfg(feature = "tls")]
             TunnelIo::TlsClient(p) => p.io.get_ref().0.tcp(),
-            TunnelIo::Other(_) => return false,
+            TunnelIo::H2Stream(_) | TunnelIo::Other(_) => return false,
         };
         let _ = tcp.set_zero_linger();
         true
@@ -254,6 +325,10 @@ macro_rules! each {
                 $e
             }
             TunnelIo::Client($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            TunnelIo::H2Stream($io) => {
                 let $io = Pin::new($io);
                 $e
             }
@@ -306,6 +381,7 @@ impl AsyncWrite for TunnelIo {
             #[cfg(feature = "tls")]
             TunnelIo::TlsClient(io) => io.is_write_vectored(),
             TunnelIo::Client(io) => io.is_write_vectored(),
+            TunnelIo::H2Stream(_) => false,
             TunnelIo::Other(io) => io.is_write_vectored(),
         }
     }
