@@ -374,3 +374,45 @@ async fn websocket_over_http2_to_an_http1_server() {
     while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     assert_eq!(within("the server to finish", server).await.unwrap(), 2);
 }
+
+/// An HTTP/2 upstream that accepts extended CONNECT itself gets it as it is
+/// (no bridge): the tunnel joins two HTTP/2 streams, END_STREAM passing
+/// both ways.
+#[tokio::test]
+async fn extended_connect_passes_through_to_an_http2_upstream() {
+    use http_body_util::Empty;
+    let upstream = serve_fn(|mut req: Request<hyper::body::Incoming>| async move {
+        assert_eq!(req.method(), Method::CONNECT, "{req:?}");
+        assert_eq!(
+            req.extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str()),
+            Some("websocket")
+        );
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = on.await.expect("upstream stream");
+            let mut io = hyper_util::rt::TokioIo::new(io);
+            // Echo until the client's END_STREAM, then end ours.
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            io.write_all(&all).await.unwrap();
+            io.shutdown().await.unwrap();
+        });
+        http::Response::new(Empty::<Bytes>::new())
+    })
+    .await;
+    let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+        .http2_only()
+        .build()
+        .unwrap();
+    let proxy = serve(proxy).await;
+    let mut client = h2_client(proxy).await;
+    let (res, mut send) = extended_connect(&mut client, proxy, "websocket").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut recv = res.into_body();
+    send.send_data(Bytes::from_static(b"through two streams"), true)
+        .unwrap();
+    recv_exact(&mut recv, "through two streams").await;
+    recv_end_stream(&mut recv).await;
+}

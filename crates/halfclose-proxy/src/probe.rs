@@ -26,6 +26,13 @@ pub(crate) struct ProbeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     timeout: Duration,
 
+    /// Speak HTTP/2 (h2c with prior knowledge, or ALPN h2 over https) and open
+    /// the echo stream with an extended CONNECT (RFC 8441, `:protocol echo`):
+    /// our FIN is the stream's END_STREAM and the server's must come back as
+    /// one.
+    #[arg(long)]
+    http2: bool,
+
     /// Bytes to send right before closing our write half.
     #[arg(long, default_value_t = 1 << 20, value_name = "N")]
     bytes: usize,
@@ -73,6 +80,75 @@ async fn read_head(tcp: &mut (impl AsyncRead + Unpin)) -> std::io::Result<String
     Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// Sends `Upgrade: echo` and checks the 101; returns its status line.
+async fn upgrade_http1(
+    tcp: &mut Box<dyn Conn>,
+    path: &str,
+    authority: &http::uri::Authority,
+    limit: Duration,
+) -> Result<String, String> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    let head = match tokio::time::timeout(limit, async {
+        tcp.write_all(request.as_bytes()).await?;
+        read_head(tcp).await
+    })
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(format!("no response: {e}")),
+        Err(_) => return Err(format!("no response within {limit:?}")),
+    };
+    let status_line = head.lines().next().unwrap_or("").to_owned();
+    let upgraded_to_echo = head.lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("echo")
+        })
+    });
+    if status_line.split_whitespace().nth(1) != Some("101") || !upgraded_to_echo {
+        return Err(format!(
+            "expected 101 with Upgrade: echo, got {status_line:?}"
+        ));
+    }
+    Ok(status_line)
+}
+
+/// Opens an HTTP/2 connection over `conn` and an echo stream on it with an
+/// extended CONNECT (RFC 8441).
+async fn upgrade_h2(conn: Box<dyn Conn>, uri: &http::Uri) -> Result<Box<dyn Conn>, String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (mut send, connection) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(conn))
+    .await
+    .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    tokio::spawn(connection);
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(uri.clone())
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("echo"));
+    let res = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("extended CONNECT refused (does the path support RFC 8441?): {e}"))?;
+    if res.status() != http::StatusCode::OK {
+        return Err(format!(
+            "expected 200 to the extended CONNECT, got {}",
+            res.status()
+        ));
+    }
+    let stream = hyper::upgrade::on(res)
+        .await
+        .map_err(|e| format!("no stream after the 200: {e}"))?;
+    Ok(Box::new(TokioIo::new(stream)))
+}
+
 fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
@@ -94,7 +170,10 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
     };
     #[cfg(feature = "tls")]
     let tls = match https {
-        true => Some(crate::tls::client_config(args.ca.as_deref())?),
+        true => {
+            let alpn: &[u8] = if args.http2 { b"h2" } else { b"http/1.1" };
+            Some(crate::tls::client_config(args.ca.as_deref(), alpn)?)
+        }
         false => None,
     };
     let authority = uri
@@ -140,39 +219,34 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
             return Ok(report.exit());
         }
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-    );
-    let head = match tokio::time::timeout(limit, async {
-        tcp.write_all(request.as_bytes()).await?;
-        read_head(&mut tcp).await
-    })
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            report.fail("upgrade", format!("no response: {e}"));
-            return Ok(report.exit());
+    let mut tcp = if args.http2 {
+        match tokio::time::timeout(limit, upgrade_h2(tcp, &uri)).await {
+            Ok(Ok(stream)) => {
+                report.pass(
+                    "upgrade",
+                    "200 to an extended CONNECT for echo (HTTP/2 stream)",
+                );
+                stream
+            }
+            Ok(Err(e)) => {
+                report.fail("upgrade", e);
+                return Ok(report.exit());
+            }
+            Err(_) => {
+                report.fail("upgrade", format!("no response within {limit:?}"));
+                return Ok(report.exit());
+            }
         }
-        Err(_) => {
-            report.fail("upgrade", format!("no response within {limit:?}"));
-            return Ok(report.exit());
+    } else {
+        match upgrade_http1(&mut tcp, path, &authority, limit).await {
+            Ok(status_line) => report.pass("upgrade", format!("{status_line} (Upgrade: echo)")),
+            Err(e) => {
+                report.fail("upgrade", e);
+                return Ok(report.exit());
+            }
         }
+        tcp
     };
-    let status_line = head.lines().next().unwrap_or("").to_owned();
-    let upgraded_to_echo = head.lines().skip(1).any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("echo")
-        })
-    });
-    if status_line.split_whitespace().nth(1) != Some("101") || !upgraded_to_echo {
-        report.fail(
-            "upgrade",
-            format!("expected 101 with Upgrade: echo, got {status_line:?}"),
-        );
-        return Ok(report.exit());
-    }
-    report.pass("upgrade", format!("{status_line} (Upgrade: echo)"));
 
     // 2. Data flows both ways.
     let ping = b"halfclose probe ping\n";

@@ -82,8 +82,8 @@ impl ResolvesServerCert for Certificate {
 }
 
 /// A client config for `probe https://...`: trusting the PEM bundle `ca`, or
-/// the bundled web PKI roots; offering `http/1.1`.
-pub(crate) fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+/// the bundled web PKI roots; offering `alpn`.
+pub(crate) fn client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -106,7 +106,7 @@ pub(crate) fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, Stri
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

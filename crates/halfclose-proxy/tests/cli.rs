@@ -90,6 +90,25 @@ async fn default_mode_passes_the_probe() {
         "{text}"
     );
 
+    // The same over HTTP/2 (h2c): an extended CONNECT the proxy bridges to the
+    // demo's HTTP/1.1 `Upgrade: echo`, END_STREAM crossing as FIN both ways.
+    let out = within(
+        "probe --http2",
+        Command::new(BIN)
+            .args(["probe", "--http2", &format!("http://{}/echo", proxy.addr)])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "probe --http2 failed:\n{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("PASS")).count(),
+        4,
+        "{text}"
+    );
+    assert!(text.contains("extended CONNECT"), "{text}");
+
     // The demo's page and body echo, through the proxy.
     let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
     cli.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\n\r\nhello")

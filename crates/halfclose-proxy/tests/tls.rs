@@ -313,6 +313,18 @@ async fn probe_over_https_passes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    // HTTP/2 by ALPN, the echo on an extended CONNECT stream.
+    let out = within(
+        "probe --http2",
+        Command::new(BIN)
+            .args(["probe", "--http2", &url, "--ca", &files.path("ca.pem")])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("PASS").count(), 4, "{text}");
     // Without the CA, the certificate is not trusted: the connect check fails.
     let out = within("probe", Command::new(BIN).args(["probe", &url]).output())
         .await

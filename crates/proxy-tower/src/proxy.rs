@@ -379,7 +379,18 @@ where
             Some(_) => tunnel::ClientSide::H2Stream,
             None => tunnel::ClientSide::Connection(client_abort),
         };
-        tunnel::spawn(client_io, upstream_io, client_side, config, &origin);
+        let upstream_side = match protocol.is_some() && config.http2_only {
+            true => tunnel::UpstreamSide::H2Stream,
+            false => tunnel::UpstreamSide::Connection,
+        };
+        tunnel::spawn(
+            client_io,
+            upstream_io,
+            client_side,
+            upstream_side,
+            config,
+            &origin,
+        );
     } else if let Some(modify) = &config.modify_response {
         modify(&mut parts);
     }

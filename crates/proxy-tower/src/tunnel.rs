@@ -94,12 +94,22 @@ pub(crate) enum ClientSide {
     H2Stream,
 }
 
+/// What the upstream end of a tunnel is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamSide {
+    /// A connection upgraded from HTTP/1.1.
+    Connection,
+    /// An HTTP/2 stream opened by extended CONNECT.
+    H2Stream,
+}
+
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
 pub(crate) fn spawn(
     client: OnUpgrade,
     upstream: OnUpgrade,
     client_side: ClientSide,
+    upstream_side: UpstreamSide,
     config: &Config,
     origin: &Origin,
 ) {
@@ -132,7 +142,10 @@ pub(crate) fn spawn(
                 ClientSide::Connection(abort) => (TunnelIo::client(client), abort),
                 ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
             };
-            let mut b = TunnelIo::upstream(upstream);
+            let mut b = match upstream_side {
+                UpstreamSide::Connection => TunnelIo::upstream(upstream),
+                UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
+            };
             // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
             // side are written first by the generic path.
             let result = match (a.bare_tcp(), b.bare_tcp()) {
@@ -199,10 +212,10 @@ enum TunnelIo {
 }
 
 /// An HTTP/2 stream as hyper hands it over after an extended CONNECT: reading
-/// its end is the client's END_STREAM. hyper reports the client's RST_STREAM
+/// its end is the peer's END_STREAM. hyper reports the peer's RST_STREAM
 /// as an EOF (CANCEL, NO_ERROR) or an opaque error, and only on the next write
 /// or read; here every failure is a reset (`ConnectionReset`), noticed while
-/// reading too, so that the tunnel passes it on to the upstream as a reset.
+/// reading too, so that the tunnel passes it on to the other side as a reset.
 pub(crate) struct H2Stream(TokioIo<Upgraded>);
 
 fn as_reset(e: io::Error) -> io::Error {
