@@ -11,7 +11,14 @@
 //! side gets it, and bytes keep flowing the other way until that side closes too.
 //! The tunnel opens only after the upstream's 101 has been checked against the
 //! request; any other answer is relayed as plain HTTP and the client connection
-//! stays HTTP. The HTTP rules themselves (hop-by-hop headers, forwarding headers,
+//! stays HTTP.
+//!
+//! WebSockets over HTTP/2 (RFC 8441: `CONNECT` with `:protocol websocket`)
+//! are bridged to the HTTP/1.1 upgrade the upstream knows, END_STREAM mapped
+//! to FIN both ways, or passed on as they are with
+//! [`http2_only`](Builder::http2_only). The server in front must advertise
+//! extended CONNECT: hyper's `http2::Builder::enable_connect_protocol()` (axum
+//! does with its `http2` feature). The HTTP rules themselves (hop-by-hop headers, forwarding headers,
 //! target URIs, upgrade checks) come from [`proxy_core`].
 //!
 //! # The whole app is a proxy, or the proxy is axum's fallback
