@@ -155,9 +155,10 @@ fn check_upstream(upstream: http::Uri, limit: Duration) {
     });
 }
 
-/// Resolves on SIGINT or SIGTERM received after this call. The listeners are
-/// registered here, not at the first poll: a signal that arrives before the
-/// future is polled is not lost.
+/// Resolves on SIGINT or SIGTERM (Ctrl-C off Unix) received after this call.
+/// The listeners are registered here, not at the first poll: a signal that
+/// arrives before the future is polled is not lost.
+#[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).ok();
@@ -178,6 +179,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         tokio::select! {
             _ = term => {}
             _ = int => {}
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (Ctrl-Break and console close off Unix are not waited
+/// for: `ctrl_c` is tokio's portable signal).
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
         }
     }
 }

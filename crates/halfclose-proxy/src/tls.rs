@@ -46,6 +46,8 @@ impl Certificate {
     }
 
     /// Reads the files again; on error the certificate in use stays.
+    // SIGHUP, which calls it, is Unix-only.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn reload(&self) -> Result<(), String> {
         let fresh = Arc::new(load(&self.cert, &self.key, &self.provider)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -53,6 +55,7 @@ impl Certificate {
     }
 
     /// The certificate file, for messages.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn cert_path(&self) -> &Path {
         &self.cert
     }

@@ -3,7 +3,7 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-/// Fields that apply to one connection only and are never forwarded (RFC 9110
+/// The fields that apply to one connection only and are never forwarded (RFC 9110
 /// section 7.6.1, plus `Keep-Alive`, `Proxy-Connection` and the proxy
 /// authentication fields of RFC 9110 section 11.7, as Go and other proxies do).
 ///
@@ -11,7 +11,18 @@ use http::header::{self, HeaderName, HeaderValue};
 /// 6.6.2) that announces the trailer fields to come, and an HTTP/1.1 sender must
 /// see it to send them. Go removes it and then announces the same trailers again;
 /// keeping it has the same effect.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
+///
+/// A slice, so that the list may grow without breaking anyone; to ask about one
+/// field, use [`is_hop_by_hop`].
+///
+/// ```
+/// assert!(proxy_core::hop_by_hop_fields().contains(&http::header::CONNECTION));
+/// ```
+pub fn hop_by_hop_fields() -> &'static [HeaderName] {
+    &HOP_BY_HOP
+}
+
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,6 +32,18 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// True if `name` is one of the fixed hop-by-hop fields ([`hop_by_hop_fields`]).
+/// Fields named in a message's `Connection` are hop-by-hop too, for that
+/// message only: [`remove_hop_by_hop`] removes both kinds.
+///
+/// ```
+/// assert!(proxy_core::is_hop_by_hop(&http::header::TRANSFER_ENCODING));
+/// assert!(!proxy_core::is_hop_by_hop(&http::header::TRAILER));
+/// ```
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
 
 /// Splits the comma-separated list values of every `name` line into trimmed,
 /// non-empty elements (RFC 9110 section 5.6.1: empty elements are allowed and
@@ -46,7 +69,7 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
     })
 }
 
-/// Removes the hop-by-hop fields from `headers`: those in [`HOP_BY_HOP`], and every
+/// Removes the hop-by-hop fields from `headers`: those in [`hop_by_hop_fields`], and every
 /// field named in any `Connection` line (RFC 9110 section 7.6.1: "a proxy or
 /// gateway MUST parse a received Connection header field before a message is
 /// forwarded and, for each connection-option in this field, remove any header or

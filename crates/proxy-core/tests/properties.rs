@@ -4,7 +4,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Version};
 use proptest::prelude::*;
 use proptest::sample::select;
-use proxy_core::{ClientInfo, HOP_BY_HOP, ProxyRules};
+use proxy_core::{ClientInfo, ProxyRules, hop_by_hop_fields};
 
 /// Names a client might send: hop-by-hop ones, forwarding ones, ordinary ones.
 const POOL: &[&str] = &[
@@ -172,7 +172,7 @@ proptest! {
             prop_assert!(original.headers.get_all("upgrade").iter().any(|v| v.to_str().unwrap().contains("h2c")));
             return Ok(());
         };
-        for name in &HOP_BY_HOP {
+        for name in hop_by_hop_fields() {
             let Some(v) = parts.headers.get(name) else { continue };
             match name.as_str() {
                 "connection" => prop_assert!(prepared.is_upgrade() && v == "upgrade"),
