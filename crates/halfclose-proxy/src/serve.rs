@@ -255,6 +255,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let workers = args.workers.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
+    // Workers share the port through SO_REUSEPORT, a Unix socket option.
+    #[cfg(not(unix))]
+    let workers = {
+        if workers > 1 {
+            tracing::info!(workers, "one worker: sharing a port needs SO_REUSEPORT (Unix)");
+        }
+        1
+    };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
