@@ -292,3 +292,43 @@ async fn upstream_reset_reaches_the_client_as_a_reset() {
         Ok(n) => panic!("client saw a clean close ({n} bytes), not a reset"),
     }
 }
+
+/// `Tunnels::shutdown` ends the tunnels still open with a FIN to each side, and
+/// later tunnels too; `wait_idle` then completes.
+#[tokio::test]
+async fn tunnels_shutdown_sends_fin_both_ways() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    must_write(&mut cli, "in flight").await;
+    must_read(&mut srv, "in flight").await;
+    tunnels.shutdown();
+    must_read_eof(&mut srv).await;
+    must_read_eof(&mut cli).await;
+    within("no tunnel left", tunnels.wait_idle()).await;
+    // A tunnel opened after the shutdown is ended as well.
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    must_read_eof(&mut srv).await;
+    must_read_eof(&mut cli).await;
+}
+
+/// `Tunnels::abort` resets both sides.
+#[tokio::test]
+async fn tunnels_abort_resets_both_sides() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    tunnels.abort();
+    for (side, conn) in [("upstream", &mut srv), ("client", &mut cli)] {
+        let mut b = [0u8; 8];
+        match within("a reset", conn.read(&mut b)).await {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{side}: {e}"),
+            Ok(n) => panic!("{side}: read {n} bytes or EOF, expected a reset"),
+        }
+    }
+    within("no tunnel left", tunnels.wait_idle()).await;
+}

@@ -228,6 +228,9 @@ fn reload_on_sighup(#[cfg(feature = "tls")] cert: Option<Arc<crate::tls::Certifi
     });
 }
 
+/// How long tunnels get to close once told to, before the process exits.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
 /// What every worker shares.
 #[derive(Clone)]
 struct Shared {
@@ -259,7 +262,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     #[cfg(not(unix))]
     let workers = {
         if workers > 1 {
-            tracing::info!(workers, "one worker: sharing a port needs SO_REUSEPORT (Unix)");
+            tracing::info!(
+                workers,
+                "one worker: sharing a port needs SO_REUSEPORT (Unix)"
+            );
         }
         1
     };
@@ -410,13 +416,24 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             }
         };
         // A second signal means "now".
+        let all_idle = || async {
+            for t in &tunnels {
+                t.wait_idle().await;
+            }
+        };
         tokio::select! {
             done = tokio::time::timeout(grace, drained) => match done {
                 Ok(()) => tracing::info!("all connections and tunnels finished"),
-                Err(_) => tracing::warn!(tunnels = open_tunnels(), "grace period over; closing what is left"),
+                Err(_) => {
+                    tracing::warn!(tunnels = open_tunnels(), "grace period over; closing what is left with a FIN each way");
+                    tunnels.iter().for_each(proxy_tower::Tunnels::shutdown);
+                    let _ = tokio::time::timeout(CLOSE_LIMIT, all_idle()).await;
+                }
             },
             _ = second_signal => {
                 say!("second signal: closing {} tunnel(s) now", open_tunnels());
+                tunnels.iter().for_each(proxy_tower::Tunnels::abort);
+                let _ = tokio::time::timeout(CLOSE_LIMIT, all_idle()).await;
             }
         }
     });

@@ -295,13 +295,33 @@ async fn second_signal_exits_at_once() {
     proxy.terminate();
     proxy.line_starting("second signal").await;
     assert!(within("exit", proxy.child.wait()).await.unwrap().success());
-    // The open tunnel was closed with the process.
+    // "Now": the open tunnel was reset, not closed cleanly.
     let mut rest = Vec::new();
-    let _ = within(
+    match within(
         "the client's connection to close",
         cli.read_to_end(&mut rest),
     )
-    .await;
+    .await
+    {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("a clean close after {n} bytes, expected a reset"),
+    }
+}
+
+/// When the grace period runs out, the tunnels still open get a FIN each way
+/// (a clean close both peers can tell from a crash), then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_over_closes_tunnels_with_fin() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = Proxy::in_front_of(upstream, &["--shutdown-grace", "300ms"]).await;
+    let (mut cli, mut srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
+    proxy.stop().await;
+    for (side, conn) in [("client", &mut cli), ("upstream", &mut srv)] {
+        let mut rest = Vec::new();
+        within("EOF", conn.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|e| panic!("{side}: {e}, expected a clean FIN"));
+    }
 }
 
 /// The policy flags reach the library: the upstream sees the client's Host, an

@@ -26,16 +26,23 @@ fn side(s: Side) -> &'static str {
     }
 }
 
-/// The tunnels a proxy has open: a count, and a way to wait until none is left
-/// (for graceful shutdown: an upgraded connection is no longer an HTTP connection
-/// the server can track). Cheap to clone; clones share the count.
+/// The tunnels a proxy has open: a count, a way to wait until none is left,
+/// and a way to end those that are (for graceful shutdown: an upgraded
+/// connection is no longer an HTTP connection the server can track). Cheap to
+/// clone; clones share the tunnels.
 ///
 /// ```
 /// # async fn run() -> Result<(), proxy_tower::ProxyError> {
+/// use std::time::Duration;
+///
 /// let proxy = proxy_tower::ReverseProxy::new("http://127.0.0.1:3000")?;
 /// let tunnels = proxy.tunnels();
-/// // ... serve `proxy`; on shutdown, stop accepting, then:
-/// tokio::time::timeout(std::time::Duration::from_secs(10), tunnels.wait_idle()).await.ok();
+/// // ... serve `proxy`; on shutdown, stop accepting, then give the tunnels
+/// // a grace period, and end the rest with a FIN each way:
+/// if tokio::time::timeout(Duration::from_secs(10), tunnels.wait_idle()).await.is_err() {
+///     tunnels.shutdown();
+///     tokio::time::timeout(Duration::from_secs(1), tunnels.wait_idle()).await.ok();
+/// }
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -47,6 +54,17 @@ pub struct Tunnels {
 struct Count {
     active: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Set once by `shutdown` or `abort`; every tunnel, open or to come, obeys.
+    closing: tokio::sync::watch::Sender<Option<Closing>>,
+}
+
+/// How [`Tunnels`] ends the tunnels that are left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// FIN to both sides.
+    Shutdown,
+    /// Reset both sides where the sockets are reachable.
+    Abort,
 }
 
 impl Tunnels {
@@ -66,6 +84,36 @@ impl Tunnels {
             }
             notified.await;
         }
+    }
+
+    /// Ends every open tunnel, and every tunnel opened from now on, cleanly:
+    /// each side gets a FIN (`close_notify` first over TLS, END_STREAM on an
+    /// HTTP/2 stream), after the bytes already relayed. Returns at once; await
+    /// [`wait_idle`](Tunnels::wait_idle) to know they are gone.
+    pub fn shutdown(&self) {
+        self.close(Closing::Shutdown);
+    }
+
+    /// Ends every open tunnel, and every tunnel opened from now on, at once:
+    /// each side gets a reset (RST) where its socket is reachable, else the
+    /// connection is dropped. Returns at once.
+    pub fn abort(&self) {
+        self.close(Closing::Abort);
+    }
+
+    fn close(&self, how: Closing) {
+        // The first word stands: an abort after a shutdown still aborts.
+        self.inner.closing.send_if_modified(|c| match c {
+            None => {
+                *c = Some(how);
+                true
+            }
+            Some(Closing::Shutdown) if how == Closing::Abort => {
+                *c = Some(how);
+                true
+            }
+            Some(_) => false,
+        });
     }
 
     fn enter(&self) -> Open {
@@ -121,6 +169,7 @@ pub(crate) fn spawn(
     );
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
+    let tunnels = config.tunnels.clone();
     tokio::spawn(
         async move {
             let _open = open;
@@ -146,11 +195,38 @@ pub(crate) fn spawn(
                 UpstreamSide::Connection => TunnelIo::upstream(upstream),
                 UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
             };
+            let mut closing = tunnels.inner.closing.subscribe();
+            let closed = async {
+                match closing.wait_for(Option::is_some).await.map(|how| *how) {
+                    Ok(Some(how)) => how,
+                    _ => std::future::pending().await,
+                }
+            };
             // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
             // side are written first by the generic path.
-            let result = match (a.bare_tcp(), b.bare_tcp()) {
-                (Some(a), Some(b)) => tunnel.copy_tcp(a, b).await,
-                _ => tunnel.copy(&mut a, &mut b).await,
+            let result = {
+                let copy = async {
+                    match (a.bare_tcp(), b.bare_tcp()) {
+                        (Some(a), Some(b)) => tunnel.copy_tcp(a, b).await,
+                        _ => tunnel.copy(&mut a, &mut b).await,
+                    }
+                };
+                let (mut copy, mut closed) = (std::pin::pin!(copy), std::pin::pin!(closed));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = copy.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(r));
+                    }
+                    closed.as_mut().poll(cx).map(Err)
+                })
+                .await
+            };
+            let result = match result {
+                Ok(r) => r,
+                Err(how) => {
+                    close_both(&mut a, &mut b, client_abort.as_ref(), how).await;
+                    tracing::info!(how = ?how, "tunnel closed by the proxy");
+                    return;
+                }
             };
             // Pass an abortive close on as one: reset, not FIN.
             match result.as_ref().err().and_then(TunnelError::reset_side) {
@@ -187,6 +263,35 @@ pub(crate) fn spawn(
         }
         .instrument(span),
     );
+}
+
+/// How long a FIN may take to be written when the proxy closes a tunnel.
+const CLOSE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends both sides of a tunnel the proxy closes (each FIN bounded by
+/// [`CLOSE_WRITE_LIMIT`], for a peer that stopped reading).
+async fn close_both(
+    a: &mut TunnelIo,
+    b: &mut TunnelIo,
+    client_abort: Option<&AbortHandle>,
+    how: Closing,
+) {
+    use tokio::io::AsyncWriteExt;
+    match how {
+        Closing::Shutdown => {
+            for side in [a, b] {
+                let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, side.shutdown()).await;
+            }
+        }
+        Closing::Abort => {
+            if !a.reset_on_drop() {
+                if let Some(abort) = client_abort {
+                    abort.abort();
+                }
+            }
+            b.reset_on_drop();
+        }
+    }
 }
 
 /// A client connection served over TLS by the binary (or any server that
