@@ -37,7 +37,7 @@ pub async fn listener() -> (TcpListener, SocketAddr) {
 }
 
 /// Serves a tower service over HTTP/1.1 and h2c with hyper-util (upgrades on),
-/// inserting each connection's [`ClientInfo`] and [`proxy_tower::AbortHandle`]
+/// inserting each connection's [`ClientInfo`] and [`proxy_tower::ResetHandle`]
 /// (the socket is a [`ResetOnAbort`]). Returns the bound address.
 pub async fn serve<S, B>(svc: S) -> SocketAddr
 where

@@ -61,7 +61,7 @@ async fn tunnel_outcome_is_logged() {
     for part in [
         "client_to_upstream=5",
         "upstream_to_client=3",
-        "first_fin=\"client\"",
+        "first_eof=\"client\"",
         "path=\"/chat\"",
         "method=GET",
     ] {

@@ -102,7 +102,7 @@ pub(crate) trait Pump<R: ?Sized, W: ?Sized>: Progress {
     fn salvage(&mut self, cx: &mut Context<'_>, to: &mut W);
 }
 
-impl Progress for HalfDuplex {
+impl Progress for OneWay {
     fn read_eof(&self) -> bool {
         self.read_eof
     }
@@ -116,7 +116,7 @@ impl Progress for HalfDuplex {
     }
 }
 
-impl<R, W> Pump<R, W> for HalfDuplex
+impl<R, W> Pump<R, W> for OneWay
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -138,7 +138,7 @@ where
 
 /// The state of one copy direction.
 #[derive(Debug)]
-pub(crate) struct HalfDuplex {
+pub(crate) struct OneWay {
     state: State,
     /// Bytes read but not yet taken by the destination; `None` when there are none.
     buf: Option<Box<[u8]>>,
@@ -181,9 +181,9 @@ fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [MaybeUninit<u8>]) -> T) -> T
     }
 }
 
-impl HalfDuplex {
+impl OneWay {
     pub(crate) fn new() -> Self {
-        HalfDuplex {
+        OneWay {
             state: State::Copying,
             buf: None,
             pos: 0,
@@ -342,7 +342,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let (mut src_w, mut src_r) = tokio::io::duplex(1024);
         let (mut dst_w, mut dst_r) = tokio::io::duplex(16);
-        let mut dir = HalfDuplex::new();
+        let mut dir = OneWay::new();
 
         // Nothing to read: pending, and no buffer.
         assert!(

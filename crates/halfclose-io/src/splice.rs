@@ -1,7 +1,7 @@
 //! One copy direction between two TCP sockets with `splice(2)`: socket to pipe,
 //! pipe to socket, the bytes never entering user space. Linux only.
 //!
-//! The state machine is the one of [`HalfDuplex`](crate::direction::HalfDuplex):
+//! The state machine is the one of [`OneWay`](crate::direction::OneWay):
 //! bytes already in the pipe go out before anything more is read; EOF on the
 //! source becomes a shutdown of the destination's write half once the pipe is
 //! empty. A direction takes a pipe from a per-thread pool when bytes first

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::direction::{Failure, HalfDuplex, Progress, Pump};
+use crate::direction::{Failure, OneWay, Progress, Pump};
 use crate::error::Kind;
 use crate::{Direction, Side, Transfer, TunnelError};
 
@@ -111,7 +111,7 @@ impl Tunnel {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let mut state = Copy::new(self, HalfDuplex::new(), HalfDuplex::new());
+        let mut state = Relay::new(self, OneWay::new(), OneWay::new());
         poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
     }
 
@@ -144,7 +144,7 @@ impl Tunnel {
         #[cfg(all(target_os = "linux", feature = "splice"))]
         {
             use crate::splice::SpliceDuplex;
-            let mut state = Copy::new(self, SpliceDuplex::new(), SpliceDuplex::new());
+            let mut state = Relay::new(self, SpliceDuplex::new(), SpliceDuplex::new());
             poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
         }
         #[cfg(not(all(target_os = "linux", feature = "splice")))]
@@ -183,7 +183,7 @@ where
 
 /// The running state of one tunnel, whatever moves the bytes of a direction
 /// (`D`: a copy through user space, or splice).
-struct Copy<D> {
+struct Relay<D> {
     options: Tunnel,
     a_to_b: D,
     b_to_a: D,
@@ -200,10 +200,10 @@ struct Copy<D> {
     b_first: bool,
 }
 
-impl<D: Progress> Copy<D> {
+impl<D: Progress> Relay<D> {
     fn new(options: Tunnel, a_to_b: D, b_to_a: D) -> Self {
         let started = Instant::now();
-        Copy {
+        Relay {
             options,
             a_to_b,
             b_to_a,

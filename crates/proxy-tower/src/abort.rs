@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 /// A client connection that resets (RST) instead of closing (FIN) when the proxy
 /// asks it to: when the upstream side of a tunnel on this connection was reset.
 ///
-/// A server wraps each accepted socket in it and puts its [`AbortHandle`] in the
+/// A server wraps each accepted socket in it and puts its [`ResetHandle`] in the
 /// extensions of every request of that connection; a tunnel whose upstream resets
 /// then flips the handle, and dropping the connection sends RST to the client
 /// instead of a FIN that would look like a clean end.
@@ -31,20 +31,20 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct ResetOnAbort {
     stream: TcpStream,
-    abort: AbortHandle,
+    abort: ResetHandle,
 }
 
 /// Asks a [`ResetOnAbort`] connection to reset when it is dropped. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct AbortHandle(Arc<AtomicBool>);
+pub struct ResetHandle(Arc<AtomicBool>);
 
-impl AbortHandle {
+impl ResetHandle {
     /// Makes the connection reset (RST) when it is dropped.
     pub fn abort(&self) {
         self.0.store(true, Ordering::Release);
     }
 
-    /// True once [`abort`](AbortHandle::abort) was called.
+    /// True once [`abort`](ResetHandle::abort) was called.
     pub fn is_aborted(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -52,8 +52,8 @@ impl AbortHandle {
 
 impl ResetOnAbort {
     /// Wraps `stream`; the handle goes into the extensions of its requests.
-    pub fn new(stream: TcpStream) -> (Self, AbortHandle) {
-        let abort = AbortHandle::default();
+    pub fn new(stream: TcpStream) -> (Self, ResetHandle) {
+        let abort = ResetHandle::default();
         (
             ResetOnAbort {
                 stream,

@@ -167,10 +167,10 @@ impl<C> ReverseProxyLayer<C> {
 }
 
 impl<S, C: Clone> Layer<S> for ReverseProxyLayer<C> {
-    type Service = WithReverseProxy<S, C>;
+    type Service = ProxyOr<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        WithReverseProxy {
+        ProxyOr {
             inner,
             proxy: self.proxy.clone(),
             matcher: self.matcher.clone(),
@@ -178,18 +178,18 @@ impl<S, C: Clone> Layer<S> for ReverseProxyLayer<C> {
     }
 }
 
-/// The service made by [`ReverseProxyLayer`]: matching requests go upstream, the
-/// rest to `S`. Responses carry an [`Either`] body: the proxy's on the left, the
+/// The service made by [`ReverseProxyLayer`]: the proxy, or `S`. Matching
+/// requests go upstream, the rest to `S`. Responses carry an [`Either`] body: the proxy's on the left, the
 /// inner service's on the right.
-pub struct WithReverseProxy<S, C = DefaultClient> {
+pub struct ProxyOr<S, C = DefaultClient> {
     inner: S,
     proxy: ReverseProxy<C>,
     matcher: Matcher,
 }
 
-impl<S: Clone, C: Clone> Clone for WithReverseProxy<S, C> {
+impl<S: Clone, C: Clone> Clone for ProxyOr<S, C> {
     fn clone(&self) -> Self {
-        WithReverseProxy {
+        ProxyOr {
             inner: self.inner.clone(),
             proxy: self.proxy.clone(),
             matcher: self.matcher.clone(),
@@ -197,16 +197,16 @@ impl<S: Clone, C: Clone> Clone for WithReverseProxy<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for WithReverseProxy<S, C> {
+impl<S: fmt::Debug, C> fmt::Debug for ProxyOr<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WithReverseProxy")
+        f.debug_struct("ProxyOr")
             .field("inner", &self.inner)
             .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, B, ResB, C, CB> Service<Request<B>> for WithReverseProxy<S, C>
+impl<S, B, ResB, C, CB> Service<Request<B>> for ProxyOr<S, C>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -219,7 +219,7 @@ where
 {
     type Response = Response<Either<ProxyBody<CB>, ResB>>;
     type Error = S::Error;
-    type Future = WithReverseProxyFuture<S::Future, CB>;
+    type Future = ProxyOrFuture<S::Future, CB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -230,13 +230,13 @@ where
         let forward = self.matcher.route(&mut parts);
         let req = Request::from_parts(parts, body);
         if forward {
-            WithReverseProxyFuture {
+            ProxyOrFuture {
                 kind: FutureKind::Proxy {
                     fut: self.proxy.call(req),
                 },
             }
         } else {
-            WithReverseProxyFuture {
+            ProxyOrFuture {
                 kind: FutureKind::Inner {
                     fut: self.inner.call(req),
                 },
@@ -246,8 +246,8 @@ where
 }
 
 pin_project! {
-    /// The response future of [`WithReverseProxy`].
-    pub struct WithReverseProxyFuture<F, CB> {
+    /// The response future of [`ProxyOr`].
+    pub struct ProxyOrFuture<F, CB> {
         #[pin]
         kind: FutureKind<F, CB>,
     }
@@ -261,7 +261,7 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E, CB> Future for WithReverseProxyFuture<F, CB>
+impl<F, ResB, E, CB> Future for ProxyOrFuture<F, CB>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
 {
@@ -279,9 +279,9 @@ where
     }
 }
 
-impl<F, CB> fmt::Debug for WithReverseProxyFuture<F, CB> {
+impl<F, CB> fmt::Debug for ProxyOrFuture<F, CB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WithReverseProxyFuture")
+        f.write_str("ProxyOrFuture")
     }
 }
 

@@ -102,15 +102,28 @@ mod layer;
 mod proxy;
 mod tunnel;
 
-pub use abort::{AbortHandle, ResetOnAbort};
+pub use abort::{ResetHandle, ResetOnAbort};
 pub use body::{ProxyBody, RequestBody};
 pub use client::{DefaultClient, DefaultClientFuture};
 pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 pub use io::ClientIo;
-pub use layer::{ReverseProxyLayer, WithReverseProxy, WithReverseProxyFuture};
+pub use layer::{ProxyOr, ProxyOrFuture, ReverseProxyLayer};
 pub use proxy::{ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
 pub use tunnel::Tunnels;
+
+/// Former name of [`ResetHandle`] (it collided with tokio's `AbortHandle`,
+/// which means something else).
+#[deprecated(since = "0.1.0", note = "renamed to `ResetHandle`")]
+pub type AbortHandle = ResetHandle;
+
+/// Former name of [`ProxyOr`].
+#[deprecated(since = "0.1.0", note = "renamed to `ProxyOr`")]
+pub type WithReverseProxy<S, C = DefaultClient> = ProxyOr<S, C>;
+
+/// Former name of [`ProxyOrFuture`].
+#[deprecated(since = "0.1.0", note = "renamed to `ProxyOrFuture`")]
+pub type WithReverseProxyFuture<F, CB> = ProxyOrFuture<F, CB>;
 
 /// The boxed error type of bodies and clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -301,7 +301,7 @@ where
     let (client_upgrade, client_abort) = if prepared.is_upgrade() {
         (
             parts.extensions.remove::<OnUpgrade>(),
-            parts.extensions.get::<crate::AbortHandle>().cloned(),
+            parts.extensions.get::<crate::ResetHandle>().cloned(),
         )
     } else {
         (None, None)

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::AbortHandle;
+use crate::ResetHandle;
 use crate::config::Config;
 use crate::connect::UpstreamIo;
 use crate::io::{ClientIo, Prefixed};
@@ -137,7 +137,7 @@ impl Drop for Open {
 pub(crate) enum ClientSide {
     /// A connection upgraded from HTTP/1.1, and the server's abort handle for
     /// it, if any.
-    Connection(Option<AbortHandle>),
+    Connection(Option<ResetHandle>),
     /// An HTTP/2 stream opened by extended CONNECT.
     H2Stream,
 }
@@ -244,7 +244,7 @@ pub(crate) fn spawn(
                 Ok(t) => tracing::info!(
                     client_to_upstream = t.a_to_b,
                     upstream_to_client = t.b_to_a,
-                    first_fin = t.first_eof.map(side),
+                    first_eof = t.first_eof.map(side),
                     duration_ms = t.duration.as_millis() as u64,
                     "tunnel closed"
                 ),
@@ -254,7 +254,7 @@ pub(crate) fn spawn(
                         error = %e,
                         client_to_upstream = t.a_to_b,
                         upstream_to_client = t.b_to_a,
-                        first_fin = t.first_eof.map(side),
+                        first_eof = t.first_eof.map(side),
                         duration_ms = t.duration.as_millis() as u64,
                         "tunnel failed"
                     );
@@ -273,7 +273,7 @@ const CLOSE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1)
 async fn close_both(
     a: &mut TunnelIo,
     b: &mut TunnelIo,
-    client_abort: Option<&AbortHandle>,
+    client_abort: Option<&ResetHandle>,
     how: Closing,
 ) {
     use tokio::io::AsyncWriteExt;
