@@ -69,6 +69,45 @@ async fn tunnel_outcome_is_logged() {
     }
 }
 
+/// The request's `x-request-id` (set by the client, or by tower-http's
+/// `SetRequestIdLayer` in front of the proxy) names the tunnel in its log
+/// line, and reaches the upstream.
+#[tokio::test]
+async fn tunnel_log_names_the_request_id() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-42\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, mut srv) = within("upgrade at the upstream", heads.recv())
+        .await
+        .unwrap();
+    assert_eq!(header_of(&head, "x-request-id"), Some("req-42"), "{head}");
+    switch_protocols(&mut srv, "websocket").await;
+    let res = within("101", read_head(&mut cli)).await.unwrap();
+    assert_eq!(status_of(&res), 101);
+    drop((cli, srv));
+    within("tunnel end", tunnels.wait_idle()).await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("tunnel"))
+        .unwrap_or_else(|| panic!("no tunnel line in:\n{text}"));
+    assert!(line.contains("request_id=\"req-42\""), "{line}");
+}
+
 /// Refusals a client can cause at will (400, 403, 405) are logged at DEBUG, so a
 /// client cannot flood the logs; an upstream failure (502) is a WARN line.
 #[tokio::test]

@@ -6,7 +6,6 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, Version, header};
@@ -14,7 +13,6 @@ use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use proxy_core::{Outcome, ProxyError};
 use tower_service::Service;
-use tracing::Instrument;
 
 use crate::config::{Builder, Config};
 use crate::{BoxError, DefaultClient, ProxyBody, RequestBody, tunnel};
@@ -132,31 +130,13 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let config = self.config.clone();
         let client = self.client.clone();
-        // DEBUG: a span that formats its fields on every request costs more than
-        // the rest of the proxy's own work; errors and tunnels log at WARN/INFO
-        // with the request's method and path themselves.
-        let span = tracing::debug_span!(
-            "request",
-            method = %req.method(),
-            path = %req.uri().path(),
-            upstream = %config.rules.upstream(),
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-        );
-        let timed = !span.is_disabled();
-        let fut = async move {
-            let start = timed.then(Instant::now);
-            let res = forward(&config, client, req).await;
-            if let Some(start) = start {
-                let span = tracing::Span::current();
-                span.record("status", res.status().as_u16());
-                span.record("latency_ms", start.elapsed().as_millis() as u64);
-                tracing::debug!("response");
-            }
-            res
-        };
+        // No span per request here: tower-http's `TraceLayer` in front of the
+        // proxy makes one where it is wanted (the binary does). Errors and
+        // tunnels log at WARN/INFO with the request's method, path and
+        // `x-request-id` themselves.
+        let fut = async move { forward(&config, client, req).await };
         ResponseFuture {
-            inner: Box::pin(fut.instrument(span)),
+            inner: Box::pin(fut),
         }
     }
 }
@@ -187,7 +167,20 @@ impl<B> fmt::Debug for ResponseFuture<B> {
 pub(crate) struct Origin {
     pub(crate) method: http::Method,
     pub(crate) uri: http::Uri,
+    /// The request's `x-request-id`, as the client or a layer in front set it.
+    pub(crate) request_id: Option<http::HeaderValue>,
 }
+
+impl Origin {
+    /// The request id, for log fields.
+    pub(crate) fn request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `X-Request-Id`: set by tower-http's `SetRequestIdLayer` (the binary's) or
+/// by the client, forwarded upstream, and named in the proxy's log lines.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The methods a 405 names in `Allow`: all but `CONNECT` are forwarded.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
@@ -196,14 +189,25 @@ fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Respo
     // A client can cause 4xx answers at will: DEBUG, so it cannot flood the logs.
     macro_rules! log {
         ($level:ident) => {
-            tracing::$level!(
-                method = %origin.method,
-                path = origin.uri.path(),
-                upstream = %config.rules.upstream(),
-                error = %err,
-                status = err.status().as_u16(),
-                "request not forwarded"
-            )
+            match origin.request_id() {
+                Some(id) => tracing::$level!(
+                    method = %origin.method,
+                    path = origin.uri.path(),
+                    request_id = id,
+                    upstream = %config.rules.upstream(),
+                    error = %err,
+                    status = err.status().as_u16(),
+                    "request not forwarded"
+                ),
+                None => tracing::$level!(
+                    method = %origin.method,
+                    path = origin.uri.path(),
+                    upstream = %config.rules.upstream(),
+                    error = %err,
+                    status = err.status().as_u16(),
+                    "request not forwarded"
+                ),
+            }
         };
     }
     if err.is_client_error() {
@@ -265,6 +269,7 @@ where
     let origin = Origin {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
+        request_id: parts.headers.get(X_REQUEST_ID).cloned(),
     };
     let client_info = config.client_info(&parts);
     // Extended CONNECT (RFC 8441): a WebSocket, or another upgraded protocol,

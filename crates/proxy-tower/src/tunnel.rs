@@ -165,8 +165,12 @@ pub(crate) fn spawn(
         "tunnel",
         method = %origin.method,
         path = origin.uri.path(),
+        request_id = tracing::field::Empty,
         upstream = %config.rules.upstream(),
     );
+    if let Some(id) = origin.request_id() {
+        span.record("request_id", id);
+    }
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
     let tunnels = config.tunnels.clone();
