@@ -201,3 +201,88 @@ async fn base_path_cannot_be_escaped() {
     );
     assert_eq!(get(addr, "/..%2F..%2Fadmin").await.0, 400);
 }
+
+/// The stack of `examples/tower_http_stack.rs`: the client's address from
+/// axum's `ConnectInfo` reaches the upstream as X-Forwarded-For; a request id
+/// is set, sent upstream and returned; a panic in a hook is a 500 and the
+/// connection and server live on.
+#[tokio::test]
+async fn tower_http_stack_with_connect_info() {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use proxy_tower::ClientInfo;
+    use tower::ServiceBuilder;
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
+
+    let up = serve_fn(|req| async move {
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        Response::new(Full::new(Bytes::from(format!(
+            "xff={} id={}",
+            h("x-forwarded-for"),
+            h("x-request-id")
+        ))))
+    })
+    .await;
+    let proxy = ReverseProxy::builder(&format!("http://{up}"))
+        .client_info(
+            |req| match req.extensions.get::<ConnectInfo<SocketAddr>>() {
+                Some(ConnectInfo(addr)) => ClientInfo::new(addr.ip()),
+                None => ClientInfo::unknown(),
+            },
+        )
+        .rewrite(|req| {
+            if req.uri.path().ends_with("/boom") {
+                panic!("a hook that panics");
+            }
+        })
+        .build()
+        .unwrap();
+    let app = axum::Router::new().fallback_service(proxy).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http())
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(CatchPanicLayer::new()),
+    );
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+    cli.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status_of(&head), 200, "{head}");
+    let id = header_of(&head, "x-request-id")
+        .expect("a request id")
+        .to_owned();
+    assert_eq!(body, format!("xff=127.0.0.1 id={id}"));
+
+    // The panic is a 500 on the same connection, which stays usable.
+    cli.write_all(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 500, "{head}");
+    cli.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut cli).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+}

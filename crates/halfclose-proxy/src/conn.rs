@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
-use proxy_tower::{ClientInfo, ClientIo, ReverseProxy};
+use proxy_tower::{BoxError, ClientInfo, ClientIo};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
@@ -262,15 +262,44 @@ async fn sniff(tcp: &mut TcpStream) -> std::io::Result<Option<(Protocol, Bytes)>
     }
 }
 
+/// The service a connection's requests go to: the proxy, in its stack of
+/// layers (`stack.rs`).
+pub(crate) trait RequestService<B>:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> RequestService<B> for S where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S, B>(
     mut tcp: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    proxy: ReverseProxy,
+    proxy: S,
     settings: Arc<Settings>,
     mut signals: Signals,
-) {
+) where
+    S: RequestService<B>,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
     let first_head_by = Instant::now() + settings.header_read_timeout;
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &settings.tls {
@@ -337,22 +366,24 @@ pub(crate) async fn serve(
 }
 
 /// A connection whose protocol is known.
-struct Conn<'a> {
+struct Conn<'a, S> {
     peer: SocketAddr,
     /// Served over TLS: the client's scheme is `https` (X-Forwarded-Proto).
     tls: bool,
     protocol: Protocol,
     first_head_by: Instant,
-    proxy: ReverseProxy,
+    proxy: S,
     settings: &'a Settings,
     signals: Signals,
 }
 
-impl Conn<'_> {
+impl<S> Conn<'_, S> {
     /// Serves `io` with hyper until the connection ends.
-    async fn run<I>(self, io: TokioIo<I>)
+    async fn run<I, B>(self, io: TokioIo<I>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: RequestService<B>,
+        B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     {
         let Conn {
             peer,

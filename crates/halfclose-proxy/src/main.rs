@@ -10,6 +10,7 @@ mod conn;
 mod demo;
 mod probe;
 mod serve;
+mod stack;
 #[cfg(feature = "tls")]
 mod tls;
 

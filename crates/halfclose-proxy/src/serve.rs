@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use crate::{ServeArgs, conn, demo};
+use crate::{ServeArgs, conn, demo, stack};
 
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
 /// stop proxying, so errors are ignored (`println!` would panic).
@@ -338,6 +338,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         limit: Arc::new(Semaphore::new(args.max_connections.max(1))),
         listening,
     };
+    let ids = stack::RequestIds::new();
     let mut tunnels = Vec::with_capacity(workers);
     let mut upstream_uri = None;
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -356,11 +357,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 .map_err(|e| format!("cannot listen on {local}: {e}"))?
         };
         let shared = shared.clone();
+        let ids = ids.clone();
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    accept_loop(listener, proxy, shared).await;
+                    accept_loop(listener, stack::build(proxy, ids), shared).await;
                     // Connections and tunnels of this worker go on until the
                     // main thread ends the process.
                     std::future::pending::<()>().await
@@ -441,7 +443,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 /// Accepts connections on one worker's listener until shutdown.
-async fn accept_loop(listener: TcpListener, proxy: ReverseProxy, shared: Shared) {
+async fn accept_loop<S, B>(listener: TcpListener, proxy: S, shared: Shared)
+where
+    S: conn::RequestService<B>,
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<proxy_tower::BoxError>> + Send + 'static,
+{
     let Shared {
         settings,
         signals,

@@ -792,3 +792,39 @@ async fn unanswered_http2_pings_close_the_connection() {
     .await;
     proxy.stop().await;
 }
+
+/// Every request carries an `X-Request-Id` to the upstream and back to the
+/// client: the client's own when it sent one, else a fresh one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_the_upstream_and_come_back() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = Proxy::in_front_of(upstream, &[]).await;
+    let mut seen = Vec::new();
+    for own in [None, None, Some("client-chose-7")] {
+        let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+        let extra = own
+            .map(|id| format!("X-Request-Id: {id}\r\n"))
+            .unwrap_or_default();
+        cli.write_all(format!("GET /x HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, mut srv) = within("request at the upstream", heads.recv())
+            .await
+            .unwrap();
+        let id = header_of(&head, "x-request-id")
+            .unwrap_or_else(|| panic!("no x-request-id upstream: {head}"))
+            .to_owned();
+        match own {
+            Some(own) => assert_eq!(id, own),
+            None => assert_eq!(id.len(), 16, "{id}"),
+        }
+        srv.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        let (res, _) = read_response(&mut cli).await;
+        assert_eq!(header_of(&res, "x-request-id"), Some(id.as_str()), "{res}");
+        seen.push(id);
+    }
+    assert_ne!(seen[0], seen[1], "each request gets its own id");
+    proxy.stop().await;
+}
