@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -77,21 +76,11 @@ fn switching(protocol: &'static str) -> Response<Body> {
     res
 }
 
+/// The one protocol an upgrade request asks for, lowercased (proxy-core's
+/// detection: `Connection: upgrade` and `Upgrade`, HTTP/1.1, no body).
 fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
-    let conn = req.headers().get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-    });
-    let up = req
-        .headers()
-        .get(header::UPGRADE)?
-        .to_str()
-        .ok()?
-        .trim()
-        .to_ascii_lowercase();
-    conn.then_some(up)
+    let up = proxy_core::requested_upgrade(req.headers(), req.version(), req.method())?;
+    up.protocols().next().map(str::to_ascii_lowercase)
 }
 
 async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -109,7 +98,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
             let Some(key) = req.headers().get("sec-websocket-key") else {
                 return Ok(text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n"));
             };
-            let accept = derive_accept_key(key.as_bytes());
+            let accept = proxy_core::websocket_accept(key.as_bytes());
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(io) = on.await {
@@ -117,8 +106,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
                 }
             });
             let mut res = switching("websocket");
-            res.headers_mut()
-                .insert("sec-websocket-accept", accept.parse().unwrap());
+            res.headers_mut().insert("sec-websocket-accept", accept);
             return Ok(res);
         }
         _ => {}

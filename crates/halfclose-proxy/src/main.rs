@@ -173,28 +173,43 @@ pub(crate) struct ServeArgs {
     log_level: String,
 }
 
-/// `1.5s`, `250ms`, `2m`, `1h`, or a bare number of seconds.
+/// `1.5s`, `250ms`, `2m`, `1h`, `1m30s`, or a bare number of seconds (`0`
+/// turns a timer off). Not humantime: it refuses bare numbers, which these
+/// flags have always taken (`--idle-timeout 0`), and twenty lines do the rest.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (try 10s, 250ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
+    let invalid = || format!("invalid duration {s:?} (try 10s, 250ms, 1m30s)");
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let n: f64 = num.parse().map_err(|_| invalid())?;
+        total += n * match unit {
+            "ms" => 0.001,
+            // A bare number is seconds, but only alone: `1m30` is a typo.
+            "" if rest.len() == s.len() => 1.0,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => {
+                return Err(format!(
+                    "invalid duration unit in {s:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
 fn main() -> ExitCode {
@@ -246,6 +261,12 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h5m"), Ok(Duration::from_secs(3900)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("1m30").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
     }
 
     #[test]

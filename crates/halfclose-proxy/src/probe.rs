@@ -65,19 +65,57 @@ impl Report {
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
-async fn read_head(tcp: &mut (impl AsyncRead + Unpin)) -> std::io::Result<String> {
+/// The largest response head the probe reads.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// A response head, parsed by httparse.
+struct Head {
+    code: u16,
+    reason: String,
+    upgrade: Option<String>,
+}
+
+/// Reads one response head. It reads in small steps, so that no byte behind
+/// the head (the echo) is taken, and lets httparse tell when the head is
+/// complete and what it says.
+async fn read_head(tcp: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Head> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 64 * 1024 {
+    loop {
+        if head.len() > MAX_HEAD {
             return Err(std::io::Error::other("response head larger than 64 KiB"));
         }
         if tcp.read(&mut byte).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         head.push(byte[0]);
+        if !head.ends_with(b"\n") {
+            continue;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(&head) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(_)) => {
+                let upgrade = res
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                    .map(|h| String::from_utf8_lossy(h.value).trim().to_owned());
+                return Ok(Head {
+                    code: res.code.unwrap_or(0),
+                    reason: res.reason.unwrap_or("").to_owned(),
+                    upgrade,
+                });
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("invalid response head: {e}"),
+                ));
+            }
+        }
     }
-    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Sends `Upgrade: echo` and checks the 101; returns its status line.
@@ -100,13 +138,9 @@ async fn upgrade_http1(
         Ok(Err(e)) => return Err(format!("no response: {e}")),
         Err(_) => return Err(format!("no response within {limit:?}")),
     };
-    let status_line = head.lines().next().unwrap_or("").to_owned();
-    let upgraded_to_echo = head.lines().skip(1).any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("echo")
-        })
-    });
-    if status_line.split_whitespace().nth(1) != Some("101") || !upgraded_to_echo {
+    let status_line = format!("HTTP/1.1 {} {}", head.code, head.reason);
+    let upgraded_to_echo = head.upgrade.is_some_and(|p| p.eq_ignore_ascii_case("echo"));
+    if head.code != 101 || !upgraded_to_echo {
         return Err(format!(
             "expected 101 with Upgrade: echo, got {status_line:?}"
         ));
