@@ -88,7 +88,11 @@
 //! X-Forwarded-For needs the client's address. The proxy reads a [`ClientInfo`]
 //! from the request's extensions (servers built on hyper can insert one per
 //! connection), or asks the hook set with [`Builder::client_info`]. Without
-//! either, no X-Forwarded-For element is added.
+//! either, no X-Forwarded-For element is added. Under a plain `axum::serve`,
+//! that is one line: a hook that reads axum's `ConnectInfo` (shown at
+//! [`Builder::client_info`]), with the app served by
+//! `into_make_service_with_connect_info::<SocketAddr>()`;
+//! `examples/tower_http_stack.rs` runs it.
 
 #![deny(missing_docs)]
 

@@ -27,16 +27,20 @@ use crate::{BoxError, DefaultClient, ProxyBody, RequestBody, tunnel};
 ///   upstream unreachable or invalid answer, 504 upstream timeout, 403 refused
 ///   upgrade, ...), built by a replaceable error handler.
 ///
+/// Serving it in axum, behind a tower-http stack or under tonic is shown in the
+/// [crate docs](crate) and the crate's `examples/`. Called directly, it is a
+/// plain tower service:
+///
 /// ```no_run
+/// use http_body_util::Empty;
 /// use proxy_tower::ReverseProxy;
+/// use tower::ServiceExt;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let proxy = ReverseProxy::new("http://127.0.0.1:3000")?;
-/// let app = axum::Router::new()
-///     .route("/health", axum::routing::get(|| async { "ok" }))
-///     .fallback_service(proxy);
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// axum::serve(listener, app).await?;
+/// let req = http::Request::get("/status").body(Empty::<bytes::Bytes>::new())?;
+/// let res = proxy.oneshot(req).await?; // never an error: a 502 at worst
+/// println!("{}", res.status());
 /// # Ok(()) }
 /// ```
 pub struct ReverseProxy<C = DefaultClient> {
