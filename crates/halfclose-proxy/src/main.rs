@@ -134,6 +134,12 @@ pub(crate) struct ServeArgs {
     #[arg(long = "allow-upgrade", value_delimiter = ',', value_name = "PROTOCOL")]
     allow_upgrade: Vec<String>,
 
+    /// Largest request body accepted (`0`: no limit, the default): past it, the
+    /// request ends with 413. Counted as it streams, never buffered. Bytes, or
+    /// with a unit: `k`, `m`, `g` (binary: 1k = 1024; `kb`, `kib` alike).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_request_body: Option<Size>,
+
     /// Maximum concurrent client connections, upgraded ones (tunnels) included.
     /// When a client arrives at the limit, idle keep-alive connections are closed
     /// to make room; if none is idle, it waits in the listen backlog.
@@ -212,6 +218,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
+/// A byte count given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size(pub(crate) usize);
+
+/// `1048576`, `512k`, `10m`, `1g` (also `kb`/`kib`, any case): binary units, as
+/// nginx's `client_max_body_size` reads them.
+fn parse_size(s: &str) -> Result<Size, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (try 1048576, 512k, 10m, 1g)"))?;
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("invalid size unit in {s:?} (use k, m or g)")),
+    };
+    n.checked_mul(1usize << shift)
+        .map(Size)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -267,6 +298,18 @@ mod tests {
         assert!(parse_duration("1m30").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(Size(1 << 20)));
+        assert_eq!(parse_size("512k"), Ok(Size(512 << 10)));
+        assert_eq!(parse_size("10MB"), Ok(Size(10 << 20)));
+        assert_eq!(parse_size("1GiB"), Ok(Size(1 << 30)));
+        assert_eq!(parse_size("0"), Ok(Size(0)));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("10q").is_err());
+        assert!(parse_size("-1").is_err());
     }
 
     #[test]

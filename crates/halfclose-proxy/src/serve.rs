@@ -339,6 +339,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         listening,
     };
     let ids = stack::RequestIds::new();
+    let max_body = args.max_request_body.map(|b| b.0).filter(|&n| n > 0);
     let mut tunnels = Vec::with_capacity(workers);
     let mut upstream_uri = None;
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -362,7 +363,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    accept_loop(listener, stack::build(proxy, ids), shared).await;
+                    accept_loop(listener, stack::build(proxy, ids, max_body), shared).await;
                     // Connections and tunnels of this worker go on until the
                     // main thread ends the process.
                     std::future::pending::<()>().await

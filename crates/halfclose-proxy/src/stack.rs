@@ -8,6 +8,7 @@ use http::{HeaderValue, Request};
 use proxy_tower::ReverseProxy;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -22,11 +23,16 @@ use tracing::Level;
 /// 2. A DEBUG span per request (method, URI, request id) and a DEBUG line with
 ///    status and latency when the response head is out. No span is formatted
 ///    unless DEBUG is on: at the default INFO level this costs next to nothing.
-/// 3. A panic (in a hook of a library user's stack, say) becomes a 500 and an
+/// 3. Request bodies are counted as they stream: past `max_body` bytes the
+///    request ends with 413 (at once when `Content-Length` says so; the
+///    proxy maps the body's `LengthLimitError` to 413 otherwise). Nothing is
+///    buffered.
+/// 4. A panic (in a hook of a library user's stack, say) becomes a 500 and an
 ///    ERROR line, not a dropped connection.
 pub(crate) fn build(
     proxy: ReverseProxy,
     ids: RequestIds,
+    max_body: Option<usize>,
 ) -> impl tower::Service<
     Request<hyper::body::Incoming>,
     Response = http::Response<
@@ -62,6 +68,7 @@ pub(crate) fn build(
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(RequestBodyLimitLayer::new(max_body.unwrap_or(usize::MAX)))
         .layer(CatchPanicLayer::new())
         .service(proxy)
 }

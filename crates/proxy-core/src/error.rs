@@ -18,6 +18,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// | invalid upstream URI (configuration) | 500 |
 /// | request that cannot be forwarded (bad target, `CONNECT`) | 400 / 405 |
 /// | upgrade to a protocol the policy refuses (e.g. `h2c`) | 403 |
+/// | request body past a limit set in front of the proxy | 413 |
 /// | upstream unreachable, reset, or invalid answer (bad 101) | 502 |
 /// | upstream too slow | 504 |
 pub struct ProxyError {
@@ -32,6 +33,7 @@ enum Kind {
     BadRequest,
     MethodNotAllowed,
     UpgradeRefused,
+    BodyTooLarge,
     BadUpgradeResponse,
     Upstream,
     Timeout,
@@ -64,6 +66,12 @@ impl ProxyError {
         Self::new(Kind::UpgradeRefused, detail)
     }
 
+    /// The request body is larger than the proxy accepts: answer 413 Content
+    /// Too Large (RFC 9110 section 15.5.14).
+    pub fn body_too_large(detail: impl Into<String>) -> Self {
+        Self::new(Kind::BodyTooLarge, detail)
+    }
+
     pub(crate) fn bad_upgrade_response(detail: impl Into<String>) -> Self {
         Self::new(Kind::BadUpgradeResponse, detail)
     }
@@ -90,6 +98,7 @@ impl ProxyError {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::UpgradeRefused => StatusCode::FORBIDDEN,
+            Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::BadUpgradeResponse | Kind::Upstream => StatusCode::BAD_GATEWAY,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -151,6 +160,7 @@ impl fmt::Display for ProxyError {
             Kind::BadRequest => "request cannot be forwarded",
             Kind::MethodNotAllowed => "method not allowed",
             Kind::UpgradeRefused => "upgrade refused",
+            Kind::BodyTooLarge => "request body too large",
             Kind::BadUpgradeResponse => "invalid upgrade response from upstream",
             Kind::Upstream => "upstream failed",
             Kind::Timeout => "upstream timed out",

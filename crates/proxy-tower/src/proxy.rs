@@ -256,6 +256,20 @@ fn nonce() -> [u8; 16] {
     out
 }
 
+/// The error of a failed upstream call: 413 when the request body hit a size
+/// limit set in front of the proxy (tower-http's `RequestBodyLimitLayer`, or
+/// any `http_body_util::Limited`), else 502.
+fn upstream_error(e: BoxError) -> ProxyError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::body_too_large("the request body is over the limit");
+        }
+        cause = c.source();
+    }
+    ProxyError::upstream(e)
+}
+
 /// One request through the proxy: rules, upstream call, response rules, and the
 /// tunnel on a checked 101.
 async fn forward<B, C, CB>(
@@ -363,7 +377,7 @@ where
     };
     let res = match result {
         Ok(res) => res,
-        Err(e) => return error_response(config, &origin, ProxyError::upstream(e)),
+        Err(e) => return error_response(config, &origin, upstream_error(e)),
     };
 
     let (mut parts, body) = res.into_parts();
