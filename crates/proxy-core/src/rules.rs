@@ -152,6 +152,15 @@ impl ProxyRules {
         })
     }
 
+    /// The same rules for another upstream (one of several behind a balancer):
+    /// the policies stay, the target changes.
+    pub fn for_upstream(&self, upstream: Uri) -> Result<Self, ProxyError> {
+        Ok(ProxyRules {
+            target: Target::parse(upstream)?,
+            ..self.clone()
+        })
+    }
+
     /// Which `Host` the upstream sees (default: the upstream's authority).
     pub fn host_header(mut self, host: HostHeader) -> Self {
         self.host = host;

@@ -9,7 +9,7 @@ use halfclose_io::Tunnel;
 use http::{Response, request, response};
 use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, ProxyRules, UpgradePolicy};
 
-use crate::{DefaultClient, ReverseProxy, Tunnels};
+use crate::{BalancedProxy, DefaultClient, ReverseProxy, Tunnels};
 
 pub(crate) type ErrorHandler = Arc<dyn Fn(&ProxyError) -> Response<Bytes> + Send + Sync>;
 pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
@@ -38,6 +38,12 @@ pub(crate) struct Config {
     pub(crate) modify_response: Option<ModifyResponse>,
     pub(crate) client_info: Option<ClientInfoFn>,
     pub(crate) tunnels: Tunnels,
+    /// More upstreams, for [`Builder::build_balanced`].
+    pub(crate) more_upstreams: Vec<http::Uri>,
+    /// Passive health of balanced upstreams: consecutive failures before an
+    /// ejection, and the first ejection's length.
+    pub(crate) eject_after: u32,
+    pub(crate) base_ejection: Duration,
     /// Trust anchors for an `https` upstream instead of the bundled roots.
     #[cfg(feature = "tls")]
     pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
@@ -58,6 +64,9 @@ impl Config {
             modify_response: None,
             client_info: None,
             tunnels: Tunnels::default(),
+            more_upstreams: Vec::new(),
+            eject_after: crate::DEFAULT_EJECT_AFTER,
+            base_ejection: crate::BASE_EJECTION,
             #[cfg(feature = "tls")]
             upstream_ca: None,
         }
@@ -92,6 +101,19 @@ impl fmt::Debug for Config {
             .field("modify_response", &self.modify_response.is_some())
             .finish()
     }
+}
+
+/// The default client speaks `http`, and `https` with the `tls` feature.
+fn check_scheme(uri: &http::Uri) -> Result<(), ProxyError> {
+    let scheme = uri.scheme();
+    let supported = scheme == Some(&http::uri::Scheme::HTTP)
+        || (cfg!(feature = "tls") && scheme == Some(&http::uri::Scheme::HTTPS));
+    if supported {
+        return Ok(());
+    }
+    Err(ProxyError::invalid_upstream(format!(
+        "{uri}: https upstreams need proxy-tower's `tls` feature, or `build_with_client` with a TLS-capable client"
+    )))
 }
 
 /// Builds a [`ReverseProxy`] with options. Made by [`ReverseProxy::builder`].
@@ -281,16 +303,65 @@ impl Builder {
     /// with TLS for `https` upstreams (cargo feature `tls`, on by default).
     pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
         let config = self.config?;
-        let scheme = config.rules.upstream().scheme();
-        let supported = scheme == Some(&http::uri::Scheme::HTTP)
-            || (cfg!(feature = "tls") && scheme == Some(&http::uri::Scheme::HTTPS));
-        if !supported {
-            return Err(ProxyError::invalid_upstream(format!(
-                "{}: https upstreams need proxy-tower's `tls` feature, or `build_with_client` with a TLS-capable client",
-                config.rules.upstream()
-            )));
-        }
+        check_scheme(config.rules.upstream())?;
         Ok(ReverseProxy::from_config(config))
+    }
+
+    /// Adds another upstream, for [`build_balanced`](Builder::build_balanced):
+    /// the proxy then spreads requests over the first one and those added. An
+    /// invalid URI makes the build fail.
+    pub fn upstream(mut self, upstream: &str) -> Self {
+        if let Ok(c) = &mut self.config {
+            match upstream.parse::<http::Uri>() {
+                Ok(uri) => c.more_upstreams.push(uri),
+                Err(e) => {
+                    self.config = Err(ProxyError::invalid_upstream(format!("{upstream:?}: {e}")))
+                }
+            }
+        }
+        self
+    }
+
+    /// Passive health of a [`BalancedProxy`]'s upstreams: after
+    /// `consecutive_failures` failures in a row (connection refused or timed
+    /// out, response timeout), an upstream is ejected for `base_ejection`,
+    /// doubled for each ejection in a row up to [`MAX_EJECTION`](crate::MAX_EJECTION)
+    /// (defaults: [`DEFAULT_EJECT_AFTER`](crate::DEFAULT_EJECT_AFTER) and
+    /// [`BASE_EJECTION`](crate::BASE_EJECTION)). `0` failures turns ejection off.
+    pub fn outlier_detection(self, consecutive_failures: u32, base_ejection: Duration) -> Self {
+        self.map(|c| {
+            c.eject_after = consecutive_failures;
+            c.base_ejection = base_ejection;
+        })
+    }
+
+    /// Builds a [`BalancedProxy`] over the builder's upstream and those added
+    /// with [`upstream`](Builder::upstream), with the default client for each.
+    pub fn build_balanced(self) -> Result<BalancedProxy, ProxyError> {
+        let mut config = self.config?;
+        let mut uris = vec![config.rules.upstream().clone()];
+        uris.append(&mut config.more_upstreams);
+        for uri in &uris {
+            check_scheme(uri)?;
+            config.rules.for_upstream(uri.clone())?;
+        }
+        Ok(BalancedProxy::new(config, crate::balance::fixed(uris)))
+    }
+
+    /// Builds a [`BalancedProxy`] over the upstream URIs `discover` yields
+    /// (any `tower::discover::Discover` whose services are `Uri`s: a stream of
+    /// `Change::Insert(key, uri)` and `Change::Remove(key)`, from DNS, Consul
+    /// or Kubernetes). The builder's own upstream URI only serves to check the
+    /// options; requests go where `discover` says. A URI that cannot be used
+    /// is logged and skipped.
+    pub fn build_discovered<D>(self, discover: D) -> Result<BalancedProxy, ProxyError>
+    where
+        D: tower::discover::Discover<Service = http::Uri> + Send + 'static,
+        D::Key: std::hash::Hash + Eq + Clone + Send,
+        D::Error: Into<crate::BoxError>,
+    {
+        let config = self.config?;
+        Ok(BalancedProxy::new(config, discover))
     }
 
     /// Builds the proxy over `client`, any tower `Service` that sends a request to

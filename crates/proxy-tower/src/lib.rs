@@ -97,6 +97,7 @@
 #![deny(missing_docs)]
 
 mod abort;
+mod balance;
 mod body;
 mod client;
 mod config;
@@ -107,6 +108,9 @@ mod proxy;
 mod tunnel;
 
 pub use abort::{ResetHandle, ResetOnAbort};
+pub use balance::{
+    BASE_EJECTION, BalancedProxy, DEFAULT_EJECT_AFTER, MAX_EJECTION, UpstreamStatus,
+};
 pub use body::{ProxyBody, RequestBody};
 pub use client::{DefaultClient, DefaultClientFuture};
 pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};

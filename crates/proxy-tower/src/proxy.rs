@@ -153,6 +153,20 @@ pub struct ResponseFuture<B> {
     inner: Forwarding<B>,
 }
 
+impl<B> ResponseFuture<B> {
+    pub(crate) fn new(fut: impl Future<Output = Response<ProxyBody<B>>> + Send + 'static) -> Self {
+        ResponseFuture {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
+/// On an error response: the request could not be sent at all (no connection
+/// to the upstream), so it may be sent elsewhere. Set by the proxy; the
+/// balancer adds which upstream it was.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unsent(pub(crate) Option<u64>);
+
 impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<ProxyBody<B>>, Infallible>;
 
@@ -254,6 +268,12 @@ fn nonce() -> [u8; 16] {
     out[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
     out[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
     out
+}
+
+/// True if the client failed before sending a byte: it could not connect.
+fn is_unsent(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 /// The error of a failed upstream call: 413 when the request body hit a size
@@ -377,7 +397,14 @@ where
     };
     let res = match result {
         Ok(res) => res,
-        Err(e) => return error_response(config, &origin, upstream_error(e)),
+        Err(e) => {
+            let unsent = is_unsent(&*e);
+            let mut res = error_response(config, &origin, upstream_error(e));
+            if unsent {
+                res.extensions_mut().insert(Unsent(None));
+            }
+            return res;
+        }
     };
 
     let (mut parts, body) = res.into_parts();

@@ -1,0 +1,573 @@
+//! Several upstreams behind one proxy: tower's p2c balancer spreads requests,
+//! failing upstreams are ejected for a while, and a request that could not be
+//! sent at all is retried once on another upstream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use std::future::Future;
+
+use futures_util::{Stream, StreamExt};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tower::balance::p2c::Balance;
+use tower::discover::{Change, Discover};
+use tower::load::Load;
+use tower_service::Service;
+
+use crate::body::ProxyBody;
+use crate::config::Config;
+use crate::proxy::{ResponseFuture, Unsent};
+use crate::{BoxError, RequestBody, ReverseProxy, Tunnels};
+
+/// Consecutive failures (connection refused or timed out, response timeout)
+/// after which an upstream is ejected.
+pub const DEFAULT_EJECT_AFTER: u32 = 3;
+/// How long the first ejection lasts; each further one in a row doubles it,
+/// up to [`MAX_EJECTION`].
+pub const BASE_EJECTION: Duration = Duration::from_secs(5);
+/// The longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// A reverse proxy over several upstreams. Made by
+/// [`Builder::build_balanced`](crate::Builder::build_balanced) (a fixed list)
+/// or [`Builder::build_discovered`](crate::Builder::build_discovered) (any
+/// `tower::discover::Discover` of upstream URIs: DNS, Consul, Kubernetes).
+///
+/// - Requests are spread by tower's power-of-two-choices balancer
+///   (`tower::balance::p2c`), the load being each upstream's requests in
+///   flight. An upgraded connection stays on the upstream that answered its
+///   101: its tunnel is that upstream's connection.
+/// - Passive health: an upstream whose connections are refused or time out, or
+///   that lets the response timeout pass, [`DEFAULT_EJECT_AFTER`] times in a
+///   row is ejected for [`BASE_EJECTION`], doubled for each ejection in a row
+///   (up to [`MAX_EJECTION`]; Envoy's outlier detection). When every upstream
+///   is ejected, the proxy tries them anyway rather than failing everything.
+/// - A request that could not be sent at all (no connection) is retried once
+///   on another upstream when it has no body and is not an upgrade; nothing
+///   else is retried.
+///
+/// Every upstream gets the same options (timeouts, policies, hooks), set on
+/// the builder. Like [`ReverseProxy`] it never fails: `Error = Infallible`.
+///
+/// ```
+/// # fn main() -> Result<(), proxy_tower::ProxyError> {
+/// use std::time::Duration;
+///
+/// let proxy = proxy_tower::ReverseProxy::builder("http://10.0.0.1:3000")
+///     .upstream("http://10.0.0.2:3000")
+///     .upstream("http://10.0.0.3:3000")
+///     .connect_timeout(Duration::from_secs(1))
+///     .build_balanced()?;
+/// # let _ = proxy; Ok(()) }
+/// ```
+pub struct BalancedProxy {
+    shared: Arc<Shared>,
+}
+
+impl Clone for BalancedProxy {
+    fn clone(&self) -> Self {
+        BalancedProxy {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for BalancedProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancedProxy")
+            .field("upstreams", &self.upstreams())
+            .finish_non_exhaustive()
+    }
+}
+
+type Uris = Pin<Box<dyn Stream<Item = Result<Change<u64, Endpoint>, BoxError>> + Send>>;
+
+struct Shared {
+    balance: Mutex<Balance<Uris, Request<RequestBody>>>,
+    /// Every upstream the balancer has, for the retry and the fallback.
+    known: Arc<Mutex<Vec<Endpoint>>>,
+    tunnels: Tunnels,
+    turn: AtomicUsize,
+}
+
+/// The state of one upstream, as [`BalancedProxy::upstreams`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamStatus {
+    /// The upstream.
+    pub uri: Uri,
+    /// False while it is ejected.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: usize,
+}
+
+impl BalancedProxy {
+    pub(crate) fn new<D>(config: Config, discover: D) -> Self
+    where
+        D: Discover<Service = Uri> + Send + 'static,
+        D::Key: Hash + Eq + Clone + Send,
+        D::Error: Into<BoxError>,
+    {
+        let known = Arc::new(Mutex::new(Vec::new()));
+        let uris: Uris = Box::pin(Endpoints {
+            discover: Box::pin(discover),
+            config: config.clone(),
+            ids: HashMap::new(),
+            next_id: 0,
+            known: known.clone(),
+        });
+        BalancedProxy {
+            shared: Arc::new(Shared {
+                balance: Mutex::new(Balance::new(uris)),
+                known,
+                tunnels: config.tunnels.clone(),
+                turn: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The upstreams known now, with their health.
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        lock(&self.shared.known)
+            .iter()
+            .map(|e| UpstreamStatus {
+                uri: e.uri.clone(),
+                healthy: !e.health.is_ejected(),
+                in_flight: e.in_flight.load(Ordering::Acquire),
+            })
+            .collect()
+    }
+
+    /// True if at least one upstream is not ejected.
+    pub fn is_ready(&self) -> bool {
+        lock(&self.shared.known)
+            .iter()
+            .any(|e| !e.health.is_ejected())
+    }
+
+    /// The tunnels this proxy has open, on every upstream.
+    pub fn tunnels(&self) -> Tunnels {
+        self.shared.tunnels.clone()
+    }
+
+    /// The first try: the balancer's pick, or any upstream when the balancer
+    /// has none ready (all ejected); `None` when no upstream is known.
+    fn first_try(&self, req: Request<RequestBody>) -> Option<ResponseFuture<Incoming>> {
+        let mut balance = lock(&self.shared.balance);
+        // Polled once per request, never waited on: an upstream that is not
+        // ready now (ejected) leaves the choice to the others.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match balance.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                let fut = balance.call(req);
+                drop(balance);
+                Some(ResponseFuture::new(async move {
+                    match fut.await {
+                        Ok(res) => res,
+                        Err(e) => no_upstream(&format!("balancer failed: {e}")),
+                    }
+                }))
+            }
+            Poll::Ready(Err(e)) => {
+                drop(balance);
+                tracing::warn!(error = %e, "upstream discovery failed");
+                self.any_other(None).map(|mut e| e.call_unready(req))
+            }
+            Poll::Pending => {
+                drop(balance);
+                // Every upstream ejected (or none yet): try one anyway.
+                self.any_other(None).map(|mut e| e.call_unready(req))
+            }
+        }
+    }
+
+    /// An upstream other than `not` (by id), healthy ones first, in turn.
+    fn any_other(&self, not: Option<u64>) -> Option<Endpoint> {
+        let known = lock(&self.shared.known);
+        let candidates: Vec<&Endpoint> = known.iter().filter(|e| Some(e.id) != not).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
+        let healthy: Vec<&&Endpoint> = candidates
+            .iter()
+            .filter(|e| !e.health.is_ejected())
+            .collect();
+        let chosen = match healthy.as_slice() {
+            [] => candidates[turn % candidates.len()],
+            some => some[turn % some.len()],
+        };
+        Some(chosen.clone())
+    }
+}
+
+/// The response of an infallible future.
+async fn settle(fut: ResponseFuture<Incoming>) -> Response<ProxyBody<Incoming>> {
+    match fut.await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn no_upstream(why: &str) -> Response<ProxyBody<Incoming>> {
+    tracing::warn!(reason = why, "no upstream available");
+    let mut res = Response::new(ProxyBody::message(Bytes::from_static(
+        b"Service Unavailable\n",
+    )));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    res
+}
+
+/// A request's head, kept to send it again (only bodiless, non-upgrade
+/// requests are).
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Replay {
+    fn of(req: &Request<RequestBody>) -> Option<Self> {
+        let upgrade = req.headers().contains_key(http::header::UPGRADE)
+            || req.method() == http::Method::CONNECT;
+        (req.body().is_end_stream() && !upgrade).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+        })
+    }
+
+    fn request(self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::new(http_body_util::Empty::<Bytes>::new()));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
+        req
+    }
+}
+
+impl<B> Service<Request<B>> for BalancedProxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody<Incoming>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Incoming>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let req = req.map(RequestBody::new);
+        let replay = Replay::of(&req);
+        let Some(first) = self.first_try(req) else {
+            return ResponseFuture::new(async { no_upstream("no upstream is known") });
+        };
+        let this = self.clone();
+        ResponseFuture::new(async move {
+            let res = settle(first).await;
+            let Some(Unsent(failed)) = res.extensions().get::<Unsent>().copied() else {
+                return res;
+            };
+            // Not a byte went out: once more, on another upstream.
+            let (Some(replay), Some(mut other)) = (replay, this.any_other(failed)) else {
+                return res;
+            };
+            tracing::debug!(upstream = %other.uri, "retrying a request that could not be sent");
+            settle(other.call_unready(replay.request())).await
+        })
+    }
+}
+
+/// Turns the user's stream of upstream URIs into the balancer's endpoints,
+/// and keeps the list of them.
+struct Endpoints<D: Discover> {
+    discover: Pin<Box<D>>,
+    config: Config,
+    ids: HashMap<D::Key, u64>,
+    next_id: u64,
+    known: Arc<Mutex<Vec<Endpoint>>>,
+}
+
+// Nothing in it is pinned in place: the discover stream is boxed.
+impl<D: Discover> Unpin for Endpoints<D> {}
+
+impl<D> Stream for Endpoints<D>
+where
+    D: Discover<Service = Uri>,
+    D::Key: Hash + Eq + Clone,
+    D::Error: Into<BoxError>,
+{
+    type Item = Result<Change<u64, Endpoint>, BoxError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let change = match this.discover.as_mut().poll_discover(cx) {
+                Poll::Ready(Some(Ok(c))) => c,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match change {
+                Change::Insert(key, uri) => {
+                    let config = match this.config.rules.for_upstream(uri.clone()) {
+                        Ok(rules) => Config {
+                            rules,
+                            ..this.config.clone()
+                        },
+                        Err(e) => {
+                            tracing::warn!(%uri, error = %e, "upstream ignored");
+                            continue;
+                        }
+                    };
+                    let id = this.next_id;
+                    this.next_id += 1;
+                    if let Some(old) = this.ids.insert(key, id) {
+                        lock(&this.known).retain(|e| e.id != old);
+                    }
+                    let health = Health::new(config.eject_after, config.base_ejection);
+                    let endpoint =
+                        Endpoint::new(id, uri, ReverseProxy::from_config(config), health);
+                    lock(&this.known).push(endpoint.clone());
+                    return Poll::Ready(Some(Ok(Change::Insert(id, endpoint))));
+                }
+                Change::Remove(key) => {
+                    let Some(id) = this.ids.remove(&key) else {
+                        continue;
+                    };
+                    lock(&this.known).retain(|e| e.id != id);
+                    return Poll::Ready(Some(Ok(Change::Remove(id))));
+                }
+            }
+        }
+    }
+}
+
+/// One upstream: its proxy, its health, its load.
+struct Endpoint {
+    id: u64,
+    uri: Uri,
+    proxy: ReverseProxy,
+    health: Arc<Health>,
+    in_flight: Arc<AtomicUsize>,
+    /// Wakes the balancer when an ejection ends.
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        Endpoint {
+            id: self.id,
+            uri: self.uri.clone(),
+            proxy: self.proxy.clone(),
+            health: self.health.clone(),
+            in_flight: self.in_flight.clone(),
+            wait: None,
+        }
+    }
+}
+
+type EndpointFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody<Incoming>>, Infallible>> + Send>>;
+
+impl Endpoint {
+    fn new(id: u64, uri: Uri, proxy: ReverseProxy, health: Health) -> Self {
+        Endpoint {
+            id,
+            uri,
+            proxy,
+            health: Arc::new(health),
+            in_flight: Arc::default(),
+            wait: None,
+        }
+    }
+
+    /// Calls it whether or not it is ejected (the fallbacks).
+    fn call_unready(&mut self, req: Request<RequestBody>) -> ResponseFuture<Incoming> {
+        let fut = self.call(req);
+        ResponseFuture::new(async move {
+            match fut.await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+impl Load for Endpoint {
+    type Metric = usize;
+
+    fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+impl Service<Request<RequestBody>> for Endpoint {
+    type Response = Response<ProxyBody<Incoming>>;
+    type Error = Infallible;
+    type Future = EndpointFuture;
+
+    /// Pending while ejected; the ejection's end wakes the balancer.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let Some(until) = self.health.ejected_until() else {
+            self.wait = None;
+            return Poll::Ready(Ok(()));
+        };
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if wait.deadline() != until {
+            wait.as_mut().reset(until);
+        }
+        match wait.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.wait = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> EndpointFuture {
+        let in_flight = InFlight::start(&self.in_flight);
+        let health = self.health.clone();
+        let (id, uri) = (self.id, self.uri.clone());
+        let fut = Service::<Request<RequestBody>>::call(&mut self.proxy, req);
+        Box::pin(async move {
+            let mut res = match fut.await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            drop(in_flight);
+            let unsent = res.extensions().get::<Unsent>().is_some();
+            if unsent || res.status() == StatusCode::GATEWAY_TIMEOUT {
+                health.failure(&uri);
+            } else if res.status() != StatusCode::BAD_GATEWAY {
+                health.success();
+            }
+            if unsent {
+                // Say which upstream it was, for the retry.
+                res.extensions_mut().insert(Unsent(Some(id)));
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// One request in flight to an upstream (its load), until its response head.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Passive health of one upstream (outlier detection).
+struct Health {
+    eject_after: u32,
+    base_ejection: Duration,
+    failures: AtomicU32,
+    /// Ejections in a row (reset by a success), for the growing cool-down.
+    ejections: AtomicU32,
+    /// When the current ejection ends, in nanoseconds after `EPOCH`; 0: none.
+    ejected_until: AtomicU64,
+}
+
+/// The reference point of `Health::ejected_until`.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
+}
+
+impl Health {
+    fn new(eject_after: u32, base_ejection: Duration) -> Self {
+        Health {
+            eject_after,
+            base_ejection,
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    fn ejected_until(&self) -> Option<Instant> {
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => None,
+            n => {
+                let until = epoch() + Duration::from_nanos(n);
+                (until > Instant::now()).then_some(until)
+            }
+        }
+    }
+
+    fn is_ejected(&self) -> bool {
+        self.ejected_until().is_some()
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.ejections.store(0, Ordering::Release);
+    }
+
+    fn failure(&self, uri: &Uri) {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.eject_after == 0 || n < self.eject_after || self.is_ejected() {
+            return;
+        }
+        self.failures.store(0, Ordering::Release);
+        let k = self.ejections.fetch_add(1, Ordering::AcqRel);
+        let cool_down = self
+            .base_ejection
+            .saturating_mul(1u32 << k.min(16))
+            .min(MAX_EJECTION);
+        let until = Instant::now() + cool_down - epoch();
+        self.ejected_until
+            .store(until.as_nanos().max(1) as u64, Ordering::Release);
+        tracing::warn!(upstream = %uri, failures = n, ?cool_down, "upstream ejected");
+    }
+}
+
+/// Upstream URIs that never change, as a `Discover`.
+pub(crate) fn fixed(
+    uris: Vec<Uri>,
+) -> impl Discover<Service = Uri, Key = usize, Error = Infallible> {
+    futures_util::stream::iter(
+        uris.into_iter()
+            .enumerate()
+            .map(|(i, uri)| Ok::<_, Infallible>(Change::Insert(i, uri))),
+    )
+    .chain(futures_util::stream::pending())
+}

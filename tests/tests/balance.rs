@@ -1,0 +1,251 @@
+//! Several upstreams behind one `BalancedProxy`: requests spread over them,
+//! a dead upstream is ejected without a client seeing an error for requests
+//! that could be sent elsewhere, and it comes back once it is up again.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e_tests::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy_tower::ReverseProxy;
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+/// An upstream that answers its name, and can be killed (listener and every
+/// connection closed) and started again on the same port.
+struct Upstream {
+    addr: SocketAddr,
+    name: &'static str,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        let (listener, addr) = listener().await;
+        let up = Upstream {
+            addr,
+            name,
+            tasks: Arc::default(),
+        };
+        up.run(listener);
+        up
+    }
+
+    fn run(&self, listener: TcpListener) {
+        let (name, tasks) = (self.name, self.tasks.clone());
+        let accept = tokio::spawn({
+            let tasks = tasks.clone();
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let conn = tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |_req| async move {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                    tasks.lock().unwrap().push(conn.abort_handle());
+                }
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    /// Closes the listener and every connection.
+    async fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        // The port refuses connections once the listener is dropped.
+        within("the port to close", async {
+            while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+
+    async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        self.run(listener);
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Sends `n` GETs, 16 at a time; returns how many each upstream answered, and
+/// the statuses that were not 200.
+async fn spread(addr: SocketAddr, n: usize) -> (HashMap<String, usize>, Vec<u16>) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let mut counts = HashMap::new();
+    let mut errors = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(16);
+        left -= batch;
+        let mut calls = Vec::new();
+        for _ in 0..batch {
+            let req = Request::get(format!("http://{addr}/"))
+                .body(Empty::new().boxed())
+                .unwrap();
+            calls.push(client.request(req));
+        }
+        for call in calls {
+            let res = within("a response", call).await.expect("a response");
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            if status == 200 {
+                *counts
+                    .entry(String::from_utf8_lossy(&body).into_owned())
+                    .or_default() += 1;
+            } else {
+                errors.push(status);
+            }
+        }
+    }
+    (counts, errors)
+}
+
+/// Three upstreams, 3,000 requests: each gets its share within 20%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_over_the_upstreams() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let proxy = ReverseProxy::builder(&format!("http://{}", ups[0].addr))
+        .upstream(&format!("http://{}", ups[1].addr))
+        .upstream(&format!("http://{}", ups[2].addr))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    let (counts, errors) = spread(addr, 3000).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    for up in &ups {
+        let got = counts.get(up.name).copied().unwrap_or(0);
+        assert!(
+            (800..=1200).contains(&got),
+            "{}: {got} of 3000 ({counts:?})",
+            up.name
+        );
+    }
+    assert_eq!(proxy.upstreams().len(), 3);
+    assert!(proxy.upstreams().iter().all(|u| u.healthy));
+}
+
+/// One upstream killed between requests: no client sees an error (the
+/// requests that find it dead were never sent, and go to another), it is
+/// ejected, and once it is up again it gets requests again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_is_ejected_and_comes_back() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = ReverseProxy::builder(&format!("http://{}", a.addr))
+        .upstream(&format!("http://{}", b.addr))
+        .outlier_detection(3, Duration::from_millis(300))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    let (counts, errors) = spread(addr, 200).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(counts.contains_key("b"), "{counts:?}");
+
+    b.kill().await;
+    let (counts, errors) = spread(addr, 300).await;
+    assert!(errors.is_empty(), "clients saw {errors:?} while b was down");
+    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
+    let b_uri = format!("http://{}/", b.addr);
+    let status = proxy.upstreams();
+    let b_status = status.iter().find(|u| u.uri == b_uri.as_str()).unwrap();
+    assert!(!b_status.healthy, "b still counted healthy: {status:?}");
+    assert!(proxy.is_ready());
+
+    b.restart().await;
+    within("b to serve again", async {
+        loop {
+            let (counts, errors) = spread(addr, 16).await;
+            assert!(errors.is_empty(), "{errors:?}");
+            if counts.contains_key("b") {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// With every upstream down, the proxy still tries them (502, not a refusal
+/// of its own), and serves again as soon as one is back, ejected or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_ejected_are_tried_anyway() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = ReverseProxy::builder(&format!("http://{}", a.addr))
+        .upstream(&format!("http://{}", b.addr))
+        .outlier_detection(1, Duration::from_secs(3600))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    a.kill().await;
+    b.kill().await;
+    let (_, errors) = spread(addr, 8).await;
+    assert!(errors.iter().all(|&s| s == 502), "{errors:?}");
+    assert!(!proxy.is_ready(), "{:?}", proxy.upstreams());
+    a.restart().await;
+    let (counts, errors) = spread(addr, 8).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.get("a"), Some(&8));
+}
+
+/// A tunnel stays on the upstream that answered its 101: killing that
+/// upstream ends only its tunnels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_stay_on_their_upstream() {
+    let (up1, mut heads1) = raw_upstream().await;
+    let (up2, mut heads2) = raw_upstream().await;
+    let proxy = ReverseProxy::builder(&format!("http://{up1}"))
+        .upstream(&format!("http://{up2}"))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy).await;
+    // Open tunnels until both upstreams hold one.
+    let mut on1 = None;
+    let mut on2 = None;
+    within("a tunnel on each upstream", async {
+        while on1.is_none() || on2.is_none() {
+            let mut cli = send_upgrade(addr, "echo", b"").await;
+            let (mut srv, slot) = tokio::select! {
+                Some((_, srv)) = heads1.recv() => (srv, &mut on1),
+                Some((_, srv)) = heads2.recv() => (srv, &mut on2),
+            };
+            switch_protocols(&mut srv, "echo").await;
+            let head = read_head(&mut cli).await.unwrap();
+            assert_eq!(status_of(&head), 101, "{head}");
+            if slot.is_none() {
+                *slot = Some((cli, srv));
+            }
+        }
+    })
+    .await;
+    let (mut cli1, srv1) = on1.unwrap();
+    let (mut cli2, mut srv2) = on2.unwrap();
+    // Upstream 1 dies (its socket reset); tunnel 2 carries on.
+    srv1.set_zero_linger().unwrap();
+    drop(srv1);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut b = [0u8; 4];
+    assert!(
+        !matches!(within("tunnel 1 to end", cli1.read(&mut b)).await, Ok(n) if n > 0),
+        "tunnel 1 still carries bytes"
+    );
+    cli2.write_all(b"ping").await.unwrap();
+    within("tunnel 2", srv2.read_exact(&mut b)).await.unwrap();
+    assert_eq!(&b, b"ping");
+}
