@@ -54,10 +54,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     listen: SocketAddr,
 
-    /// Upstream to forward to, e.g. http://127.0.0.1:3000. Without it, a built-in
-    /// demo upstream is started on a loopback port and used.
+    /// Upstream to forward to, e.g. http://127.0.0.1:3000. Repeat it for
+    /// several: requests are then spread over them (power of two choices on
+    /// requests in flight), an upstream that keeps refusing connections is
+    /// ejected for a while, and a request that could not be sent is retried
+    /// once on another. Without it, a built-in demo upstream is started on a
+    /// loopback port and used.
     #[arg(long, value_name = "URL")]
-    upstream: Option<String>,
+    upstream: Vec<String>,
 
     /// Trust the CA certificates in FILE (PEM) for an https upstream, instead of
     /// the bundled web PKI roots.
@@ -322,7 +326,16 @@ mod tests {
             "http://127.0.0.1:3000",
         ])
         .unwrap();
-        assert_eq!(cli.serve.upstream.as_deref(), Some("http://127.0.0.1:3000"));
+        assert_eq!(cli.serve.upstream, ["http://127.0.0.1:3000"]);
+        let two = Cli::try_parse_from([
+            "halfclose-proxy",
+            "--upstream",
+            "http://a:3000",
+            "--upstream",
+            "http://b:3000",
+        ])
+        .unwrap();
+        assert_eq!(two.serve.upstream, ["http://a:3000", "http://b:3000"]);
         let probe =
             Cli::try_parse_from(["halfclose-proxy", "probe", "http://127.0.0.1:8080/"]).unwrap();
         assert!(matches!(probe.command, Some(Command::Probe(_))));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proxy_tower::{ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
+use proxy_tower::{BalancedProxy, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
@@ -51,14 +51,15 @@ fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     }
 }
 
-/// The proxy of one of `workers` workers; `upstream_ca` is the PEM of
-/// `--upstream-ca`.
+/// The proxy of one of `workers` workers, over `upstreams` (one, or several
+/// balanced); `upstream_ca` is the PEM of `--upstream-ca`.
 fn build_proxy(
     args: &ServeArgs,
-    upstream: &str,
+    upstreams: &[String],
     upstream_ca: Option<&[u8]>,
     workers: usize,
-) -> Result<ReverseProxy, String> {
+) -> Result<Upstreams, String> {
+    let (first, more) = upstreams.split_first().ok_or("no upstream")?;
     let forwarded = ForwardedHeaders::default()
         .forwarded(args.forwarded)
         .trust_incoming(args.trust_forwarded);
@@ -66,7 +67,7 @@ fn build_proxy(
         Some(name) => forwarded.via(name),
         None => forwarded,
     };
-    let mut b = ReverseProxy::builder(upstream)
+    let mut b = ReverseProxy::builder(first)
         .connect_timeout(args.connect_timeout)
         .host_header(if args.preserve_host {
             HostHeader::Preserve
@@ -100,7 +101,55 @@ fn build_proxy(
     }
     #[cfg(not(feature = "tls"))]
     let _ = upstream_ca;
-    b.build().map_err(|e| e.to_string())
+    if more.is_empty() {
+        return b.build().map(Upstreams::One).map_err(|e| e.to_string());
+    }
+    for u in more {
+        b = b.upstream(u);
+    }
+    b.build_balanced()
+        .map(Upstreams::Many)
+        .map_err(|e| e.to_string())
+}
+
+/// The proxy a worker serves: to one upstream, or balanced over several.
+#[derive(Clone)]
+pub(crate) enum Upstreams {
+    One(ReverseProxy),
+    Many(BalancedProxy),
+}
+
+impl Upstreams {
+    fn tunnels(&self) -> proxy_tower::Tunnels {
+        match self {
+            Upstreams::One(p) => p.tunnels(),
+            Upstreams::Many(p) => p.tunnels(),
+        }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for Upstreams
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<proxy_tower::BoxError>,
+{
+    type Response = http::Response<proxy_tower::ProxyBody<hyper::body::Incoming>>;
+    type Error = std::convert::Infallible;
+    type Future = proxy_tower::ResponseFuture<hyper::body::Incoming>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match self {
+            Upstreams::One(p) => p.call(req),
+            Upstreams::Many(p) => p.call(req),
+        }
+    }
 }
 
 /// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`
@@ -284,14 +333,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         sockets.push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
     }
 
-    let (upstream, demo_addr) = match &args.upstream {
-        Some(u) => (u.clone(), None),
-        None => {
+    let (upstreams, demo_addr) = match args.upstream.as_slice() {
+        [] => {
             let addr = control
                 .block_on(demo::start())
                 .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
-            (format!("http://{addr}"), Some(addr))
+            (vec![format!("http://{addr}")], Some(addr))
         }
+        some => (some.to_vec(), None),
     };
 
     #[cfg(feature = "tls")]
@@ -341,12 +390,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let ids = stack::RequestIds::new();
     let max_body = args.max_request_body.map(|b| b.0).filter(|&n| n > 0);
     let mut tunnels = Vec::with_capacity(workers);
-    let mut upstream_uri = None;
+    // Built once the proxies have checked them.
+    let upstream_uris: Vec<http::Uri> = upstreams.iter().filter_map(|u| u.parse().ok()).collect();
     for (i, socket) in sockets.into_iter().enumerate() {
         // Each worker has its own proxy: its own upstream pool, on its thread.
-        let proxy = build_proxy(&args, &upstream, upstream_ca.as_deref(), workers)?;
+        let proxy = build_proxy(&args, &upstreams, upstream_ca.as_deref(), workers)?;
         tunnels.push(proxy.tunnels());
-        upstream_uri.get_or_insert_with(|| proxy.upstream().clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -382,7 +431,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
 
     control.block_on(async {
         if demo_addr.is_none() {
-            if let Some(uri) = upstream_uri {
+            for uri in upstream_uris {
                 check_upstream(uri, args.connect_timeout);
             }
         }
@@ -397,7 +446,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         say!("listening on {scheme}://{local}");
         match demo_addr {
             Some(demo) => print_demo_help(scheme, local, demo),
-            None => say!("forwarding to {upstream}"),
+            None => say!("forwarding to {}", upstreams.join(", ")),
         }
         shutdown.await;
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::serve::Upstreams;
 use http::{HeaderValue, Request};
-use proxy_tower::ReverseProxy;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,7 +30,7 @@ use tracing::Level;
 /// 4. A panic (in a hook of a library user's stack, say) becomes a 500 and an
 ///    ERROR line, not a dropped connection.
 pub(crate) fn build(
-    proxy: ReverseProxy,
+    proxy: Upstreams,
     ids: RequestIds,
     max_body: Option<usize>,
 ) -> impl tower::Service<

@@ -872,3 +872,41 @@ async fn request_bodies_past_the_limit_are_413() {
     assert_eq!(body, vec![b'c'; 500]);
     proxy.stop().await;
 }
+
+/// `--upstream` twice: requests spread over both; with one of them down,
+/// clients still get every answer (the unsent requests go to the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_upstreams_are_balanced() {
+    let named = |name: &'static str| {
+        serve_fn(move |_req| async move {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(name)))
+        })
+    };
+    let (a, b) = (named("a").await, named("b").await);
+    let down = closed_port().await;
+    let (ua, ub, ud) = (
+        format!("http://{a}"),
+        format!("http://{b}"),
+        format!("http://{down}"),
+    );
+    let proxy = Proxy::start(&["--upstream", &ua, "--upstream", &ub]).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (head, body) = raw_get(proxy.addr, "/").await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "both upstreams answered");
+    proxy.stop().await;
+
+    let proxy = Proxy::start(&["--upstream", &ua, "--upstream", &ud]).await;
+    for _ in 0..20 {
+        let (head, body) = raw_get(proxy.addr, "/").await;
+        assert_eq!(
+            (status_of(&head), body.as_slice()),
+            (200, &b"a"[..]),
+            "{head}"
+        );
+    }
+    proxy.stop().await;
+}

@@ -295,10 +295,18 @@ where
             };
             // Not a byte went out: once more, on another upstream.
             let (Some(replay), Some(mut other)) = (replay, this.any_other(failed)) else {
+                tracing::warn!(
+                    status = res.status().as_u16(),
+                    "request not sent: its upstream took no connection, and it cannot be sent again (a body, an upgrade, or no other upstream)"
+                );
                 return res;
             };
             tracing::debug!(upstream = %other.uri, "retrying a request that could not be sent");
-            settle(other.call_unready(replay.request())).await
+            let res = settle(other.call_unready(replay.request())).await;
+            if res.extensions().get::<Unsent>().is_some() {
+                tracing::warn!(upstream = %other.uri, "request not sent: no upstream took the connection");
+            }
+            res
         })
     }
 }
@@ -338,6 +346,7 @@ where
                     let config = match this.config.rules.for_upstream(uri.clone()) {
                         Ok(rules) => Config {
                             rules,
+                            balanced: true,
                             ..this.config.clone()
                         },
                         Err(e) => {

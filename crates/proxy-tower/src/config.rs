@@ -44,6 +44,8 @@ pub(crate) struct Config {
     /// ejection, and the first ejection's length.
     pub(crate) eject_after: u32,
     pub(crate) base_ejection: Duration,
+    /// One upstream of a [`BalancedProxy`].
+    pub(crate) balanced: bool,
     /// Trust anchors for an `https` upstream instead of the bundled roots.
     #[cfg(feature = "tls")]
     pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
@@ -67,6 +69,7 @@ impl Config {
             more_upstreams: Vec::new(),
             eject_after: crate::DEFAULT_EJECT_AFTER,
             base_ejection: crate::BASE_EJECTION,
+            balanced: false,
             #[cfg(feature = "tls")]
             upstream_ca: None,
         }

@@ -204,6 +204,17 @@ const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Response<ProxyBody<B>> {
+    error_response_logged(config, origin, err, false)
+}
+
+/// `quiet`: log at DEBUG whatever the error (a failure someone else handles,
+/// like a balancer retrying an unsent request elsewhere).
+fn error_response_logged<B>(
+    config: &Config,
+    origin: &Origin,
+    err: ProxyError,
+    quiet: bool,
+) -> Response<ProxyBody<B>> {
     // A client can cause 4xx answers at will: DEBUG, so it cannot flood the logs.
     macro_rules! log {
         ($level:ident) => {
@@ -228,7 +239,7 @@ fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Respo
             }
         };
     }
-    if err.is_client_error() {
+    if quiet || err.is_client_error() {
         log!(debug);
     } else {
         log!(warn);
@@ -399,7 +410,10 @@ where
         Ok(res) => res,
         Err(e) => {
             let unsent = is_unsent(&*e);
-            let mut res = error_response(config, &origin, upstream_error(e));
+            // Behind a balancer, an unsent request is retried elsewhere, and
+            // an upstream that keeps refusing is ejected with a WARN line.
+            let quiet = unsent && config.balanced;
+            let mut res = error_response_logged(config, &origin, upstream_error(e), quiet);
             if unsent {
                 res.extensions_mut().insert(Unsent(None));
             }
