@@ -6,6 +6,7 @@
 //! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 
+mod admin;
 mod conn;
 mod demo;
 mod probe;
@@ -143,6 +144,12 @@ pub(crate) struct ServeArgs {
     /// with a unit: `k`, `m`, `g` (binary: 1k = 1024; `kb`, `kib` alike).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_request_body: Option<Size>,
+
+    /// Serve `GET /metrics` (Prometheus text), `GET /healthz` (the proxy is up)
+    /// and `GET /readyz` (an upstream is healthy) on this address, never the
+    /// proxied port. Off by default; metrics are only recorded when it is on.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<SocketAddr>,
 
     /// Maximum concurrent client connections, upgraded ones (tunnels) included.
     /// When a client arrives at the limit, idle keep-alive connections are closed

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use crate::{ServeArgs, conn, demo, stack};
+use crate::{ServeArgs, admin, conn, demo, stack};
 
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
 /// stop proxying, so errors are ignored (`println!` would panic).
@@ -387,6 +387,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         limit: Arc::new(Semaphore::new(args.max_connections.max(1))),
         listening,
     };
+    // Metrics are recorded only when someone can read them.
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let listener = control.block_on(admin::bind(addr))?;
+            let handle = admin::install_recorder()?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
+    let mut admin_upstreams = Vec::new();
     let ids = stack::RequestIds::new();
     let max_body = args.max_request_body.map(|b| b.0).filter(|&n| n > 0);
     let mut tunnels = Vec::with_capacity(workers);
@@ -396,6 +406,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Each worker has its own proxy: its own upstream pool, on its thread.
         let proxy = build_proxy(&args, &upstreams, upstream_ca.as_deref(), workers)?;
         tunnels.push(proxy.tunnels());
+        admin_upstreams.push(proxy.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -444,6 +455,20 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             certificate,
         );
         say!("listening on {scheme}://{local}");
+        if let Some((listener, handle)) = admin {
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            admin::serve(
+                listener,
+                admin::Admin {
+                    metrics: handle,
+                    upstreams: admin_upstreams,
+                    connections: limit.clone(),
+                    max_connections: args.max_connections.max(1),
+                    connect_timeout: args.connect_timeout,
+                },
+            );
+            say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
+        }
         match demo_addr {
             Some(demo) => print_demo_help(scheme, local, demo),
             None => say!("forwarding to {}", upstreams.join(", ")),

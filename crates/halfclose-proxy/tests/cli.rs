@@ -910,3 +910,190 @@ async fn repeated_upstreams_are_balanced() {
     }
     proxy.stop().await;
 }
+
+/// Fetches `path` from the admin listener: (status, body).
+async fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    let mut cli = TcpStream::connect(addr).await.unwrap();
+    cli.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The value of a sample of `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// `--admin-listen`: `/healthz`, `/readyz` (503 once the upstream is gone),
+/// and `/metrics` in the Prometheus text format, whose counters match what
+/// the test did: requests by class, a tunnel with its bytes and FIN order, a
+/// half-close timeout, a reset passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_what_happened() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let mut proxy = Proxy::in_front_of(
+        upstream,
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--tunnel-half-close-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    let line = proxy.line_starting("admin on http://").await;
+    let admin = line
+        .strip_prefix("admin on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(admin_get(&admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(admin_get(&admin, "/readyz").await.0, 200);
+
+    // Three plain requests: 204, 204, 404.
+    for status in ["204 No Content", "204 No Content", "404 Not Found"] {
+        let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+        cli.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, mut srv) = within("request", heads.recv()).await.unwrap();
+        srv.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_response(&mut cli).await;
+    }
+    // A clean tunnel: 5 bytes up, 3 down, the client's FIN first.
+    let (mut cli, mut srv) = open_tunnel(proxy.addr, &mut heads, "echo").await;
+    cli.write_all(b"12345").await.unwrap();
+    cli.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("EOF upstream", srv.read_to_end(&mut got))
+        .await
+        .unwrap();
+    srv.write_all(b"abc").await.unwrap();
+    srv.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within("EOF at the client", cli.read_to_end(&mut back))
+        .await
+        .unwrap();
+    // A tunnel left half-closed until the half-close timeout ends it.
+    let (mut cli2, mut srv2) = open_tunnel(proxy.addr, &mut heads, "echo").await;
+    cli2.shutdown().await.unwrap();
+    within("EOF upstream", srv2.read_to_end(&mut got))
+        .await
+        .unwrap();
+    let _ = within("the timeout to end the tunnel", cli2.read_to_end(&mut back)).await;
+    // An upstream reset, passed on to the client.
+    let (mut cli3, srv3) = open_tunnel(proxy.addr, &mut heads, "echo").await;
+    srv3.set_zero_linger().unwrap();
+    drop(srv3);
+    let _ = within("the reset", cli3.read_to_end(&mut back)).await;
+
+    let scrape = within("metrics to settle", async {
+        loop {
+            let (status, text) = admin_get(&admin, "/metrics").await;
+            assert_eq!(status, 200);
+            let lines = text.lines().map(|l| Ok(l.to_owned()));
+            let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+            if sample(&scrape, "proxy_tunnels_open", &[]) == 0.0
+                && sample(&scrape, "proxy_tunnels_closed_total", &[]) >= 3.0
+            {
+                return scrape;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        sample(&scrape, "proxy_requests_total", &[("class", "2xx")]),
+        2.0
+    );
+    assert_eq!(
+        sample(&scrape, "proxy_requests_total", &[("class", "4xx")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "proxy_requests_total", &[("class", "1xx")]),
+        3.0
+    );
+    assert_eq!(sample(&scrape, "proxy_tunnels_opened_total", &[]), 3.0);
+    assert_eq!(
+        sample(&scrape, "proxy_tunnels_closed_total", &[("how", "clean")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "proxy_tunnels_closed_total",
+            &[("how", "half_close_timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "proxy_tunnels_closed_total", &[("how", "reset")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "proxy_resets_passed_total", &[("to", "client")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "proxy_tunnel_bytes_total",
+            &[("direction", "client_to_upstream")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "proxy_tunnel_bytes_total",
+            &[("direction", "upstream_to_client")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "proxy_tunnel_first_fin_total",
+            &[("side", "client")]
+        ),
+        2.0
+    );
+
+    proxy.stop().await;
+}
+
+/// `/readyz` says 503 when no upstream takes connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_without_an_upstream() {
+    let mut proxy =
+        Proxy::in_front_of(closed_port().await, &["--admin-listen", "127.0.0.1:0"]).await;
+    let line = proxy.line_starting("admin on http://").await;
+    let admin = line
+        .strip_prefix("admin on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
+    assert_eq!(admin_get(&admin, "/readyz").await.0, 503);
+    assert_eq!(admin_get(&admin, "/nothing").await.0, 404);
+    proxy.stop().await;
+}

@@ -345,9 +345,8 @@ where
                 Change::Insert(key, uri) => {
                     let config = match this.config.rules.for_upstream(uri.clone()) {
                         Ok(rules) => Config {
-                            rules,
                             balanced: true,
-                            ..this.config.clone()
+                            ..this.config.with_rules(rules)
                         },
                         Err(e) => {
                             tracing::warn!(%uri, error = %e, "upstream ignored");
@@ -359,7 +358,11 @@ where
                     if let Some(old) = this.ids.insert(key, id) {
                         lock(&this.known).retain(|e| e.id != old);
                     }
-                    let health = Health::new(config.eject_after, config.base_ejection);
+                    let health = Health::new(
+                        config.eject_after,
+                        config.base_ejection,
+                        config.upstream_label.clone(),
+                    );
                     let endpoint =
                         Endpoint::new(id, uri, ReverseProxy::from_config(config), health);
                     lock(&this.known).push(endpoint.clone());
@@ -506,6 +509,7 @@ impl Drop for InFlight {
 
 /// Passive health of one upstream (outlier detection).
 struct Health {
+    label: metrics::SharedString,
     eject_after: u32,
     base_ejection: Duration,
     failures: AtomicU32,
@@ -522,8 +526,9 @@ fn epoch() -> Instant {
 }
 
 impl Health {
-    fn new(eject_after: u32, base_ejection: Duration) -> Self {
+    fn new(eject_after: u32, base_ejection: Duration, label: metrics::SharedString) -> Self {
         Health {
+            label,
             eject_after,
             base_ejection,
             failures: AtomicU32::new(0),
@@ -566,6 +571,7 @@ impl Health {
         self.ejected_until
             .store(until.as_nanos().max(1) as u64, Ordering::Release);
         tracing::warn!(upstream = %uri, failures = n, ?cool_down, "upstream ejected");
+        crate::metrics::ejection(&self.label);
     }
 }
 

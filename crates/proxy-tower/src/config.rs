@@ -46,14 +46,32 @@ pub(crate) struct Config {
     pub(crate) base_ejection: Duration,
     /// One upstream of a [`BalancedProxy`].
     pub(crate) balanced: bool,
+    /// The `upstream` label of this proxy's metrics.
+    pub(crate) upstream_label: metrics::SharedString,
     /// Trust anchors for an `https` upstream instead of the bundled roots.
     #[cfg(feature = "tls")]
     pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
 }
 
+/// The upstream's URI, as a metrics label.
+fn rules_label(rules: &ProxyRules) -> String {
+    rules.upstream().to_string()
+}
+
 impl Config {
-    fn new(rules: ProxyRules) -> Self {
+    /// The same options for other rules (another upstream of a balancer).
+    pub(crate) fn with_rules(&self, rules: ProxyRules) -> Self {
         Config {
+            upstream_label: metrics::SharedString::from(rules_label(&rules)),
+            rules,
+            ..self.clone()
+        }
+    }
+
+    fn new(rules: ProxyRules) -> Self {
+        crate::metrics::describe();
+        Config {
+            upstream_label: metrics::SharedString::from(rules_label(&rules)),
             rules,
             connect_timeout: None,
             response_timeout: None,

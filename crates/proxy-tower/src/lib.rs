@@ -104,6 +104,7 @@ mod config;
 mod connect;
 mod io;
 mod layer;
+pub mod metrics;
 mod proxy;
 mod tunnel;
 

@@ -138,7 +138,12 @@ where
         // proxy makes one where it is wanted (the binary does). Errors and
         // tunnels log at WARN/INFO with the request's method, path and
         // `x-request-id` themselves.
-        let fut = async move { forward(&config, client, req).await };
+        let fut = async move {
+            let mut upstream_time = None;
+            let res = forward(&config, client, req, &mut upstream_time).await;
+            crate::metrics::response(&config.upstream_label, res.status(), upstream_time);
+            res
+        };
         ResponseFuture {
             inner: Box::pin(fut),
         }
@@ -307,6 +312,7 @@ async fn forward<B, C, CB>(
     config: &Config,
     mut client: C,
     req: Request<B>,
+    upstream_time: &mut Option<std::time::Duration>,
 ) -> Response<ProxyBody<CB>>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -387,6 +393,7 @@ where
     }
     let out = Request::from_parts(parts, RequestBody::new(body));
 
+    let sent = std::time::Instant::now();
     let call = async {
         poll_fn(|cx| client.poll_ready(cx))
             .await
@@ -407,9 +414,15 @@ where
         None => call.await,
     };
     let res = match result {
-        Ok(res) => res,
+        Ok(res) => {
+            *upstream_time = Some(sent.elapsed());
+            res
+        }
         Err(e) => {
             let unsent = is_unsent(&*e);
+            if unsent {
+                crate::metrics::connect_failure(&config.upstream_label);
+            }
             // Behind a balancer, an unsent request is retried elsewhere, and
             // an upstream that keeps refusing is ejected with a WARN line.
             let quiet = unsent && config.balanced;

@@ -174,13 +174,22 @@ pub(crate) fn spawn(
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
     let tunnels = config.tunnels.clone();
+    let label = config.upstream_label.clone();
     tokio::spawn(
         async move {
             let _open = open;
+            crate::metrics::tunnel_opened(&label);
+            let ended = |how, t: Option<&halfclose_io::Transfer>| crate::metrics::Ended {
+                how,
+                client_to_upstream: t.map_or(0, |t| t.a_to_b),
+                upstream_to_client: t.map_or(0, |t| t.b_to_a),
+                first_fin: t.and_then(|t| t.first_eof).map_or("none", side),
+            };
             let upstream = match upstream.await {
                 Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream connection could not be upgraded");
+                    crate::metrics::tunnel_closed(ended("error", None));
                     return;
                 }
             };
@@ -188,6 +197,7 @@ pub(crate) fn spawn(
                 Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(error = %e, "client connection could not be upgraded");
+                    crate::metrics::tunnel_closed(ended("error", None));
                     return;
                 }
             };
@@ -229,21 +239,42 @@ pub(crate) fn spawn(
                 Err(how) => {
                     close_both(&mut a, &mut b, client_abort.as_ref(), how).await;
                     tracing::info!(how = ?how, "tunnel closed by the proxy");
+                    crate::metrics::tunnel_closed(ended("closed_by_proxy", None));
                     return;
                 }
             };
             // Pass an abortive close on as one: reset, not FIN.
             match result.as_ref().err().and_then(TunnelError::reset_side) {
                 Some(Side::A) => {
-                    b.reset_on_drop();
-                }
-                Some(Side::B) if !a.reset_on_drop() => {
-                    if let Some(abort) = &client_abort {
-                        abort.abort();
+                    if b.reset_on_drop() {
+                        crate::metrics::reset_passed("upstream");
                     }
                 }
-                _ => {}
+                Some(Side::B) => {
+                    if a.reset_on_drop() {
+                        crate::metrics::reset_passed("client");
+                    } else if let Some(abort) = &client_abort {
+                        abort.abort();
+                        crate::metrics::reset_passed("client");
+                    }
+                }
+                None => {}
             }
+            crate::metrics::tunnel_closed(match &result {
+                Ok(t) => ended("clean", Some(t)),
+                Err(e) => ended(
+                    if e.is_idle_timeout() {
+                        "idle_timeout"
+                    } else if e.is_half_close_timeout() {
+                        "half_close_timeout"
+                    } else if e.is_reset() {
+                        "reset"
+                    } else {
+                        "error"
+                    },
+                    Some(e.transfer()),
+                ),
+            });
             match result {
                 Ok(t) => tracing::info!(
                     client_to_upstream = t.a_to_b,

@@ -1,0 +1,130 @@
+//! What the proxy records through the `metrics` facade. The library picks no
+//! exporter: install a recorder (Prometheus, StatsD, ...) before building the
+//! proxy, or nothing is recorded and nothing is paid. Every name is listed,
+//! with its labels, in `docs/metrics.md`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::SharedString;
+
+/// Responses sent to clients, by upstream and status class.
+pub const REQUESTS: &str = "proxy_requests_total";
+/// Time from sending a request to the upstream to its response head.
+pub const RESPONSE_HEAD_SECONDS: &str = "proxy_upstream_response_head_seconds";
+/// Requests that could not be sent: no connection to the upstream.
+pub const CONNECT_FAILURES: &str = "proxy_upstream_connect_failures_total";
+/// Upstreams ejected by the balancer's passive health check.
+pub const EJECTIONS: &str = "proxy_upstream_ejections_total";
+/// Tunnels opened (a checked 101, or 200 to an extended CONNECT).
+pub const TUNNELS_OPENED: &str = "proxy_tunnels_opened_total";
+/// Tunnels open now.
+pub const TUNNELS_OPEN: &str = "proxy_tunnels_open";
+/// Tunnels ended, by how: `clean`, `idle_timeout`, `half_close_timeout`,
+/// `reset`, `error`, `closed_by_proxy`.
+pub const TUNNELS_CLOSED: &str = "proxy_tunnels_closed_total";
+/// Bytes relayed by tunnels, by direction.
+pub const TUNNEL_BYTES: &str = "proxy_tunnel_bytes_total";
+/// Which side of a tunnel sent FIN first: `client`, `upstream`, `none`.
+pub const TUNNEL_FIRST_FIN: &str = "proxy_tunnel_first_fin_total";
+/// Resets passed on, by the side that got them: `client`, `upstream`.
+pub const RESETS_PASSED: &str = "proxy_resets_passed_total";
+
+/// Describes every metric to the installed recorder (the HELP lines of a
+/// Prometheus exporter), once per process; the proxy calls it when built.
+pub(crate) fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            REQUESTS,
+            "Responses sent to clients, by upstream and status class."
+        );
+        describe_histogram!(
+            RESPONSE_HEAD_SECONDS,
+            Unit::Seconds,
+            "Time from sending a request upstream to its response head."
+        );
+        describe_counter!(
+            CONNECT_FAILURES,
+            "Requests not sent: no connection to the upstream."
+        );
+        describe_counter!(EJECTIONS, "Upstreams ejected by the passive health check.");
+        describe_counter!(
+            TUNNELS_OPENED,
+            "Tunnels opened (checked 101, or 200 to an extended CONNECT)."
+        );
+        describe_gauge!(TUNNELS_OPEN, "Tunnels open now.");
+        describe_counter!(TUNNELS_CLOSED, "Tunnels ended, by how.");
+        describe_counter!(
+            TUNNEL_BYTES,
+            Unit::Bytes,
+            "Bytes relayed by tunnels, by direction."
+        );
+        describe_counter!(TUNNEL_FIRST_FIN, "Which side of a tunnel sent FIN first.");
+        describe_counter!(
+            RESETS_PASSED,
+            "Resets passed on, by the side that got them."
+        );
+    });
+}
+
+fn class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// One response head sent to a client; `upstream_time` when the upstream
+/// answered it.
+pub(crate) fn response(
+    upstream: &SharedString,
+    status: StatusCode,
+    upstream_time: Option<Duration>,
+) {
+    metrics::counter!(REQUESTS, "upstream" => upstream.clone(), "class" => class(status))
+        .increment(1);
+    if let Some(t) = upstream_time {
+        metrics::histogram!(RESPONSE_HEAD_SECONDS, "upstream" => upstream.clone())
+            .record(t.as_secs_f64());
+    }
+}
+
+pub(crate) fn connect_failure(upstream: &SharedString) {
+    metrics::counter!(CONNECT_FAILURES, "upstream" => upstream.clone()).increment(1);
+}
+
+pub(crate) fn ejection(upstream: &SharedString) {
+    metrics::counter!(EJECTIONS, "upstream" => upstream.clone()).increment(1);
+}
+
+pub(crate) fn tunnel_opened(upstream: &SharedString) {
+    metrics::counter!(TUNNELS_OPENED, "upstream" => upstream.clone()).increment(1);
+    metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+}
+
+/// How a tunnel ended, for [`tunnel_closed`].
+pub(crate) struct Ended {
+    pub(crate) how: &'static str,
+    pub(crate) client_to_upstream: u64,
+    pub(crate) upstream_to_client: u64,
+    pub(crate) first_fin: &'static str,
+}
+
+pub(crate) fn tunnel_closed(ended: Ended) {
+    metrics::gauge!(TUNNELS_OPEN).decrement(1.0);
+    metrics::counter!(TUNNELS_CLOSED, "how" => ended.how).increment(1);
+    metrics::counter!(TUNNEL_BYTES, "direction" => "client_to_upstream")
+        .increment(ended.client_to_upstream);
+    metrics::counter!(TUNNEL_BYTES, "direction" => "upstream_to_client")
+        .increment(ended.upstream_to_client);
+    metrics::counter!(TUNNEL_FIRST_FIN, "side" => ended.first_fin).increment(1);
+}
+
+pub(crate) fn reset_passed(to: &'static str) {
+    metrics::counter!(RESETS_PASSED, "to" => to).increment(1);
+}
