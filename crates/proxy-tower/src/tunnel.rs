@@ -245,20 +245,19 @@ pub(crate) fn spawn(
             };
             // Pass an abortive close on as one: reset, not FIN.
             match result.as_ref().err().and_then(TunnelError::reset_side) {
-                Some(Side::A) => {
-                    if b.reset_on_drop() {
-                        crate::metrics::reset_passed("upstream");
-                    }
+                Some(Side::A) if b.reset_on_drop() => {
+                    crate::metrics::reset_passed("upstream");
+                }
+                Some(Side::B) if a.reset_on_drop() => {
+                    crate::metrics::reset_passed("client");
                 }
                 Some(Side::B) => {
-                    if a.reset_on_drop() {
-                        crate::metrics::reset_passed("client");
-                    } else if let Some(abort) = &client_abort {
+                    if let Some(abort) = &client_abort {
                         abort.abort();
                         crate::metrics::reset_passed("client");
                     }
                 }
-                None => {}
+                _ => {}
             }
             crate::metrics::tunnel_closed(match &result {
                 Ok(t) => ended("clean", Some(t)),
