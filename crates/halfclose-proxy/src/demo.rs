@@ -25,6 +25,11 @@ HTTP upgrade.
   GET  /                this page
   POST /echo            echoes the request body
   Upgrade: echo         (any path) echoes bytes until your FIN, then sends its own FIN
+  Upgrade: echo, ?fin-first=ID
+                        sends 64 KiB and its FIN first, then counts what you
+                        still send until your FIN
+  GET  /?fin-first-result=ID
+                        how many bytes that connection got after its FIN
   Upgrade: websocket    (any path) echoes WebSocket messages until you close
 
 Check a path for half-close with:  halfclose-proxy probe http://HOST:PORT/echo
@@ -83,8 +88,103 @@ fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
     up.protocols().next().map(str::to_ascii_lowercase)
 }
 
+/// Bytes the demo sends before its FIN in `fin-first` mode.
+pub(crate) const FIN_FIRST_BYTES: usize = 64 * 1024;
+
+/// What `fin-first` connections received after their FIN, by ID; a waiter
+/// for a count not yet in is woken when it comes.
+#[derive(Default)]
+struct Counts {
+    done: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    changed: tokio::sync::Notify,
+}
+
+fn counts() -> &'static Counts {
+    static COUNTS: std::sync::OnceLock<Counts> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(Counts::default)
+}
+
+/// The value of query parameter `name`.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Sends its data and FIN first, then counts the client's bytes to its FIN.
+async fn fin_first(io: TokioIo<hyper::upgrade::Upgraded>, id: String) {
+    use tokio::io::AsyncReadExt;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let data = vec![b'f'; FIN_FIRST_BYTES];
+    let sent = async {
+        wr.write_all(&data).await?;
+        wr.shutdown().await
+    };
+    if sent.await.is_err() {
+        return;
+    }
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = rd.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let c = counts();
+    let mut done = c.done.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: old entries go first.
+    if done.len() > 10_000 {
+        done.clear();
+    }
+    done.insert(id, got);
+    drop(done);
+    c.changed.notify_waiters();
+}
+
+/// The count of a `fin-first` connection, waiting up to 10 s for it.
+async fn fin_first_result(id: String) -> Option<u64> {
+    let c = counts();
+    let wait = async {
+        loop {
+            let changed = c.changed.notified();
+            if let Some(n) = c.done.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                return n;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+        .await
+        .ok()
+}
+
 async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(id) = query_param(&req, "fin-first-result") {
+        return Ok(match fin_first_result(id).await {
+            Some(n) => Response::new(
+                Full::new(Bytes::from(n.to_string()))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no such fin-first connection ended\n",
+            ),
+        });
+    }
     match requested_upgrade(&req).as_deref() {
+        Some("echo") if query_param(&req, "fin-first").is_some() => {
+            let id = query_param(&req, "fin-first").unwrap_or_default();
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    fin_first(TokioIo::new(io), id).await;
+                }
+            });
+            return Ok(switching("echo"));
+        }
         Some("echo") => {
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {

@@ -187,6 +187,110 @@ fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
 
+/// Where the probe connects, and how.
+struct Target {
+    uri: http::Uri,
+    authority: http::uri::Authority,
+    host: String,
+    port: u16,
+    http2: bool,
+    limit: Duration,
+    /// TLS for https URLs: offering the probe's protocol, and http/1.1 alone
+    /// (for the plain request of the last check).
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    )>,
+}
+
+impl Target {
+    /// A connection, over TLS for https (ALPN h2 when `h2`).
+    async fn connect(&self, h2: bool) -> Result<Box<dyn Conn>, String> {
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let _ = tcp.set_nodelay(true);
+            #[cfg(feature = "tls")]
+            if let Some((main, h1)) = &self.tls {
+                let config = if h2 { main.clone() } else { h1.clone() };
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(std::io::Error::other)?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                return std::io::Result::Ok(Box::new(stream) as Box<dyn Conn>);
+            }
+            let _ = h2;
+            std::io::Result::Ok(Box::new(tcp) as Box<dyn Conn>)
+        };
+        match tokio::time::timeout(self.limit, connect).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.authority)),
+            Err(_) => Err(format!(
+                "{}: no connection within {:?}",
+                self.authority, self.limit
+            )),
+        }
+    }
+
+    /// Connects and opens the echo on `path` (with `Upgrade: echo`, or an
+    /// extended CONNECT over HTTP/2). On failure: the check that failed.
+    async fn open_echo(
+        &self,
+        path: &str,
+    ) -> Result<(Box<dyn Conn>, String), (&'static str, String)> {
+        let mut conn = self.connect(self.http2).await.map_err(|e| ("connect", e))?;
+        let limit = self.limit;
+        if self.http2 {
+            let mut parts = self.uri.clone().into_parts();
+            parts.path_and_query = path.parse().ok();
+            let uri = http::Uri::from_parts(parts).map_err(|e| ("upgrade", e.to_string()))?;
+            return match tokio::time::timeout(limit, upgrade_h2(conn, &uri)).await {
+                Ok(Ok(stream)) => Ok((
+                    stream,
+                    "200 to an extended CONNECT for echo (HTTP/2 stream)".to_owned(),
+                )),
+                Ok(Err(e)) => Err(("upgrade", e)),
+                Err(_) => Err(("upgrade", format!("no response within {limit:?}"))),
+            };
+        }
+        match upgrade_http1(&mut conn, path, &self.authority, limit).await {
+            Ok(status_line) => Ok((conn, format!("{status_line} (Upgrade: echo)"))),
+            Err(e) => Err(("upgrade", e)),
+        }
+    }
+
+    /// `GET path` over HTTP/1.1 on a new connection: the body of a 200.
+    async fn get(&self, path: &str) -> Result<String, String> {
+        let mut conn = self.connect(false).await?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.authority
+        );
+        let fetch = async {
+            conn.write_all(request.as_bytes()).await?;
+            let head = read_head(&mut conn).await?;
+            let mut body = Vec::new();
+            conn.read_to_end(&mut body).await?;
+            std::io::Result::Ok((head, body))
+        };
+        match tokio::time::timeout(self.limit * 3, fetch).await {
+            Ok(Ok((head, body))) if head.code == 200 => {
+                Ok(String::from_utf8_lossy(&body).trim().to_owned())
+            }
+            Ok(Ok((head, _))) => Err(format!("{path}: {} {}", head.code, head.reason)),
+            Ok(Err(e)) => Err(format!("{path}: {e}")),
+            Err(_) => Err(format!("{path}: no answer")),
+        }
+    }
+}
+
+/// `path` with `name=value` added to its query.
+fn with_param(path: &str, name: &str, value: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{name}={value}")
+}
+
 pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
     let uri: http::Uri = args
         .url
@@ -206,7 +310,9 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
     let tls = match https {
         true => {
             let alpn: &[u8] = if args.http2 { b"h2" } else { b"http/1.1" };
-            Some(crate::tls::client_config(args.ca.as_deref(), alpn)?)
+            let main = crate::tls::client_config(args.ca.as_deref(), alpn)?;
+            let h1 = crate::tls::client_config(args.ca.as_deref(), b"http/1.1")?;
+            Some((main, h1))
         }
         false => None,
     };
@@ -220,66 +326,30 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
         .trim_end_matches(']')
         .to_owned();
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let limit = args.timeout;
+    let target = Target {
+        uri: uri.clone(),
+        authority,
+        host,
+        port,
+        http2: args.http2,
+        limit,
+        #[cfg(feature = "tls")]
+        tls,
+    };
     let mut report = Report { failed: false };
 
     // 1. Connect and upgrade.
-    let connect = async {
-        let tcp = TcpStream::connect((host.as_str(), port)).await?;
-        let _ = tcp.set_nodelay(true);
-        #[cfg(feature = "tls")]
-        if let Some(config) = tls {
-            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(std::io::Error::other)?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            return std::io::Result::Ok(Box::new(stream) as Box<dyn Conn>);
+    let mut tcp = match target.open_echo(&path).await {
+        Ok((conn, detail)) => {
+            report.pass("upgrade", detail);
+            conn
         }
-        std::io::Result::Ok(Box::new(tcp) as Box<dyn Conn>)
-    };
-    let mut tcp = match tokio::time::timeout(limit, connect).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            report.fail("connect", format!("{authority}: {e}"));
+        Err((check, e)) => {
+            report.fail(check, e);
             return Ok(report.exit());
         }
-        Err(_) => {
-            report.fail(
-                "connect",
-                format!("{authority}: no connection within {limit:?}"),
-            );
-            return Ok(report.exit());
-        }
-    };
-    let mut tcp = if args.http2 {
-        match tokio::time::timeout(limit, upgrade_h2(tcp, &uri)).await {
-            Ok(Ok(stream)) => {
-                report.pass(
-                    "upgrade",
-                    "200 to an extended CONNECT for echo (HTTP/2 stream)",
-                );
-                stream
-            }
-            Ok(Err(e)) => {
-                report.fail("upgrade", e);
-                return Ok(report.exit());
-            }
-            Err(_) => {
-                report.fail("upgrade", format!("no response within {limit:?}"));
-                return Ok(report.exit());
-            }
-        }
-    } else {
-        match upgrade_http1(&mut tcp, path, &authority, limit).await {
-            Ok(status_line) => report.pass("upgrade", format!("{status_line} (Upgrade: echo)")),
-            Err(e) => {
-                report.fail("upgrade", e);
-                return Ok(report.exit());
-            }
-        }
-        tcp
     };
 
     // 2. Data flows both ways.
@@ -361,5 +431,91 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
             format!("{e}: our FIN did not reach the server, or its FIN was not passed back"),
         ),
     }
+
+    // 5. The mirror case: the server sends its data and FIN first; we keep
+    //    sending after it, and ask the server (a demo upstream) how much of it
+    //    arrived. A path that closes our direction at the server's FIN (HAProxy
+    //    2.6 does) passes 1 to 4 and fails this one.
+    let check = "server FIN first, client keeps sending";
+    let id = probe_id();
+    match server_fin_first(&target, &path, &id, args.bytes).await {
+        Ok(()) => report.pass(
+            check,
+            format!(
+                "got {} KiB and the server's FIN, then sent {} bytes and FIN; all of them arrived",
+                crate::demo::FIN_FIRST_BYTES / 1024,
+                args.bytes
+            ),
+        ),
+        Err(e) => report.fail(check, e),
+    }
     Ok(report.exit())
+}
+
+/// A token naming one `fin-first` connection at the demo upstream.
+fn probe_id() -> String {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("{n:016x}")
+}
+
+/// Check 5: reads the server's data and FIN, sends `total` bytes and FIN
+/// after it, and compares with what the server says it got.
+async fn server_fin_first(
+    target: &Target,
+    path: &str,
+    id: &str,
+    total: usize,
+) -> Result<(), String> {
+    let limit = target.limit;
+    let (conn, _) = target
+        .open_echo(&with_param(path, "fin-first", id))
+        .await
+        .map_err(|(check, e)| format!("{check}: {e}"))?;
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let mut first = Vec::new();
+    match tokio::time::timeout(limit, rd.read_to_end(&mut first)).await {
+        Ok(Ok(_)) if first.len() == crate::demo::FIN_FIRST_BYTES => {}
+        Ok(Ok(_)) => {
+            return Err(format!(
+                "got {} bytes before the server's FIN, expected {} (is the upstream a halfclose-proxy demo?)",
+                first.len(),
+                crate::demo::FIN_FIRST_BYTES
+            ));
+        }
+        Ok(Err(e)) => return Err(format!("reading the server's data: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "no data and FIN from the server within {limit:?} (is the upstream a halfclose-proxy demo?)"
+            ));
+        }
+    }
+    let payload: Vec<u8> = (0..total).map(pattern).collect();
+    let sent = async {
+        wr.write_all(&payload).await?;
+        wr.shutdown().await
+    };
+    match tokio::time::timeout(limit, sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(format!(
+                "sending after the server's FIN failed ({e}): the path closed our direction at the server's FIN"
+            ));
+        }
+        Err(_) => return Err(format!("sending did not finish within {limit:?}")),
+    }
+    // Ask while the connection is still held: over HTTP/2, dropping the
+    // stream would cancel DATA still waiting for flow-control credit.
+    let got = target
+        .get(&with_param(path, "fin-first-result", id))
+        .await
+        .map_err(|e| format!("asking the server what it got: {e}"))?;
+    drop((rd, wr));
+    match got.parse::<usize>() {
+        Ok(n) if n == total => Ok(()),
+        Ok(n) => Err(format!(
+            "the server got {n} of the {total} bytes we sent after its FIN: the path cut our direction at the server's FIN"
+        )),
+        Err(_) => Err(format!("the server answered {got:?}, not a byte count")),
+    }
 }

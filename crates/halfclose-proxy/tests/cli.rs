@@ -86,7 +86,7 @@ async fn default_mode_passes_the_probe() {
     assert!(out.status.success(), "probe failed:\n{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("PASS")).count(),
-        4,
+        5,
         "{text}"
     );
 
@@ -104,7 +104,7 @@ async fn default_mode_passes_the_probe() {
     assert!(out.status.success(), "probe --http2 failed:\n{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("PASS")).count(),
-        4,
+        5,
         "{text}"
     );
     assert!(text.contains("extended CONNECT"), "{text}");
@@ -150,6 +150,50 @@ async fn probe_fails_on_a_path_without_half_close() {
         text.contains("FAIL  client FIN, reverse direction"),
         "{text}"
     );
+}
+
+/// A relay that closes the client's direction when the server sends its FIN
+/// (HAProxy 2.6 does) passes the first four checks of `probe`, and fails the
+/// fifth: the server's FIN first while the client keeps sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_fails_on_a_path_that_stops_the_client_at_the_server_fin() {
+    let proxy = Proxy::start(&[]).await;
+    let behind = proxy.addr;
+    let (listener, relay) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let server = TcpStream::connect(behind).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                // Server to client; at the server's FIN, pass it on and stop
+                // carrying the client's bytes.
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                let _ = cw.shutdown().await;
+                up.abort();
+            });
+        }
+    });
+    let out = within(
+        "probe",
+        Command::new(BIN)
+            .args(["probe", "--timeout", "3s", &format!("http://{relay}/echo")])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "probe passed a broken path:\n{text}");
+    assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    assert!(
+        text.contains("FAIL  server FIN first, client keeps sending"),
+        "{text}"
+    );
+    proxy.stop().await;
 }
 
 /// The demo's WebSocket endpoint through the proxy, with a real client; and an

@@ -286,7 +286,7 @@ async fn https_upstream_with_upstream_ca_passes_the_probe() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    assert_eq!(text.matches("PASS").count(), 5, "{text}");
     front.stop().await;
     back.stop().await;
 }
@@ -312,7 +312,7 @@ async fn probe_over_https_passes() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    assert_eq!(text.matches("PASS").count(), 5, "{text}");
     // HTTP/2 by ALPN, the echo on an extended CONNECT stream.
     let out = within(
         "probe --http2",
@@ -324,7 +324,7 @@ async fn probe_over_https_passes() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("PASS").count(), 4, "{text}");
+    assert_eq!(text.matches("PASS").count(), 5, "{text}");
     // Without the CA, the certificate is not trusted: the connect check fails.
     let out = within("probe", Command::new(BIN).args(["probe", &url]).output())
         .await
