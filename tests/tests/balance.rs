@@ -249,3 +249,43 @@ async fn tunnels_stay_on_their_upstream() {
     within("tunnel 2", srv2.read_exact(&mut b)).await.unwrap();
     assert_eq!(&b, b"ping");
 }
+
+/// The active health check ejects an upstream whose check path fails (it then
+/// gets no requests), and brings it back as soon as the path answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_check_ejects_and_restores() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sick = Arc::new(AtomicBool::new(true));
+    let a = serve_fn(|_req| async { Response::new(Full::new(Bytes::from("a"))) }).await;
+    let b = serve_fn({
+        let sick = sick.clone();
+        move |req: Request<hyper::body::Incoming>| {
+            let sick = sick.clone();
+            async move {
+                let mut res = Response::new(Full::new(Bytes::from("b")));
+                if req.uri().path() == "/health" && sick.load(Ordering::SeqCst) {
+                    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                res
+            }
+        }
+    })
+    .await;
+    let proxy = ReverseProxy::builder(&format!("http://{a}"))
+        .upstream(&format!("http://{b}"))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    let status = proxy.check_health("/health", Duration::from_secs(5)).await;
+    let healthy: Vec<bool> = status.iter().map(|u| u.healthy).collect();
+    assert_eq!(healthy, [true, false], "{status:?}");
+    let (counts, errors) = spread(addr, 100).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.get("a"), Some(&100), "{counts:?}");
+
+    sick.store(false, Ordering::SeqCst);
+    let status = proxy.check_health("/health", Duration::from_secs(5)).await;
+    assert!(status.iter().all(|u| u.healthy), "{status:?}");
+    let (counts, _) = spread(addr, 200).await;
+    assert!(counts.get("b").copied().unwrap_or(0) > 0, "{counts:?}");
+}

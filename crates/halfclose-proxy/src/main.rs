@@ -145,6 +145,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_request_body: Option<Size>,
 
+    /// With several --upstream: send `GET PATH` to each upstream every
+    /// --health-check-interval; one that answers anything but 2xx/3xx (or
+    /// nothing in time) is ejected as a failing one is, and back once it
+    /// answers well.
+    #[arg(long, value_name = "PATH")]
+    health_check: Option<String>,
+
+    /// How often --health-check runs.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    health_check_interval: Duration,
+
     /// Serve `GET /metrics` (Prometheus text), `GET /healthz` (the proxy is up)
     /// and `GET /readyz` (an upstream is healthy) on this address, never the
     /// proxied port. Off by default; metrics are only recorded when it is on.

@@ -419,10 +419,15 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         };
         let shared = shared.clone();
         let ids = ids.clone();
+        let health_check = args.health_check.clone();
+        let health_interval = args.health_check_interval.max(Duration::from_millis(100));
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
+                    if let (Some(path), Upstreams::Many(balanced)) = (health_check, &proxy) {
+                        tokio::spawn(check_health(balanced.clone(), path, health_interval));
+                    }
                     accept_loop(listener, stack::build(proxy, ids, max_body), shared).await;
                     // Connections and tunnels of this worker go on until the
                     // main thread ends the process.
@@ -515,6 +520,17 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--health-check`: checks every upstream of this worker's balancer, every
+/// `interval` (each worker checks its own, on its own thread and pools).
+async fn check_health(proxy: BalancedProxy, path: String, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        proxy.check_health(&path, interval).await;
+    }
 }
 
 /// Accepts connections on one worker's listener until shutdown.

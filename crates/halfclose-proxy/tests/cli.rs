@@ -1141,3 +1141,44 @@ async fn readyz_fails_without_an_upstream() {
     assert_eq!(admin_get(&admin, "/nothing").await.0, 404);
     proxy.stop().await;
 }
+
+/// `--health-check PATH`: an upstream whose check fails stops getting
+/// requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_takes_a_failing_upstream_out() {
+    let a = serve_fn(|_req| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from("a")))
+    })
+    .await;
+    let b = serve_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from("b")));
+        if req.uri().path() == "/health" {
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res
+    })
+    .await;
+    let (ua, ub) = (format!("http://{a}"), format!("http://{b}"));
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &ua,
+        "--upstream",
+        &ub,
+        "--health-check",
+        "/health",
+        "--health-check-interval",
+        "100ms",
+    ])
+    .await;
+    // Once the check has run, only `a` answers.
+    within("b to be taken out", async {
+        let mut only_a = 0;
+        while only_a < 30 {
+            let (head, body) = raw_get(proxy.addr, "/").await;
+            assert_eq!(status_of(&head), 200, "{head}");
+            only_a = if body == b"a" { only_a + 1 } else { 0 };
+        }
+    })
+    .await;
+    proxy.stop().await;
+}

@@ -138,8 +138,19 @@ impl BalancedProxy {
         }
     }
 
+    /// Takes in what the discover stream has yielded so far (otherwise read
+    /// at each request).
+    fn sync(&self) {
+        let mut balance = lock(&self.shared.balance);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Err(e)) = balance.poll_ready(&mut cx) {
+            tracing::warn!(error = %e, "upstream discovery failed");
+        }
+    }
+
     /// The upstreams known now, with their health.
     pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.sync();
         lock(&self.shared.known)
             .iter()
             .map(|e| UpstreamStatus {
@@ -152,9 +163,47 @@ impl BalancedProxy {
 
     /// True if at least one upstream is not ejected.
     pub fn is_ready(&self) -> bool {
+        self.sync();
         lock(&self.shared.known)
             .iter()
             .any(|e| !e.health.is_ejected())
+    }
+
+    /// An active health check: sends `GET path` to every upstream (through its
+    /// own proxy, so with the same client, TLS and options). An upstream that
+    /// answers anything but 2xx or 3xx, or nothing within `limit`, is ejected
+    /// as a failing one is (the cool-down growing while it keeps failing); one
+    /// that answers well is back at once. Returns the upstreams' state after.
+    ///
+    /// ```no_run
+    /// # async fn run(proxy: proxy_tower::BalancedProxy) {
+    /// loop {
+    ///     proxy.check_health("/healthz", std::time::Duration::from_secs(2)).await;
+    ///     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    /// }
+    /// # }
+    /// ```
+    pub async fn check_health(&self, path: &str, limit: Duration) -> Vec<UpstreamStatus> {
+        self.sync();
+        let endpoints = lock(&self.shared.known).clone();
+        let checks = endpoints.into_iter().map(|e| {
+            let req =
+                Request::get(path).body(RequestBody::new(http_body_util::Empty::<Bytes>::new()));
+            async move {
+                let Ok(req) = req else {
+                    return;
+                };
+                let mut proxy = e.proxy.clone();
+                let call = Service::<Request<RequestBody>>::call(&mut proxy, req);
+                let healthy = match tokio::time::timeout(limit, call).await {
+                    Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                    _ => false,
+                };
+                e.health.report(healthy, &e.uri);
+            }
+        });
+        futures_util::future::join_all(checks).await;
+        self.upstreams()
     }
 
     /// The tunnels this proxy has open, on every upstream.
@@ -446,6 +495,9 @@ impl Service<Request<RequestBody>> for Endpoint {
 
     /// Pending while ejected; the ejection's end wakes the balancer.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Registered first, so that an ejection ended by a health check
+        // (`Health::report`) wakes the balancer at once.
+        self.health.waker.register(cx.waker());
         let Some(until) = self.health.ejected_until() else {
             self.wait = None;
             return Poll::Ready(Ok(()));
@@ -517,6 +569,8 @@ struct Health {
     ejections: AtomicU32,
     /// When the current ejection ends, in nanoseconds after `EPOCH`; 0: none.
     ejected_until: AtomicU64,
+    /// The balancer's interest in this upstream becoming ready again.
+    waker: futures_util::task::AtomicWaker,
 }
 
 /// The reference point of `Health::ejected_until`.
@@ -534,6 +588,7 @@ impl Health {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            waker: futures_util::task::AtomicWaker::new(),
         }
     }
 
@@ -551,6 +606,21 @@ impl Health {
         self.ejected_until().is_some()
     }
 
+    /// An active check's verdict: a failure ejects now, a success ends any
+    /// ejection.
+    fn report(&self, healthy: bool, uri: &Uri) {
+        if healthy {
+            if self.is_ejected() {
+                tracing::info!(upstream = %uri, "upstream passed its health check; back in");
+            }
+            self.ejected_until.store(0, Ordering::Release);
+            self.success();
+            self.waker.wake();
+        } else if !self.is_ejected() {
+            self.eject(uri, "failed its health check");
+        }
+    }
+
     fn success(&self) {
         self.failures.store(0, Ordering::Release);
         self.ejections.store(0, Ordering::Release);
@@ -561,6 +631,10 @@ impl Health {
         if self.eject_after == 0 || n < self.eject_after || self.is_ejected() {
             return;
         }
+        self.eject(uri, "failed in a row");
+    }
+
+    fn eject(&self, uri: &Uri, why: &'static str) {
         self.failures.store(0, Ordering::Release);
         let k = self.ejections.fetch_add(1, Ordering::AcqRel);
         let cool_down = self
@@ -570,7 +644,7 @@ impl Health {
         let until = Instant::now() + cool_down - epoch();
         self.ejected_until
             .store(until.as_nanos().max(1) as u64, Ordering::Release);
-        tracing::warn!(upstream = %uri, failures = n, ?cool_down, "upstream ejected");
+        tracing::warn!(upstream = %uri, why, ?cool_down, "upstream ejected");
         crate::metrics::ejection(&self.label);
     }
 }
