@@ -176,16 +176,17 @@ impl Target {
     }
 }
 
-async fn start_ours(bin: &str, backend: SocketAddr) -> Result<Target, String> {
+/// Our binary in front of `backend`; `balanced`: with the backend given twice,
+/// so that every request goes through the balancer (`BalancedProxy`).
+async fn start_ours(bin: &str, backend: SocketAddr, balanced: bool) -> Result<Target, String> {
+    let upstream = format!("http://{backend}");
+    let mut args = vec!["--upstream", upstream.as_str()];
+    if balanced {
+        args.extend(["--upstream", upstream.as_str()]);
+    }
     let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "error",
-            "--upstream",
-        ])
-        .arg(format!("http://{backend}"))
+        .args(["--listen", "127.0.0.1:0", "--log-level", "error"])
+        .args(&args)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -203,7 +204,11 @@ async fn start_ours(bin: &str, backend: SocketAddr) -> Result<Target, String> {
     // Keep reading what it prints, so that it never writes into a closed pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Target {
-        name: "halfclose-proxy",
+        name: if balanced {
+            "balanced"
+        } else {
+            "halfclose-proxy"
+        },
         addr,
         pids: vec![child.id().ok_or("exited")?],
         child: Some(child),
@@ -573,7 +578,8 @@ async fn run(o: Options) -> Result<(), String> {
         Some(t) => targets.push(t),
         None => eprintln!("bench-e2e: nginx not installed or not starting: measured without it"),
     }
-    targets.push(start_ours(&o.proxy, backend).await?);
+    targets.push(start_ours(&o.proxy, backend, false).await?);
+    targets.push(start_ours(&o.proxy, backend, true).await?);
     let generator = if wrk(backend, 1, 1).await.is_some() {
         "wrk -t1"
     } else {
@@ -616,7 +622,8 @@ async fn run(o: Options) -> Result<(), String> {
     for t in &targets[1..] {
         let fresh = match t.name {
             "nginx" => start_nginx(backend).await,
-            _ => start_ours(&o.proxy, backend).await.ok(),
+            "balanced" => start_ours(&o.proxy, backend, true).await.ok(),
+            _ => start_ours(&o.proxy, backend, false).await.ok(),
         };
         match fresh {
             Some(fresh) => {
@@ -663,6 +670,21 @@ async fn run(o: Options) -> Result<(), String> {
         print!(" {r:.0} |");
     }
     println!("{}", " - |".repeat(targets.len() - 1));
+    // The balancer's own cost: the same backend behind it, against ours alone.
+    let rps = |name: &str| {
+        targets
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| median(samples[0][i].clone()))
+    };
+    if let (Some(single), Some(balanced)) = (rps("halfclose-proxy"), rps("balanced")) {
+        if single > 0.0 {
+            println!(
+                "balancer: small GET req/s through `--upstream X --upstream X` / `--upstream X` = {:.2}",
+                balanced / single
+            );
+        }
+    }
     // A figure of 0 is a failure (nothing got through), not a measurement.
     let failed: Vec<&str> = names
         .iter()

@@ -410,7 +410,7 @@ where
                     let health = Health::new(
                         config.eject_after,
                         config.base_ejection,
-                        config.upstream_label.clone(),
+                        config.metrics.clone(),
                     );
                     let endpoint =
                         Endpoint::new(id, uri, ReverseProxy::from_config(config), health);
@@ -561,7 +561,7 @@ impl Drop for InFlight {
 
 /// Passive health of one upstream (outlier detection).
 struct Health {
-    label: metrics::SharedString,
+    metrics: Arc<crate::metrics::Upstream>,
     eject_after: u32,
     base_ejection: Duration,
     failures: AtomicU32,
@@ -580,9 +580,13 @@ fn epoch() -> Instant {
 }
 
 impl Health {
-    fn new(eject_after: u32, base_ejection: Duration, label: metrics::SharedString) -> Self {
+    fn new(
+        eject_after: u32,
+        base_ejection: Duration,
+        metrics: Arc<crate::metrics::Upstream>,
+    ) -> Self {
         Health {
-            label,
+            metrics,
             eject_after,
             base_ejection,
             failures: AtomicU32::new(0),
@@ -645,7 +649,7 @@ impl Health {
         self.ejected_until
             .store(until.as_nanos().max(1) as u64, Ordering::Release);
         tracing::warn!(upstream = %uri, why, ?cool_down, "upstream ejected");
-        crate::metrics::ejection(&self.label);
+        self.metrics.ejection();
     }
 }
 

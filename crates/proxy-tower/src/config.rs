@@ -46,8 +46,8 @@ pub(crate) struct Config {
     pub(crate) base_ejection: Duration,
     /// One upstream of a [`BalancedProxy`].
     pub(crate) balanced: bool,
-    /// The `upstream` label of this proxy's metrics.
-    pub(crate) upstream_label: metrics::SharedString,
+    /// This proxy's metrics handles (label `upstream`: its URI).
+    pub(crate) metrics: Arc<crate::metrics::Upstream>,
     /// Trust anchors for an `https` upstream instead of the bundled roots.
     #[cfg(feature = "tls")]
     pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
@@ -61,8 +61,9 @@ fn rules_label(rules: &ProxyRules) -> String {
 impl Config {
     /// The same options for other rules (another upstream of a balancer).
     pub(crate) fn with_rules(&self, rules: ProxyRules) -> Self {
+        let label = metrics::SharedString::from(rules_label(&rules));
         Config {
-            upstream_label: metrics::SharedString::from(rules_label(&rules)),
+            metrics: Arc::new(crate::metrics::Upstream::new(&label)),
             rules,
             ..self.clone()
         }
@@ -70,8 +71,9 @@ impl Config {
 
     fn new(rules: ProxyRules) -> Self {
         crate::metrics::describe();
+        let label = metrics::SharedString::from(rules_label(&rules));
         Config {
-            upstream_label: metrics::SharedString::from(rules_label(&rules)),
+            metrics: Arc::new(crate::metrics::Upstream::new(&label)),
             rules,
             connect_timeout: None,
             response_timeout: None,

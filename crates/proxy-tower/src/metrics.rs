@@ -1,6 +1,7 @@
 //! What the proxy records through the `metrics` facade. The library picks no
 //! exporter: install a recorder (Prometheus, StatsD, ...) before building the
-//! proxy, or nothing is recorded and nothing is paid. Every name is listed,
+//! proxy (its per-upstream handles are registered then), or nothing is
+//! recorded and next to nothing is paid. Every name is listed,
 //! with its labels, in `docs/metrics.md`.
 
 use std::time::Duration;
@@ -69,42 +70,57 @@ pub(crate) fn describe() {
     });
 }
 
-fn class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+/// The metrics of one upstream, registered once when the proxy is built (so a
+/// request pays an atomic increment, or nothing without a recorder).
+pub(crate) struct Upstream {
+    requests: [metrics::Counter; 5],
+    head_seconds: metrics::Histogram,
+    connect_failures: metrics::Counter,
+    ejections: metrics::Counter,
+    tunnels_opened: metrics::Counter,
+}
+
+impl Upstream {
+    pub(crate) fn new(upstream: &SharedString) -> Self {
+        let u = || upstream.clone();
+        Upstream {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| metrics::counter!(REQUESTS, "upstream" => u(), "class" => class)),
+            head_seconds: metrics::histogram!(RESPONSE_HEAD_SECONDS, "upstream" => u()),
+            connect_failures: metrics::counter!(CONNECT_FAILURES, "upstream" => u()),
+            ejections: metrics::counter!(EJECTIONS, "upstream" => u()),
+            tunnels_opened: metrics::counter!(TUNNELS_OPENED, "upstream" => u()),
+        }
     }
-}
 
-/// One response head sent to a client; `upstream_time` when the upstream
-/// answered it.
-pub(crate) fn response(
-    upstream: &SharedString,
-    status: StatusCode,
-    upstream_time: Option<Duration>,
-) {
-    metrics::counter!(REQUESTS, "upstream" => upstream.clone(), "class" => class(status))
-        .increment(1);
-    if let Some(t) = upstream_time {
-        metrics::histogram!(RESPONSE_HEAD_SECONDS, "upstream" => upstream.clone())
-            .record(t.as_secs_f64());
+    /// One response head sent to a client; `upstream_time` when the upstream
+    /// answered it.
+    pub(crate) fn response(&self, status: StatusCode, upstream_time: Option<Duration>) {
+        let i = match status.as_u16() {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.requests[i].increment(1);
+        if let Some(t) = upstream_time {
+            self.head_seconds.record(t.as_secs_f64());
+        }
     }
-}
 
-pub(crate) fn connect_failure(upstream: &SharedString) {
-    metrics::counter!(CONNECT_FAILURES, "upstream" => upstream.clone()).increment(1);
-}
+    pub(crate) fn connect_failure(&self) {
+        self.connect_failures.increment(1);
+    }
 
-pub(crate) fn ejection(upstream: &SharedString) {
-    metrics::counter!(EJECTIONS, "upstream" => upstream.clone()).increment(1);
-}
+    pub(crate) fn ejection(&self) {
+        self.ejections.increment(1);
+    }
 
-pub(crate) fn tunnel_opened(upstream: &SharedString) {
-    metrics::counter!(TUNNELS_OPENED, "upstream" => upstream.clone()).increment(1);
-    metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+    pub(crate) fn tunnel_opened(&self) {
+        self.tunnels_opened.increment(1);
+        metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+    }
 }
 
 /// How a tunnel ended, for [`tunnel_closed`].

@@ -141,7 +141,7 @@ where
         let fut = async move {
             let mut upstream_time = None;
             let res = forward(&config, client, req, &mut upstream_time).await;
-            crate::metrics::response(&config.upstream_label, res.status(), upstream_time);
+            config.metrics.response(res.status(), upstream_time);
             res
         };
         ResponseFuture {
@@ -421,7 +421,7 @@ where
         Err(e) => {
             let unsent = is_unsent(&*e);
             if unsent {
-                crate::metrics::connect_failure(&config.upstream_label);
+                config.metrics.connect_failure();
             }
             // Behind a balancer, an unsent request is retried elsewhere, and
             // an upstream that keeps refusing is ejected with a WARN line.

@@ -174,11 +174,11 @@ pub(crate) fn spawn(
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
     let tunnels = config.tunnels.clone();
-    let label = config.upstream_label.clone();
+    let metrics = config.metrics.clone();
     tokio::spawn(
         async move {
             let _open = open;
-            crate::metrics::tunnel_opened(&label);
+            metrics.tunnel_opened();
             let ended = |how, t: Option<&halfclose_io::Transfer>| crate::metrics::Ended {
                 how,
                 client_to_upstream: t.map_or(0, |t| t.a_to_b),
