@@ -677,13 +677,12 @@ async fn run(o: Options) -> Result<(), String> {
             .position(|t| t.name == name)
             .map(|i| median(samples[0][i].clone()))
     };
-    if let (Some(single), Some(balanced)) = (rps("halfclose-proxy"), rps("balanced")) {
-        if single > 0.0 {
-            println!(
-                "balancer: small GET req/s through `--upstream X --upstream X` / `--upstream X` = {:.2}",
-                balanced / single
-            );
-        }
+    let single = rps("halfclose-proxy").filter(|&r| r > 0.0);
+    if let (Some(single), Some(balanced)) = (single, rps("balanced")) {
+        println!(
+            "balancer: small GET req/s through `--upstream X --upstream X` / `--upstream X` = {:.2}",
+            balanced / single
+        );
     }
     // A figure of 0 is a failure (nothing got through), not a measurement.
     let failed: Vec<&str> = names
