@@ -1,7 +1,6 @@
 //! How the default client reaches its upstream: TCP, then TLS for `https`.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,7 +8,6 @@ use std::time::Duration;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -55,66 +53,26 @@ impl Connection for UpstreamIo {
     }
 }
 
-macro_rules! each {
-    ($self:ident, $io:ident => $e:expr) => {
-        match $self.get_mut() {
-            UpstreamIo::Tcp($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls($io) => {
-                let $io = Pin::new(&mut **$io);
-                $e
-            }
-        }
-    };
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        each!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_flush(cx))
-    }
-
-    /// Over TLS: `close_notify`, then FIN.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_shutdown(cx))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        each!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
+impl crate::io::Forward for UpstreamIo {
+    fn stream(&mut self) -> &mut dyn crate::io::Stream {
         match self {
-            UpstreamIo::Tcp(io) => io.is_write_vectored(),
+            UpstreamIo::Tcp(io) => io,
             #[cfg(feature = "tls")]
-            UpstreamIo::Tls(io) => io.is_write_vectored(),
+            UpstreamIo::Tls(io) => &mut **io,
+        }
+    }
+
+    fn stream_ref(&self) -> &dyn crate::io::Stream {
+        match self {
+            UpstreamIo::Tcp(io) => io,
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(io) => &**io,
         }
     }
 }
+
+// Over TLS, shutting down is `close_notify`, then FIN.
+crate::io::forward_io!(UpstreamIo);
 
 /// Opens connections to the upstream: TCP (with `TCP_NODELAY` and the connect
 /// timeout), then for `https` a TLS handshake with SNI and certificate checks

@@ -10,6 +10,78 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// A byte stream, as one trait object.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> Stream for T {}
+
+/// A wrapper whose reads and writes are those of one stream it holds (a
+/// socket with something kept alongside, an enum of kinds of stream). The
+/// [`forward_io!`] macro implements `AsyncRead` and `AsyncWrite` for it, so
+/// that the forwarding is written once for every wrapper of the crate.
+pub(crate) trait Forward {
+    fn stream(&mut self) -> &mut dyn Stream;
+    fn stream_ref(&self) -> &dyn Stream;
+}
+
+/// `AsyncRead` and `AsyncWrite` for a [`Forward`] type, by forwarding.
+macro_rules! forward_io {
+    ($ty:ty) => {
+        impl tokio::io::AsyncRead for $ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use $crate::io::Forward;
+                std::pin::Pin::new(self.get_mut().stream()).poll_read(cx, buf)
+            }
+        }
+
+        impl tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                use $crate::io::Forward;
+                std::pin::Pin::new(self.get_mut().stream()).poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use $crate::io::Forward;
+                std::pin::Pin::new(self.get_mut().stream()).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use $crate::io::Forward;
+                std::pin::Pin::new(self.get_mut().stream()).poll_shutdown(cx)
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                use $crate::io::Forward;
+                std::pin::Pin::new(self.get_mut().stream()).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                use $crate::io::Forward;
+                self.stream_ref().is_write_vectored()
+            }
+        }
+    };
+}
+pub(crate) use forward_io;
+
 /// An IO that first yields `prefix` (bytes already read from `io` by someone
 /// else: hyper's read-ahead, a protocol sniffer), then reads from `io`.
 pub(crate) struct Prefixed<T> {
@@ -177,45 +249,17 @@ impl fmt::Debug for ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+impl Forward for ClientIo {
+    fn stream(&mut self) -> &mut dyn Stream {
+        &mut self.inner
+    }
+
+    fn stream_ref(&self) -> &dyn Stream {
+        &self.inner
     }
 }
 
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+forward_io!(ClientIo);
 
 #[cfg(test)]
 mod tests {

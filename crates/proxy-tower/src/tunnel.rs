@@ -464,77 +464,28 @@ impl TunnelIo {
     }
 }
 
-macro_rules! each {
-    ($self:ident, $io:ident => $e:expr) => {
-        match $self.get_mut() {
-            TunnelIo::Upstream($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-            #[cfg(feature = "tls")]
-            TunnelIo::TlsClient($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-            TunnelIo::Client($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-            TunnelIo::H2Stream($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-            TunnelIo::Other($io) => {
-                let $io = Pin::new($io);
-                $e
-            }
-        }
-    };
-}
-
-impl AsyncRead for TunnelIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for TunnelIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        each!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each!(self, io => io.poll_shutdown(cx))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        each!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
+impl crate::io::Forward for TunnelIo {
+    fn stream(&mut self) -> &mut dyn crate::io::Stream {
         match self {
-            TunnelIo::Upstream(io) => io.is_write_vectored(),
+            TunnelIo::Upstream(io) => io,
             #[cfg(feature = "tls")]
-            TunnelIo::TlsClient(io) => io.is_write_vectored(),
-            TunnelIo::Client(io) => io.is_write_vectored(),
-            TunnelIo::H2Stream(_) => false,
-            TunnelIo::Other(io) => io.is_write_vectored(),
+            TunnelIo::TlsClient(io) => io,
+            TunnelIo::Client(io) => io,
+            TunnelIo::H2Stream(io) => io,
+            TunnelIo::Other(io) => io,
+        }
+    }
+
+    fn stream_ref(&self) -> &dyn crate::io::Stream {
+        match self {
+            TunnelIo::Upstream(io) => io,
+            #[cfg(feature = "tls")]
+            TunnelIo::TlsClient(io) => io,
+            TunnelIo::Client(io) => io,
+            TunnelIo::H2Stream(io) => io,
+            TunnelIo::Other(io) => io,
         }
     }
 }
+
+crate::io::forward_io!(TunnelIo);
