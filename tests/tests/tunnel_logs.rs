@@ -21,18 +21,24 @@ impl Write for Captured {
     }
 }
 
-// Current-thread runtime: the tunnel task runs on this thread, under the
-// subscriber set for it.
-#[tokio::test]
-async fn tunnel_outcome_is_logged() {
+/// Captures this thread's log lines at `level` and above, until the guard
+/// is dropped.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
     let out = Captured::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(level)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (out, tracing::subscriber::set_default(subscriber))
+}
+
+// Current-thread runtime: the tunnel task runs on this thread, under the
+// subscriber set for it.
+#[tokio::test]
+async fn tunnel_outcome_is_logged() {
+    let (out, _guard) = capture(tracing::Level::INFO);
 
     let (upstream, mut heads) = raw_upstream().await;
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
@@ -74,14 +80,7 @@ async fn tunnel_outcome_is_logged() {
 /// line, and reaches the upstream.
 #[tokio::test]
 async fn tunnel_log_names_the_request_id() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = capture(tracing::Level::INFO);
 
     let (upstream, mut heads) = raw_upstream().await;
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
@@ -112,14 +111,7 @@ async fn tunnel_log_names_the_request_id() {
 /// client cannot flood the logs; an upstream failure (502) is a WARN line.
 #[tokio::test]
 async fn client_caused_refusals_log_at_debug() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = capture(tracing::Level::DEBUG);
 
     let down = closed_port().await;
     let addr = serve(ReverseProxy::new(&format!("http://{down}")).unwrap()).await;

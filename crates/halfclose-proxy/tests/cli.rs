@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 mod common;
-use common::{BIN, Proxy};
+use common::{BIN, Proxy, probe};
 
 /// In front of a test upstream: a request, an upgrade with half-close both ways,
 /// and SIGTERM while the tunnel is open: the tunnel's data still completes, new
@@ -74,39 +74,16 @@ async fn default_mode_passes_the_probe() {
     proxy
         .line_starting("demo upstream on http://127.0.0.1:")
         .await;
-    let out = within(
-        "probe",
-        Command::new(BIN)
-            .args(["probe", &format!("http://{}/echo", proxy.addr)])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "probe failed:\n{text}");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("PASS")).count(),
-        5,
-        "{text}"
-    );
+    let url = format!("http://{}/echo", proxy.addr);
+    let (passed, text) = probe(&[&url]).await;
+    assert!(passed, "probe failed:\n{text}");
+    assert_eq!(text.matches("PASS").count(), 5, "{text}");
 
     // The same over HTTP/2 (h2c): an extended CONNECT the proxy bridges to the
     // demo's HTTP/1.1 `Upgrade: echo`, END_STREAM crossing as FIN both ways.
-    let out = within(
-        "probe --http2",
-        Command::new(BIN)
-            .args(["probe", "--http2", &format!("http://{}/echo", proxy.addr)])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "probe --http2 failed:\n{text}");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("PASS")).count(),
-        5,
-        "{text}"
-    );
+    let (passed, text) = probe(&["--http2", &url]).await;
+    assert!(passed, "probe --http2 failed:\n{text}");
+    assert_eq!(text.matches("PASS").count(), 5, "{text}");
     assert!(text.contains("extended CONNECT"), "{text}");
 
     // The demo's page and body echo, through the proxy.
@@ -136,16 +113,8 @@ async fn probe_fails_on_a_path_without_half_close() {
         let mut sink = Vec::new();
         let _ = tcp.read_to_end(&mut sink).await;
     });
-    let out = within(
-        "probe",
-        Command::new(BIN)
-            .args(["probe", "--timeout", "5s", &format!("http://{addr}/echo")])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "probe passed a broken path:\n{text}");
+    let (passed, text) = probe(&["--timeout", "5s", &format!("http://{addr}/echo")]).await;
+    assert!(!passed, "probe passed a broken path:\n{text}");
     assert!(
         text.contains("FAIL  client FIN, reverse direction"),
         "{text}"
@@ -178,16 +147,8 @@ async fn probe_fails_on_a_path_that_stops_the_client_at_the_server_fin() {
             });
         }
     });
-    let out = within(
-        "probe",
-        Command::new(BIN)
-            .args(["probe", "--timeout", "3s", &format!("http://{relay}/echo")])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "probe passed a broken path:\n{text}");
+    let (passed, text) = probe(&["--timeout", "3s", &format!("http://{relay}/echo")]).await;
+    assert!(!passed, "probe passed a broken path:\n{text}");
     assert_eq!(text.matches("PASS").count(), 4, "{text}");
     assert!(
         text.contains("FAIL  server FIN first, client keeps sending"),

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 mod common;
-use common::{BIN, Proxy};
+use common::{BIN, Proxy, probe};
 
 /// A scratch directory for one test's PEM files, removed on drop.
 struct Files(PathBuf);
@@ -276,16 +276,8 @@ async fn https_upstream_with_upstream_ca_passes_the_probe() {
 
     let (head, _) = raw_get(front.addr, "/").await;
     assert_eq!(status_of(&head), 200, "{head}");
-    let out = within(
-        "probe",
-        Command::new(BIN)
-            .args(["probe", &format!("http://{}/echo", front.addr)])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (passed, text) = probe(&[&format!("http://{}/echo", front.addr)]).await;
+    assert!(passed, "{text}");
     assert_eq!(text.matches("PASS").count(), 5, "{text}");
     front.stop().await;
     back.stop().await;
@@ -302,35 +294,20 @@ async fn probe_over_https_passes() {
     let proxy = https_proxy(&files, &leaf, &[]).await;
     std::fs::write(files.path("ca.pem"), &pki.ca_pem).unwrap();
     let url = format!("https://localhost:{}/echo", proxy.addr.port());
-    let out = within(
-        "probe",
-        Command::new(BIN)
-            .args(["probe", &url, "--ca", &files.path("ca.pem")])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("PASS").count(), 5, "{text}");
-    // HTTP/2 by ALPN, the echo on an extended CONNECT stream.
-    let out = within(
-        "probe --http2",
-        Command::new(BIN)
-            .args(["probe", "--http2", &url, "--ca", &files.path("ca.pem")])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("PASS").count(), 5, "{text}");
+    let ca = files.path("ca.pem");
+    for http2 in [false, true] {
+        let mut args = vec![url.as_str(), "--ca", ca.as_str()];
+        if http2 {
+            // HTTP/2 by ALPN, the echo on an extended CONNECT stream.
+            args.push("--http2");
+        }
+        let (passed, text) = probe(&args).await;
+        assert!(passed, "{text}");
+        assert_eq!(text.matches("PASS").count(), 5, "{text}");
+    }
     // Without the CA, the certificate is not trusted: the connect check fails.
-    let out = within("probe", Command::new(BIN).args(["probe", &url]).output())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (passed, text) = probe(&[&url]).await;
+    assert!(!passed, "{text}");
     assert!(text.starts_with("FAIL  connect"), "{text}");
     proxy.stop().await;
 }

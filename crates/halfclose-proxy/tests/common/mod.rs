@@ -87,3 +87,14 @@ impl Proxy {
         assert!(status.success());
     }
 }
+
+/// Runs `halfclose-proxy probe ARGS`: (success, stdout).
+pub async fn probe(args: &[&str]) -> (bool, String) {
+    let out = within("probe", Command::new(BIN).arg("probe").args(args).output())
+        .await
+        .expect("run probe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
