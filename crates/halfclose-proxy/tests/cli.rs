@@ -916,6 +916,15 @@ async fn repeated_upstreams_are_balanced() {
     proxy.stop().await;
 }
 
+/// The admin listener's address, from the proxy's stdout.
+async fn admin_addr(proxy: &mut Proxy) -> String {
+    let line = proxy.line_starting("admin on http://").await;
+    line.strip_prefix("admin on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .expect("an address")
+        .to_owned()
+}
+
 /// Fetches `path` from the admin listener: (status, body).
 async fn admin_get(addr: &str, path: &str) -> (u16, String) {
     let mut cli = TcpStream::connect(addr).await.unwrap();
@@ -962,12 +971,7 @@ async fn admin_endpoints_report_what_happened() {
         ],
     )
     .await;
-    let line = proxy.line_starting("admin on http://").await;
-    let admin = line
-        .strip_prefix("admin on http://")
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let admin = admin_addr(&mut proxy).await;
     assert_eq!(admin_get(&admin, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(admin_get(&admin, "/readyz").await.0, 200);
 
@@ -1091,12 +1095,7 @@ async fn admin_endpoints_report_what_happened() {
 async fn readyz_fails_without_an_upstream() {
     let mut proxy =
         Proxy::in_front_of(closed_port().await, &["--admin-listen", "127.0.0.1:0"]).await;
-    let line = proxy.line_starting("admin on http://").await;
-    let admin = line
-        .strip_prefix("admin on http://")
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let admin = admin_addr(&mut proxy).await;
     assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
     assert_eq!(admin_get(&admin, "/readyz").await.0, 503);
     assert_eq!(admin_get(&admin, "/nothing").await.0, 404);
