@@ -295,74 +295,84 @@ pub(crate) async fn serve<S, B>(
     permit: OwnedSemaphorePermit,
     proxy: S,
     settings: Arc<Settings>,
-    mut signals: Signals,
+    signals: Signals,
 ) where
     S: RequestService<B>,
     B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let first_head_by = Instant::now() + settings.header_read_timeout;
-    #[cfg(feature = "tls")]
-    if let Some(acceptor) = &settings.tls {
-        // The handshake counts against the header-read timeout: a stalled one
-        // holds its slot no longer than a silent plain socket.
-        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit));
-        let accepted = tokio::select! {
-            s = tokio::time::timeout_at(first_head_by, handshake) => s,
-            _ = shutting_down(&mut signals.shutdown) => return,
-        };
-        let tls = match accepted {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, limit = ?settings.header_read_timeout, "no TLS handshake within the header-read timeout; closing");
-                return;
-            }
-        };
-        let protocol = match tls.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Protocol::Http2,
-            _ => Protocol::Http1,
-        };
-        let conn = Conn {
-            peer,
-            tls: true,
-            protocol,
-            first_head_by,
-            proxy,
-            settings: &settings,
-            signals,
-        };
-        return conn.run(TokioIo::new(tls)).await;
-    }
-    let sniffed = tokio::select! {
-        s = tokio::time::timeout_at(first_head_by, sniff(&mut tcp)) => s,
-        _ = shutting_down(&mut signals.shutdown) => return,
-    };
-    let (protocol, prefix) = match sniffed {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection failed before its first request");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, limit = ?settings.header_read_timeout, "no request within the header-read timeout; closing");
-            return;
-        }
-    };
-    let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
-    let conn = Conn {
+    let mut shutdown = signals.shutdown.clone();
+    let conn = |tls, protocol| Conn {
         peer,
-        tls: false,
+        tls,
         protocol,
         first_head_by,
         proxy,
         settings: &settings,
         signals,
     };
-    conn.run(io).await
+    let mut opening = Opening {
+        peer,
+        by: first_head_by,
+        limit: settings.header_read_timeout,
+        shutdown: &mut shutdown,
+    };
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &settings.tls {
+        // The handshake counts against the header-read timeout: a stalled one
+        // holds its slot no longer than a silent plain socket.
+        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit));
+        let Some(tls) = opening.step(handshake, "TLS handshake").await else {
+            return;
+        };
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        return conn(true, protocol).run(TokioIo::new(tls)).await;
+    }
+    let Some(Some((protocol, prefix))) = opening.step(sniff(&mut tcp), "first request").await
+    else {
+        return;
+    };
+    let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
+    conn(false, protocol).run(io).await
+}
+
+/// A connection's opening steps (TLS handshake, protocol sniff), all within
+/// the first-request deadline.
+struct Opening<'a> {
+    peer: SocketAddr,
+    by: Instant,
+    limit: Duration,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl Opening<'_> {
+    /// Runs `step` before the deadline; `None` when the connection is to
+    /// close: the deadline passed, the step failed, or the server shuts down.
+    async fn step<T>(
+        &mut self,
+        step: impl Future<Output = std::io::Result<T>>,
+        what: &'static str,
+    ) -> Option<T> {
+        let peer = self.peer;
+        let done = tokio::select! {
+            s = tokio::time::timeout_at(self.by, step) => s,
+            _ = shutting_down(self.shutdown) => return None,
+        };
+        match done {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, what, "connection failed before its first request");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, limit = ?self.limit, what, "nothing within the header-read timeout; closing");
+                None
+            }
+        }
+    }
 }
 
 /// A connection whose protocol is known.

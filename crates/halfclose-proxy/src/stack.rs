@@ -96,9 +96,14 @@ impl RequestIds {
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let n = self.0.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}{:08x}", self.0.prefix, n as u32);
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        // Per request: written into a stack buffer, one copy into the value.
+        let n = self.0.next.fetch_add(1, Ordering::Relaxed) as u32;
+        let word = (u64::from(self.0.prefix) << 32) | u64::from(n);
+        let mut id = [0u8; 16];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(word >> (60 - 4 * i)) as usize & 0xf];
+        }
+        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
     }
 }
 
