@@ -102,17 +102,9 @@ impl Admin {
                 Upstreams::Many(p) if p.is_ready() => return true,
                 Upstreams::Many(_) => {}
                 Upstreams::One(p) => {
-                    let uri = p.upstream();
-                    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-                    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                        Some("https") => 443,
-                        _ => 80,
-                    });
-                    let connect = tokio::net::TcpStream::connect((host, port));
-                    return matches!(
-                        tokio::time::timeout(self.connect_timeout, connect).await,
-                        Ok(Ok(_))
-                    );
+                    return crate::serve::tcp_reachable(p.upstream(), self.connect_timeout)
+                        .await
+                        .is_ok();
                 }
             }
         }

@@ -180,28 +180,30 @@ fn bind(addr: SocketAddr, share: bool) -> std::io::Result<tokio::net::TcpSocket>
 /// orchestrators start the proxy and its upstream in any order.
 fn check_upstream(upstream: http::Uri, limit: Duration) {
     tokio::spawn(async move {
-        let host = upstream
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let default_port = match upstream.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            true => 443,
-            false => 80,
-        };
-        let port = upstream.port_u16().unwrap_or(default_port);
-        let problem = match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no connection within {limit:?}"),
-        };
-        tracing::warn!(
-            %upstream,
-            error = %problem,
-            "upstream not reachable yet; answering 502 until it is"
-        );
+        if let Err(problem) = tcp_reachable(&upstream, limit).await {
+            tracing::warn!(
+                %upstream,
+                error = %problem,
+                "upstream not reachable yet; answering 502 until it is"
+            );
+        }
     });
+}
+
+/// Whether `upstream` takes a TCP connection within `limit` (the start-up
+/// check and `/readyz`).
+pub(crate) async fn tcp_reachable(upstream: &http::Uri, limit: Duration) -> Result<(), String> {
+    let host = upstream.host().unwrap_or_default().trim_matches(['[', ']']);
+    let default_port = match upstream.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        true => 443,
+        false => 80,
+    };
+    let port = upstream.port_u16().unwrap_or(default_port);
+    match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {limit:?}")),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C off Unix) received after this call.

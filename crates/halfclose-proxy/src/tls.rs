@@ -12,7 +12,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig, crypto::ring};
+use tokio_rustls::rustls::{ClientConfig, ServerConfig, crypto::ring};
 
 /// The certificate every new handshake gets; replaced by [`reload`](Self::reload)
 /// while connections made with the old one go on.
@@ -84,33 +84,20 @@ impl ResolvesServerCert for Certificate {
     }
 }
 
-/// A client config for `probe https://...`: trusting the PEM bundle `ca`, or
-/// the bundled web PKI roots; offering `alpn`.
+/// A client config for `probe https://...`: what the proxy itself trusts
+/// (the CA bundle in the file `ca`, or the bundled web PKI roots), offering
+/// `alpn`.
 pub(crate) fn client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("--ca {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("--ca {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("--ca {}: no PEM certificate in it", path.display()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
+    let pem = match ca {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    proxy_tower::tls::client_config(pem.as_deref(), &[alpn]).map_err(|e| match ca {
+        Some(path) => format!("--ca {}: {e}", path.display()),
+        None => e.to_string(),
+    })
 }
 
 fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {

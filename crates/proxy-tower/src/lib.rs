@@ -134,5 +134,34 @@ pub type WithReverseProxy<S, C = DefaultClient> = ProxyOr<S, C>;
 #[deprecated(since = "0.1.0", note = "renamed to `ProxyOrFuture`")]
 pub type WithReverseProxyFuture<F, CB> = ProxyOrFuture<F, CB>;
 
+/// TLS as the [`DefaultClient`] speaks it to `https` upstreams, for programs
+/// that open TLS connections of their own to the same servers (a health
+/// prober, a custom connector) and should trust exactly what the proxy trusts.
+#[cfg(feature = "tls")]
+pub mod tls {
+    use std::sync::Arc;
+
+    use crate::ProxyError;
+
+    /// A rustls client config trusting the CA certificates in `ca_pem` (a PEM
+    /// bundle; the upstream's own certificate in it is trusted even when
+    /// marked as a CA, see [`Builder::upstream_ca_pem`](crate::Builder::upstream_ca_pem)),
+    /// or the bundled web PKI roots without it; offering `alpn`. It uses the
+    /// ring provider, whatever the process default.
+    ///
+    /// ```
+    /// let config = proxy_tower::tls::client_config(None, &[b"http/1.1"])?;
+    /// let connector = tokio_rustls::TlsConnector::from(config);
+    /// # let _ = connector; Ok::<(), proxy_tower::ProxyError>(())
+    /// ```
+    pub fn client_config(
+        ca_pem: Option<&[u8]>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
+        let ca = ca_pem.map(crate::connect::tls::ca_from_pem).transpose()?;
+        Ok(crate::connect::tls::client_config(ca.as_ref(), alpn))
+    }
+}
+
 /// The boxed error type of bodies and clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
