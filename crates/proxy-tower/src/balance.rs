@@ -213,33 +213,19 @@ impl BalancedProxy {
 
     /// The first try: the balancer's pick, or any upstream when the balancer
     /// has none ready (all ejected); `None` when no upstream is known.
-    fn first_try(&self, req: Request<RequestBody>) -> Option<ResponseFuture<Incoming>> {
+    fn first_try(&self, req: Request<RequestBody>) -> Option<Attempt> {
         let mut balance = lock(&self.shared.balance);
         // Polled once per request, never waited on: an upstream that is not
         // ready now (ejected) leaves the choice to the others.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match balance.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {
-                let fut = balance.call(req);
-                drop(balance);
-                Some(ResponseFuture::new(async move {
-                    match fut.await {
-                        Ok(res) => res,
-                        Err(e) => no_upstream(&format!("balancer failed: {e}")),
-                    }
-                }))
-            }
-            Poll::Ready(Err(e)) => {
-                drop(balance);
-                tracing::warn!(error = %e, "upstream discovery failed");
-                self.any_other(None).map(|mut e| e.call_unready(req))
-            }
-            Poll::Pending => {
-                drop(balance);
-                // Every upstream ejected (or none yet): try one anyway.
-                self.any_other(None).map(|mut e| e.call_unready(req))
-            }
+            Poll::Ready(Ok(())) => return Some(balance.call(req)),
+            Poll::Ready(Err(e)) => tracing::warn!(error = %e, "upstream discovery failed"),
+            // Every upstream ejected (or none yet): try one anyway, below.
+            Poll::Pending => {}
         }
+        drop(balance);
+        self.any_other(None).map(|mut e| e.attempt(req))
     }
 
     /// An upstream other than `not` (by id), healthy ones first, in turn.
@@ -262,11 +248,15 @@ impl BalancedProxy {
     }
 }
 
-/// The response of an infallible future.
-async fn settle(fut: ResponseFuture<Incoming>) -> Response<ProxyBody<Incoming>> {
-    match fut.await {
+/// One try on one upstream: the balancer's future, or the same shape for a
+/// pick of our own (no box around either).
+type Attempt = futures_util::future::MapErr<EndpointFuture, fn(Infallible) -> BoxError>;
+
+/// The response of an attempt (which only fails if the balancer does).
+async fn settle(attempt: Attempt) -> Response<ProxyBody<Incoming>> {
+    match attempt.await {
         Ok(res) => res,
-        Err(never) => match never {},
+        Err(e) => no_upstream(&format!("balancer failed: {e}")),
     }
 }
 
@@ -333,11 +323,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let req = req.map(RequestBody::new);
         let replay = Replay::of(&req);
-        let Some(first) = self.first_try(req) else {
-            return ResponseFuture::new(async { no_upstream("no upstream is known") });
-        };
+        let first = self.first_try(req);
         let this = self.clone();
         ResponseFuture::new(async move {
+            let Some(first) = first else {
+                return no_upstream("no upstream is known");
+            };
             let res = settle(first).await;
             let Some(Unsent(failed)) = res.extensions().get::<Unsent>().copied() else {
                 return res;
@@ -351,7 +342,7 @@ where
                 return res;
             };
             tracing::debug!(upstream = %other.uri, "retrying a request that could not be sent");
-            let res = settle(other.call_unready(replay.request())).await;
+            let res = settle(other.attempt(replay.request())).await;
             if res.extensions().get::<Unsent>().is_some() {
                 tracing::warn!(upstream = %other.uri, "request not sent: no upstream took the connection");
             }
@@ -469,14 +460,10 @@ impl Endpoint {
     }
 
     /// Calls it whether or not it is ejected (the fallbacks).
-    fn call_unready(&mut self, req: Request<RequestBody>) -> ResponseFuture<Incoming> {
-        let fut = self.call(req);
-        ResponseFuture::new(async move {
-            match fut.await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            }
-        })
+    fn attempt(&mut self, req: Request<RequestBody>) -> Attempt {
+        use futures_util::TryFutureExt;
+        let never: fn(Infallible) -> BoxError = |never| match never {};
+        Service::<Request<RequestBody>>::call(self, req).map_err(never)
     }
 }
 
