@@ -55,21 +55,43 @@ where
             let svc = svc.clone();
             tokio::spawn(async move {
                 let (io, abort) = ResetOnAbort::new(tcp);
-                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientInfo::new(peer.ip()));
-                    req.extensions_mut().insert(abort.clone());
-                    svc.clone().oneshot(req)
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder.http2().enable_connect_protocol();
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                    .await;
+                serve_connection(io, peer, Some(abort), svc).await;
             });
         }
     });
     addr
+}
+
+/// Serves one connection with hyper-util (HTTP/1.1 with upgrades, HTTP/2 with
+/// extended CONNECT), inserting the peer's [`ClientInfo`], and its
+/// [`proxy_tower::ResetHandle`] when it has one, into each request.
+async fn serve_connection<S, B, I>(
+    io: I,
+    peer: SocketAddr,
+    abort: Option<proxy_tower::ResetHandle>,
+    svc: S,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+        if let Some(abort) = &abort {
+            req.extensions_mut().insert(abort.clone());
+        }
+        svc.clone().oneshot(req)
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Serves an async function as an HTTP upstream (hyper-util, HTTP/1.1 and h2c).
@@ -461,13 +483,7 @@ pub mod tls {
                     let Ok(tls) = acceptor.accept(proxy_tower::ClientIo::new(tcp)).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(ClientInfo::new(peer.ip()));
-                        svc.clone().oneshot(req)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                        .await;
+                    serve_connection(tls, peer, None, svc).await;
                 });
             }
         });

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 mod common;
-use common::{BIN, Proxy, probe};
+use common::{BIN, Proxy, probe, refuses};
 
 /// In front of a test upstream: a request, an upgrade with half-close both ways,
 /// and SIGTERM while the tunnel is open: the tunnel's data still completes, new
@@ -238,17 +238,7 @@ async fn bad_input_is_one_line_and_non_zero() {
         vec!["--listen", "127.0.0.1:0", "--response-timeout", "soon"],
         vec!["probe", "ftp://example/"],
     ] {
-        let out = within("exit", Command::new(BIN).args(&args).output())
-            .await
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("halfclose-proxy: error: "),
-            "{args:?}: {err}"
-        );
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        refuses(&args).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`--upstream https://...`, `--upstream-ca`). Certificates are made by the
 //! tests.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,10 +12,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 mod common;
-use common::{BIN, Proxy, probe};
+use common::{Proxy, probe, refuses};
 
 /// A scratch directory for one test's PEM files, removed on drop.
 struct Files(PathBuf);
@@ -336,23 +335,8 @@ async fn bad_tls_files_are_one_line_at_start() {
         ],
     ];
     for args in cases {
-        let out = within(
-            "exit",
-            Command::new(BIN)
-                .args(["--listen", "127.0.0.1:0"])
-                .args(&args)
-                .output(),
-        )
-        .await
-        .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("halfclose-proxy: error: "),
-            "{args:?}: {err}"
-        );
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        refuses(&all).await;
     }
-    let _ = Path::new(&cert);
 }

@@ -98,3 +98,19 @@ pub async fn probe(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// Runs the binary with `args` and checks that it refuses them the way bad
+/// input is refused: a non-zero exit and one line on stderr, no panic.
+pub async fn refuses(args: &[&str]) {
+    let out = within("exit", Command::new(BIN).args(args).output())
+        .await
+        .expect("run the binary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(
+        err.starts_with("halfclose-proxy: error: "),
+        "{args:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
