@@ -133,9 +133,9 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<proxy_tower::BoxError>,
 {
-    type Response = http::Response<proxy_tower::ProxyBody<hyper::body::Incoming>>;
+    type Response = http::Response<proxy_tower::ProxyBody<proxy_tower::UpstreamBody>>;
     type Error = std::convert::Infallible;
-    type Future = proxy_tower::ResponseFuture<hyper::body::Incoming>;
+    type Future = proxy_tower::ResponseFuture<proxy_tower::UpstreamBody>;
 
     fn poll_ready(
         &mut self,

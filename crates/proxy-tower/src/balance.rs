@@ -18,7 +18,6 @@ use std::future::Future;
 use futures_util::{Stream, StreamExt};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tower::balance::p2c::Balance;
 use tower::discover::{Change, Discover};
@@ -28,7 +27,7 @@ use tower_service::Service;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::proxy::{ResponseFuture, Unsent};
-use crate::{BoxError, RequestBody, ReverseProxy, Tunnels};
+use crate::{BoxError, RequestBody, ReverseProxy, Tunnels, UpstreamBody};
 
 /// Consecutive failures (connection refused or timed out, response timeout)
 /// after which an upstream is ejected.
@@ -253,7 +252,7 @@ impl BalancedProxy {
 type Attempt = futures_util::future::MapErr<EndpointFuture, fn(Infallible) -> BoxError>;
 
 /// The response of an attempt (which only fails if the balancer does).
-async fn settle(attempt: Attempt) -> Response<ProxyBody<Incoming>> {
+async fn settle(attempt: Attempt) -> Response<ProxyBody<UpstreamBody>> {
     match attempt.await {
         Ok(res) => res,
         Err(e) => no_upstream(&format!("balancer failed: {e}")),
@@ -264,7 +263,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn no_upstream(why: &str) -> Response<ProxyBody<Incoming>> {
+fn no_upstream(why: &str) -> Response<ProxyBody<UpstreamBody>> {
     tracing::warn!(reason = why, "no upstream available");
     let mut res = Response::new(ProxyBody::message(Bytes::from_static(
         b"Service Unavailable\n",
@@ -312,9 +311,9 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ProxyBody<Incoming>>;
+    type Response = Response<ProxyBody<UpstreamBody>>;
     type Error = Infallible;
-    type Future = ResponseFuture<Incoming>;
+    type Future = ResponseFuture<UpstreamBody>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -445,7 +444,7 @@ impl Clone for Endpoint {
 }
 
 type EndpointFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ProxyBody<Incoming>>, Infallible>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody<UpstreamBody>>, Infallible>> + Send>>;
 
 impl Endpoint {
     fn new(id: u64, uri: Uri, proxy: ReverseProxy, health: Health) -> Self {
@@ -476,7 +475,7 @@ impl Load for Endpoint {
 }
 
 impl Service<Request<RequestBody>> for Endpoint {
-    type Response = Response<ProxyBody<Incoming>>;
+    type Response = Response<ProxyBody<UpstreamBody>>;
     type Error = Infallible;
     type Future = EndpointFuture;
 

@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::config::Config;
 use crate::connect::Connector;
-use crate::{BoxError, RequestBody};
+use crate::{BoxError, RequestBody, UpstreamBody, h1};
 
 /// The client a [`ReverseProxy`](crate::ReverseProxy) uses unless given another:
 /// TCP to the one upstream, and TLS over it for `https` upstreams. Over
@@ -54,6 +54,8 @@ enum Kind {
 }
 
 struct Http1 {
+    /// Bodiless requests to an `http` upstream (`h1.rs`).
+    fast: Option<Arc<h1::Pool>>,
     pooled: Client<Connector, RequestBody>,
     /// For upgrades to an `https` upstream: connections that offer only
     /// `http/1.1` by ALPN.
@@ -108,8 +110,17 @@ impl DefaultClient {
             true => Some(pooled(with_alpn(&[b"http/1.1"]))),
             false => None,
         };
+        let fast = (!https).then(|| {
+            h1::Pool::new(
+                connector.clone(),
+                config.rules.upstream().clone(),
+                config.pool_max_idle,
+                config.pool_idle_timeout,
+            )
+        });
         DefaultClient {
             kind: Kind::Http1(Arc::new(Http1 {
+                fast,
                 pooled: pooled(with_alpn(&[b"h2", b"http/1.1"])),
                 upgrades,
             })),
@@ -118,7 +129,7 @@ impl DefaultClient {
 }
 
 impl Service<Request<RequestBody>> for DefaultClient {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = BoxError;
     type Future = DefaultClientFuture;
 
@@ -129,6 +140,16 @@ impl Service<Request<RequestBody>> for DefaultClient {
     fn call(&mut self, req: Request<RequestBody>) -> DefaultClientFuture {
         match &self.kind {
             Kind::Http1(h1) => {
+                if let Some(pool) = h1.fast.as_ref().filter(|_| h1::fits(&req)) {
+                    let pool = pool.clone();
+                    return DefaultClientFuture {
+                        inner: Inner::Boxed {
+                            fut: Box::pin(async move {
+                                Ok(pool.send(req).await?.map(UpstreamBody::h1))
+                            }),
+                        },
+                    };
+                }
                 let client = match &h1.upgrades {
                     Some(c) if req.headers().contains_key(http::header::UPGRADE) => c,
                     _ => &h1.pooled,
@@ -143,7 +164,9 @@ impl Service<Request<RequestBody>> for DefaultClient {
                 let h2 = h2.clone();
                 DefaultClientFuture {
                     inner: Inner::Boxed {
-                        fut: Box::pin(async move { h2.send(req).await }),
+                        fut: Box::pin(
+                            async move { Ok(h2.send(req).await?.map(UpstreamBody::hyper)) },
+                        ),
                     },
                 }
             }
@@ -151,7 +174,7 @@ impl Service<Request<RequestBody>> for DefaultClient {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send>>;
 
 pin_project! {
     /// The response future of [`DefaultClient`].
@@ -170,11 +193,14 @@ pin_project! {
 }
 
 impl Future for DefaultClientFuture {
-    type Output = Result<Response<Incoming>, BoxError>;
+    type Output = Result<Response<UpstreamBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
-            InnerProj::Pooled { fut } => fut.poll(cx).map_err(Into::into),
+            InnerProj::Pooled { fut } => fut
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(UpstreamBody::hyper)))
+                .map_err(Into::into),
             InnerProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
     }

@@ -102,6 +102,7 @@ mod body;
 mod client;
 mod config;
 mod connect;
+mod h1;
 mod io;
 mod layer;
 pub mod metrics;
@@ -112,7 +113,7 @@ pub use abort::{ResetHandle, ResetOnAbort};
 pub use balance::{
     BASE_EJECTION, BalancedProxy, DEFAULT_EJECT_AFTER, MAX_EJECTION, UpstreamStatus,
 };
-pub use body::{ProxyBody, RequestBody};
+pub use body::{ProxyBody, RequestBody, UpstreamBody};
 pub use client::{DefaultClient, DefaultClientFuture};
 pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
 pub use io::ClientIo;

@@ -288,8 +288,9 @@ fn nonce() -> [u8; 16] {
 
 /// True if the client failed before sending a byte: it could not connect.
 fn is_unsent(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<hyper_util::client::legacy::Error>()
-        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+    e.is::<crate::h1::ConnectError>()
+        || e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
 }
 
 /// The error of a failed upstream call: 413 when the request body hit a size

@@ -1,0 +1,398 @@
+//! The default client's own HTTP/1.1 path (bodiless requests to `http`
+//! upstreams): response framing, trailers, informational responses, invalid
+//! answers, and connection reuse, against an upstream scripted byte by byte.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e_tests::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use proxy_tower::ReverseProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+/// What the scripted upstream does with one request.
+#[derive(Clone)]
+enum Answer {
+    /// Write these bytes and keep the connection for the next request.
+    Keep(&'static [u8]),
+    /// Write these bytes one at a time (every read the proxy makes is short).
+    Trickle(&'static [u8]),
+    /// Write these bytes, then close.
+    Close(&'static [u8]),
+    /// Close without answering.
+    Hang,
+}
+
+/// An upstream that answers the `n`th request it reads (counted over all
+/// connections) with `script[n]`, and reports each request as (connection
+/// number, request head).
+async fn scripted(script: Vec<Answer>) -> (SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+    let (listener, addr) = listener().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let script = std::sync::Arc::new(std::sync::Mutex::new(script.into_iter()));
+    tokio::spawn(async move {
+        let mut conns = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            conns += 1;
+            let (tx, script, conn) = (tx.clone(), script.clone(), conns);
+            tokio::spawn(async move {
+                while let Ok(head) = read_head(&mut tcp).await {
+                    let _ = tx.send((conn, head));
+                    let next = script.lock().unwrap().next();
+                    match next {
+                        Some(Answer::Keep(b)) => tcp.write_all(b).await.unwrap(),
+                        Some(Answer::Trickle(b)) => {
+                            for byte in b {
+                                tcp.write_all(&[*byte]).await.unwrap();
+                                tcp.flush().await.unwrap();
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        Some(Answer::Close(b)) => {
+                            tcp.write_all(b).await.unwrap();
+                            return;
+                        }
+                        Some(Answer::Hang) | None => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path).body(Empty::new()).unwrap()
+}
+
+fn request(method: &str, path: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Sends `req` through `proxy`; returns status, body and trailers.
+async fn fetch(
+    proxy: &ReverseProxy,
+    req: Request<Empty<Bytes>>,
+) -> (StatusCode, Result<(Bytes, Option<http::HeaderMap>), String>) {
+    let res = within("the proxy's response", proxy.clone().oneshot(req))
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = within("the body", res.into_body().collect())
+        .await
+        .map(|c| {
+            let trailers = c.trailers().cloned();
+            (c.to_bytes(), trailers)
+        })
+        .map_err(|e| e.to_string());
+    (status, body)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(usize, String)>) -> (usize, String) {
+    within("a request at the upstream", rx.recv())
+        .await
+        .expect("upstream running")
+}
+
+#[tokio::test]
+async fn chunked_bodies_and_trailers_are_decoded_across_short_reads() {
+    let (up, mut seen) = scripted(vec![
+        Answer::Trickle(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: abc\r\n\r\n",
+        ),
+        Answer::Keep(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    ])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+
+    let (status, body) = fetch(&proxy, get("/one")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (bytes, trailers) = body.unwrap();
+    assert_eq!(bytes, "hello world");
+    assert_eq!(trailers.unwrap()["x-sum"], "abc");
+    let (conn, head) = next(&mut seen).await;
+    assert!(head.starts_with("GET /one HTTP/1.1\r\n"), "{head}");
+    assert!(header_of(&head, "host").is_some(), "{head}");
+    assert!(header_of(&head, "transfer-encoding").is_none(), "{head}");
+
+    // The connection went back to the pool once the last chunk was read.
+    let (status, body) = fetch(&proxy, get("/two")).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from("abc"))
+    );
+    assert_eq!(next(&mut seen).await.0, conn);
+}
+
+#[tokio::test]
+async fn length_and_close_delimited_bodies() {
+    let (up, mut seen) = scripted(vec![
+        Answer::Trickle(b"HTTP/1.1 200 Fine\r\nContent-Length: 10\r\n\r\n0123456789"),
+        // No length: the body runs to the close, and the connection is not reused.
+        Answer::Close(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+        Answer::Keep(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+
+    let res = within("response", proxy.clone().oneshot(get("/a")))
+        .await
+        .unwrap();
+    // A reason phrase other than the usual one is kept, as hyper keeps it.
+    let reason = res.extensions().get::<hyper::ext::ReasonPhrase>().cloned();
+    assert_eq!(reason.unwrap().as_bytes(), b"Fine");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "0123456789");
+    let (first, _) = next(&mut seen).await;
+
+    let (status, body) = fetch(&proxy, get("/b")).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from("until the end"))
+    );
+    assert_eq!(next(&mut seen).await.0, first);
+
+    // HTTP/1.0 without keep-alive: answered, then not reused.
+    let (status, body) = fetch(&proxy, get("/c")).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from("ok"))
+    );
+    let (third, _) = next(&mut seen).await;
+    assert_ne!(third, first);
+    let (status, _) = fetch(&proxy, get("/d")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(next(&mut seen).await.0, third);
+}
+
+#[tokio::test]
+async fn bodiless_responses_keep_the_connection() {
+    let (up, mut seen) = scripted(vec![
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+        Answer::Keep(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        Answer::Keep(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"),
+        Answer::Keep(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+
+    let res = within("HEAD", proxy.clone().oneshot(request("HEAD", "/")))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-length"], "1000");
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    let (conn, head) = next(&mut seen).await;
+    assert!(head.starts_with("HEAD / HTTP/1.1"), "{head}");
+
+    let (status, body) = fetch(&proxy, get("/")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(body.unwrap().0.is_empty());
+    let (status, body) = fetch(&proxy, get("/")).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.unwrap().0.is_empty());
+    // Informational responses are read past; the final one is relayed.
+    let (status, body) = fetch(&proxy, get("/")).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from("ok"))
+    );
+    for _ in 0..3 {
+        assert_eq!(next(&mut seen).await.0, conn);
+    }
+}
+
+#[tokio::test]
+async fn invalid_answers_are_502() {
+    let answers: [&'static [u8]; 7] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        b"",
+    ];
+    for answer in answers {
+        let (up, _seen) = scripted(vec![Answer::Close(answer)]).await;
+        let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+        let (status, _) = fetch(&proxy, get("/")).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_cut_short_are_errors() {
+    let answers: [&'static [u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    for answer in answers {
+        let (up, _seen) = scripted(vec![Answer::Close(answer)]).await;
+        let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+        let (status, body) = fetch(&proxy, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_err(), "{}", String::from_utf8_lossy(answer));
+    }
+}
+
+/// A pooled connection the upstream closes as the next request arrives: an
+/// idempotent request is sent again on a new connection, a POST is not.
+#[tokio::test]
+async fn only_idempotent_requests_are_retried_on_a_stale_connection() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (up, mut seen) = scripted(vec![
+        Answer::Keep(ok),
+        Answer::Hang,
+        Answer::Keep(ok),
+        Answer::Hang,
+    ])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+
+    assert_eq!(fetch(&proxy, get("/")).await.0, StatusCode::OK);
+    let (first, _) = next(&mut seen).await;
+    // GET: refused on the pooled connection, answered on a new one.
+    let (status, body) = fetch(&proxy, get("/again")).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from("ok"))
+    );
+    assert_eq!(next(&mut seen).await.0, first);
+    let (second, head) = next(&mut seen).await;
+    assert_ne!(second, first);
+    assert!(head.starts_with("GET /again"), "{head}");
+    // POST without a body: sent once, then a 502.
+    let (status, _) = fetch(&proxy, request("POST", "/once")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (conn, head) = next(&mut seen).await;
+    assert_eq!(conn, second);
+    assert!(head.starts_with("POST /once"), "{head}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), seen.recv())
+            .await
+            .is_err(),
+        "the POST was sent twice"
+    );
+}
+
+#[tokio::test]
+async fn pooling_follows_max_idle_and_idle_timeout() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // Sequential requests share one connection.
+    let (up, mut seen) = scripted(vec![Answer::Keep(ok); 3]).await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(fetch(&proxy, get("/")).await.0, StatusCode::OK);
+        assert_eq!(next(&mut seen).await.0, 1);
+    }
+
+    // With no idle connections allowed, each request opens its own.
+    let (up, mut seen) = scripted(vec![Answer::Keep(ok); 3]).await;
+    let proxy = ReverseProxy::builder(&format!("http://{up}"))
+        .pool_max_idle(0)
+        .build()
+        .unwrap();
+    for n in 1..=3 {
+        assert_eq!(fetch(&proxy, get("/")).await.0, StatusCode::OK);
+        assert_eq!(next(&mut seen).await.0, n);
+    }
+
+    // An idle connection is closed once the idle timeout has passed.
+    let (listener, addr) = listener().await;
+    let proxy = ReverseProxy::builder(&format!("http://{addr}"))
+        .pool_idle_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let call = tokio::spawn(fetch_status(proxy.clone()));
+    let (mut tcp, _) = within("accept", listener.accept()).await.unwrap();
+    read_head(&mut tcp).await.unwrap();
+    tcp.write_all(ok).await.unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+    let mut rest = Vec::new();
+    let read = within(
+        "the pool to close the idle connection",
+        tcp.read_to_end(&mut rest),
+    )
+    .await;
+    assert_eq!(read.unwrap(), 0);
+}
+
+async fn fetch_status(proxy: ReverseProxy) -> StatusCode {
+    fetch(&proxy, get("/")).await.0
+}
+
+/// An idle connection the upstream has closed is noticed before it is used,
+/// so even a request that is never retried (a POST) gets a fresh one.
+#[tokio::test]
+async fn an_idle_connection_closed_by_the_upstream_is_not_used() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (listener, addr) = listener().await;
+    let proxy = ReverseProxy::new(&format!("http://{addr}")).unwrap();
+    let call = tokio::spawn(fetch_status(proxy.clone()));
+    let (mut tcp, _) = within("accept", listener.accept()).await.unwrap();
+    read_head(&mut tcp).await.unwrap();
+    tcp.write_all(ok).await.unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+    drop(tcp);
+    // Let the runtime's I/O driver see the FIN (yield_now runs after it).
+    tokio::task::yield_now().await;
+
+    let call = tokio::spawn(async move { fetch(&proxy, request("POST", "/")).await.0 });
+    let (mut tcp, _) = within("a new connection", listener.accept()).await.unwrap();
+    let head = read_head(&mut tcp).await.unwrap();
+    assert!(head.starts_with("POST / "), "{head}");
+    tcp.write_all(ok).await.unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+}
+
+/// Many requests at once over the fast path, through a real hyper upstream:
+/// every body arrives whole, on as many connections as were needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_answers() {
+    let up = serve_fn(|req: Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        http::Response::new(http_body_util::Full::new(Bytes::from(path.repeat(100))))
+    })
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    let mut calls = Vec::new();
+    // Each request without an idle connection opens one, as nginx does: stay
+    // under the test listener's backlog (std's 128).
+    for i in 0..100 {
+        let proxy = proxy.clone();
+        calls.push(tokio::spawn(async move {
+            let path = format!("/{i}");
+            let (status, body) = fetch(&proxy, get(&path)).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body.unwrap().0, path.repeat(100));
+        }));
+    }
+    for call in calls {
+        within("a call", call).await.unwrap();
+    }
+}
