@@ -11,11 +11,9 @@
 //! returns the response. Idle connections are kept per thread, so a
 //! connection is used on the runtime thread that opened it.
 //!
-//! An upgrade request takes this path too: on a `101`, the connection itself
-//! is handed to the tunnel (the [`Switched`] extension), with no hyper
-//! upgrade machinery on the upstream side. Requests with a body and `https`
-//! upstreams still go through hyper-util: sending a body while the response
-//! may already be coming back needs a task of its own anyway.
+//! Requests with a body, upgrades and `https` upstreams still go through
+//! hyper-util: sending a body while the response may already be coming back
+//! needs a task of its own anyway.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -48,23 +46,12 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Buffer space reserved before each read.
 const READ_SIZE: usize = 16 * 1024;
 
-/// True if `req` can take this path: no body, not CONNECT.
+/// True if `req` can take the fast path: no body, no upgrade, not CONNECT.
 pub(crate) fn fits(req: &Request<RequestBody>) -> bool {
     use http_body::Body as _;
-    req.body().is_end_stream() && req.method() != Method::CONNECT
-}
-
-/// On a `101 Switching Protocols` from this path: the upstream connection,
-/// to be taken once (by the tunnel), with the bytes the upstream sent after
-/// its 101.
-#[derive(Clone)]
-pub(crate) struct Switched(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
-
-impl Switched {
-    /// The connection, as the tunnel's upstream end.
-    pub(crate) fn take(&self) -> Option<(TcpStream, Bytes)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
+    req.body().is_end_stream()
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(http::header::UPGRADE)
 }
 
 /// Connections to one upstream, and the idle ones kept for reuse.
@@ -127,7 +114,6 @@ impl Pool {
         let (parts, _empty) = req.into_parts();
         let head = encode(&parts);
         let head_request = parts.method == Method::HEAD;
-        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let mut retry = is_idempotent(&parts);
         let mut fresh = false;
         loop {
@@ -138,7 +124,7 @@ impl Pool {
                 },
                 true => (self.connect().await?, false),
             };
-            match round_trip(conn, &head, head_request, upgrade).await {
+            match round_trip(conn, &head, head_request).await {
                 Ok((res, framing, conn)) => return Ok(self.respond(res, framing, conn)),
                 // A reused connection the upstream closed as we sent: once
                 // more on a new one, when sending twice is harmless
@@ -172,18 +158,11 @@ impl Pool {
 
     fn respond(
         self: Arc<Self>,
-        mut res: Response<()>,
+        res: Response<()>,
         framing: Framing,
         mut conn: Conn,
     ) -> Response<Body> {
         let state = match framing.kind {
-            // The connection now speaks the new protocol: it is the tunnel's.
-            Kind::Switched => {
-                let rest = conn.buf.split().freeze();
-                let switched = Switched(Arc::new(Mutex::new(Some((conn.io, rest)))));
-                res.extensions_mut().insert(switched);
-                State::Done
-            }
             Kind::Empty => {
                 self.release(conn, framing.reusable);
                 State::Done
@@ -345,7 +324,6 @@ async fn round_trip(
     mut conn: Conn,
     head: &[u8],
     head_request: bool,
-    upgrade: bool,
 ) -> Result<(Response<()>, Framing, Conn), Failed> {
     let sent = conn.io.write_all(head).await;
     if let Err(e) = sent {
@@ -358,8 +336,11 @@ async fn round_trip(
     loop {
         if !conn.buf.is_empty() {
             match parse_head(&mut conn.buf, head_request) {
-                Ok(Some((res, _))) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    if !upgrade {
+                Ok(Some((res, _))) if res.status().is_informational() => {
+                    // 100 Continue, 103 Early Hints: not relayed (as
+                    // hyper-util's client does not). 101 never comes here:
+                    // upgrades take the other path.
+                    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Failed {
                             error: Error::Invalid(
                                 "101 Switching Protocols to a request without Upgrade".into(),
@@ -367,15 +348,6 @@ async fn round_trip(
                             nothing_received: false,
                         });
                     }
-                    let framing = Framing {
-                        kind: Kind::Switched,
-                        reusable: false,
-                    };
-                    return Ok((res, framing, conn));
-                }
-                Ok(Some((res, _))) if res.status().is_informational() => {
-                    // 100 Continue, 103 Early Hints: not relayed (as
-                    // hyper-util's client does not).
                     informational = true;
                     continue;
                 }
@@ -471,8 +443,6 @@ struct Framing {
 }
 
 enum Kind {
-    /// `101 Switching Protocols`: no body; the connection is handed over.
-    Switched,
     Empty,
     Length(u64),
     Chunked,

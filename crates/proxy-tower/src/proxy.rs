@@ -441,15 +441,7 @@ where
         Err(e) => return error_response(config, &origin, e),
     };
     if outcome == Outcome::Tunnel {
-        // The default client's own HTTP/1.1 path hands the connection over
-        // as it is; hyper's client through its upgrade handle.
-        let upstream_upgrade = match parts.extensions.remove::<crate::h1::Switched>() {
-            Some(switched) => switched.take().map(tunnel::Upstream::Switched),
-            None => parts
-                .extensions
-                .remove::<OnUpgrade>()
-                .map(tunnel::Upstream::Upgrade),
-        };
+        let upstream_upgrade = parts.extensions.remove::<OnUpgrade>();
         let (Some(client_io), Some(upstream_io)) = (client_upgrade, upstream_upgrade) else {
             return error_response(
                 config,

@@ -151,20 +151,11 @@ pub(crate) enum UpstreamSide {
     H2Stream,
 }
 
-/// The upstream end of a tunnel, as the client gave it.
-pub(crate) enum Upstream {
-    /// hyper's upgrade handle.
-    Upgrade(OnUpgrade),
-    /// The connection itself (the default client's HTTP/1.1 path), and the
-    /// bytes read after the 101.
-    Switched((TcpStream, bytes::Bytes)),
-}
-
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
 pub(crate) fn spawn(
     client: OnUpgrade,
-    upstream: Upstream,
+    upstream: OnUpgrade,
     client_side: ClientSide,
     upstream_side: UpstreamSide,
     config: &Config,
@@ -194,17 +185,12 @@ pub(crate) fn spawn(
                 upstream_to_client: t.map_or(0, |t| t.b_to_a),
                 first_fin: t.and_then(|t| t.first_eof).map_or("none", side),
             };
-            let upstream = match upstream {
-                Upstream::Upgrade(upgrade) => match upgrade.await {
-                    Ok(io) => Ok(io),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "upstream connection could not be upgraded");
-                        crate::metrics::tunnel_closed(ended("error", None));
-                        return;
-                    }
-                },
-                Upstream::Switched((io, rest)) => {
-                    Err(TunnelIo::Upstream(Prefixed::new(rest, UpstreamIo::Tcp(io))))
+            let upstream = match upstream.await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream connection could not be upgraded");
+                    crate::metrics::tunnel_closed(ended("error", None));
+                    return;
                 }
             };
             let client = match client.await {
@@ -219,12 +205,9 @@ pub(crate) fn spawn(
                 ClientSide::Connection(abort) => (TunnelIo::client(client), abort),
                 ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
             };
-            let mut b = match (upstream, upstream_side) {
-                (Err(io), _) => io,
-                (Ok(upgraded), UpstreamSide::Connection) => TunnelIo::upstream(upgraded),
-                (Ok(upgraded), UpstreamSide::H2Stream) => {
-                    TunnelIo::H2Stream(H2Stream(TokioIo::new(upgraded)))
-                }
+            let mut b = match upstream_side {
+                UpstreamSide::Connection => TunnelIo::upstream(upstream),
+                UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
             };
             let mut closing = tunnels.inner.closing.subscribe();
             let closed = async {
