@@ -32,7 +32,17 @@ struct Options {
     fins: usize,
     idle_tunnels: usize,
     connections: usize,
+    /// Figure groups to measure (`--only get,tunnel,fin,many,open,rss`); all when empty.
+    only: Vec<String>,
 }
+
+impl Options {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+}
+
+const GROUPS: [&str; 6] = ["get", "tunnel", "fin", "many", "open", "rss"];
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -43,6 +53,7 @@ fn parse_args() -> Result<Options, String> {
         fins: 200,
         idle_tunnels: 3000,
         connections: 64,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -60,6 +71,14 @@ fn parse_args() -> Result<Options, String> {
             "--fins" => o.fins = num()?.max(1),
             "--idle-tunnels" => o.idle_tunnels = num()?,
             "--connections" => o.connections = num()?.max(1),
+            "--only" => {
+                for group in value.split(',') {
+                    if !GROUPS.contains(&group) {
+                        return Err(format!("--only: unknown group {group} (one of {GROUPS:?})"));
+                    }
+                    o.only.push(group.to_owned());
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -601,25 +620,35 @@ async fn run(o: Options) -> Result<(), String> {
     let mut samples = vec![vec![Vec::new(); targets.len()]; names.len()];
     for round in 0..o.rounds {
         for (i, t) in targets.iter().enumerate() {
-            let (rps, p99) = small_gets(t.addr, o.connections, o.seconds).await;
-            samples[0][i].push(rps);
-            samples[1][i].push(p99);
-            let cpu = cpu_secs(&t.pids);
-            samples[2][i].push(tunnel_speed(t.addr, o.tunnel_mib, true).await);
-            samples[3][i].push(tunnel_speed(t.addr, o.tunnel_mib, false).await);
-            let gib = (2 * o.tunnel_mib) as f64 / 1024.0;
-            samples[4][i].push((cpu_secs(&t.pids) - cpu) * 1000.0 / gib);
-            samples[5][i].push(fin_round_trip(t.addr, o.fins).await);
-            samples[6][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, true).await);
-            samples[7][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, false).await);
-            samples[8][i].push(tunnels_per_second(t.addr, o.seconds).await);
+            if o.wants("get") {
+                let (rps, p99) = small_gets(t.addr, o.connections, o.seconds).await;
+                samples[0][i].push(rps);
+                samples[1][i].push(p99);
+            }
+            if o.wants("tunnel") {
+                let cpu = cpu_secs(&t.pids);
+                samples[2][i].push(tunnel_speed(t.addr, o.tunnel_mib, true).await);
+                samples[3][i].push(tunnel_speed(t.addr, o.tunnel_mib, false).await);
+                let gib = (2 * o.tunnel_mib) as f64 / 1024.0;
+                samples[4][i].push((cpu_secs(&t.pids) - cpu) * 1000.0 / gib);
+            }
+            if o.wants("fin") {
+                samples[5][i].push(fin_round_trip(t.addr, o.fins).await);
+            }
+            if o.wants("many") {
+                samples[6][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, true).await);
+                samples[7][i].push(tunnels_at_once(t.addr, 8, o.tunnel_mib, false).await);
+            }
+            if o.wants("open") {
+                samples[8][i].push(tunnels_per_second(t.addr, o.seconds).await);
+            }
         }
         eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
     }
     // Memory on fresh processes: after the load above, the allocators hold
     // free memory that idle tunnels would reuse without growing RSS.
     let mut rss = vec![0.0];
-    for t in &targets[1..] {
+    for t in targets[1..].iter().filter(|_| o.wants("rss")) {
         let fresh = match t.name {
             "nginx" => start_nginx(backend).await,
             "balanced" => start_ours(&o.proxy, backend, true).await.ok(),
@@ -648,6 +677,9 @@ async fn run(o: Options) -> Result<(), String> {
     println!();
     println!("|---|{}", "---|".repeat(2 * targets.len() - 1));
     for (f, name) in names.iter().enumerate() {
+        if samples[f].iter().all(Vec::is_empty) {
+            continue;
+        }
         let med: Vec<f64> = samples[f].iter().map(|s| median(s.clone())).collect();
         print!("| {name} |");
         for m in &med {
@@ -662,14 +694,16 @@ async fn run(o: Options) -> Result<(), String> {
         }
         println!();
     }
-    print!(
-        "| RSS per idle tunnel, bytes ({} held, fresh process) |",
-        o.idle_tunnels
-    );
-    for r in &rss {
-        print!(" {r:.0} |");
+    if o.wants("rss") {
+        print!(
+            "| RSS per idle tunnel, bytes ({} held, fresh process) |",
+            o.idle_tunnels
+        );
+        for r in &rss {
+            print!(" {r:.0} |");
+        }
+        println!("{}", " - |".repeat(targets.len() - 1));
     }
-    println!("{}", " - |".repeat(targets.len() - 1));
     // The balancer's own cost: the same backend behind it, against ours alone.
     let rps = |name: &str| {
         targets
