@@ -27,6 +27,15 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 /// [`http2_only`](crate::Builder::http2_only), one multiplexed HTTP/2
 /// connection, made again when it closes.
 ///
+/// To a plain `http` upstream, a request without a body that is not an
+/// upgrade (most GETs) is sent and answered in the task that calls the
+/// client, on an HTTP/1.1 path of this crate: no connection task, no
+/// channel, and the connection goes back to the pool as soon as the body has
+/// been read (before the response is returned, when the body came with the
+/// head). Idle connections are then kept per thread, up to
+/// `pool_max_idle` in all. Other requests go through hyper-util's pooled
+/// client. Either way the response body is an [`UpstreamBody`].
+///
 /// For `https` (cargo feature `tls`, on by default) it verifies the upstream's
 /// certificate against the bundled web PKI roots (Mozilla's, from
 /// `webpki-roots`), or against the CA set with
