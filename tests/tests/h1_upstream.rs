@@ -396,3 +396,60 @@ async fn concurrent_requests_get_their_own_answers() {
         within("a call", call).await.unwrap();
     }
 }
+
+/// A proxy that outlives the runtime it first ran on (tests that build one
+/// runtime after another): connections parked by the old runtime are not
+/// used, and idle connections still expire on the new one.
+#[test]
+fn the_pool_outlives_its_runtime() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let (mut conn, closed_tx) = (conn.unwrap(), closed_tx.clone());
+            std::thread::spawn(move || {
+                let (mut buf, mut head) = ([0u8; 1024], Vec::new());
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .unwrap();
+                conn.set_read_timeout(Some(WAIT)).unwrap();
+                let closed = matches!(conn.read(&mut buf), Ok(0));
+                let _ = closed_tx.send((n, closed));
+            });
+        }
+    });
+    let proxy = ReverseProxy::builder(&format!("http://{addr}"))
+        .pool_idle_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        runtime().block_on(fetch_status(proxy.clone())),
+        StatusCode::OK
+    );
+    runtime().block_on(async move {
+        assert_eq!(fetch_status(proxy.clone()).await, StatusCode::OK);
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut closed: Vec<_> = (0..2).map(|_| closed_rx.recv_timeout(WAIT)).collect();
+            closed.sort_by_key(|c| c.as_ref().map(|c| c.0).ok());
+            closed
+        });
+        let closed = closed.await.unwrap();
+        // The first runtime's connection, dropped on the second; the second's,
+        // closed by the second runtime's sweeper.
+        assert_eq!(closed, [Ok((0, true)), Ok((1, true))]);
+        drop(proxy);
+    });
+}

@@ -247,21 +247,24 @@ impl Pool {
             since: Instant::now(),
         });
         *count += 1;
-        if !*sweeping {
-            if let (Some(limit), Ok(rt)) =
-                (self.idle_timeout, tokio::runtime::Handle::try_current())
-            {
-                *sweeping = true;
-                rt.spawn(sweep(Arc::downgrade(self), limit));
-            }
+        if *sweeping {
+            return;
+        }
+        if let (Some(limit), Ok(rt)) = (self.idle_timeout, tokio::runtime::Handle::try_current()) {
+            *sweeping = true;
+            // Not under the lock: a runtime shutting down drops the task at
+            // once, and `Running` takes the lock.
+            drop(idle);
+            rt.spawn(sweep(Running(Arc::downgrade(self)), limit));
         }
     }
 }
 
 /// Closes connections idle past the timeout, until none is left idle (the
 /// next parked connection starts it again) or the pool is dropped.
-async fn sweep(pool: Weak<Pool>, limit: Duration) {
+async fn sweep(mut running: Running, limit: Duration) {
     let every = limit.max(Duration::from_millis(100));
+    let pool = running.0.clone();
     loop {
         tokio::time::sleep(every).await;
         let Some(pool) = pool.upgrade() else { return };
@@ -280,7 +283,21 @@ async fn sweep(pool: Weak<Pool>, limit: Duration) {
         }
         if *count == 0 {
             *sweeping = false;
+            running.0 = Weak::new();
             return;
+        }
+    }
+}
+
+/// Marks a pool's sweeper as gone when its task ends, run or not (a task
+/// dropped by a runtime that shut down): the next parked connection starts
+/// another.
+struct Running(Weak<Pool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).sweeping = false;
         }
     }
 }
