@@ -453,3 +453,59 @@ fn the_pool_outlives_its_runtime() {
         drop(proxy);
     });
 }
+
+/// RFC 9112 section 6.3's order: HEAD has no body whatever the fields say;
+/// Transfer-Encoding wins over Content-Length (and the connection is not
+/// reused); `Connection: close` ends reuse.
+#[tokio::test]
+async fn framing_follows_rfc_9112_order() {
+    let (up, mut seen) = scripted(vec![
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Answer::Keep(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+        Answer::Keep(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+
+    let (status, body) = fetch(&proxy, request("HEAD", "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.unwrap().0.is_empty());
+    let (first, _) = next(&mut seen).await;
+
+    let res = within("TE and CL", proxy.clone().oneshot(get("/")))
+        .await
+        .unwrap();
+    assert!(res.headers().get("content-length").is_none());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!(next(&mut seen).await.0, first);
+
+    let (status, _) = fetch(&proxy, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (second, _) = next(&mut seen).await;
+    assert_ne!(second, first, "a connection with TE and CL was reused");
+    let (status, _) = fetch(&proxy, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (third, _) = next(&mut seen).await;
+    assert_ne!(third, second, "a `Connection: close` connection was reused");
+}
+
+/// A large body arrives whole over many reads, then the connection is reused.
+#[tokio::test]
+async fn a_large_body_streams_through() {
+    let up = serve_fn(|_req: Request<hyper::body::Incoming>| async move {
+        http::Response::new(http_body_util::Full::new(Bytes::from(vec![7u8; 3 << 20])))
+    })
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    for _ in 0..2 {
+        let (status, body) = fetch(&proxy, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        let body = body.unwrap().0;
+        assert_eq!(body.len(), 3 << 20);
+        assert!(body.iter().all(|b| *b == 7));
+    }
+}
