@@ -509,3 +509,100 @@ async fn a_large_body_streams_through() {
         assert!(body.iter().all(|b| *b == 7));
     }
 }
+
+/// A request body of a known length (up to 64 KiB) goes whole with its head
+/// on the fast path, and the connection is reused after it.
+#[tokio::test]
+async fn small_bodies_go_with_their_head() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (listener, addr) = listener().await;
+    let proxy = ReverseProxy::new(&format!("http://{addr}")).unwrap();
+    let post = |body: &'static str| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let req = Request::post("/submit")
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .unwrap();
+            let res = proxy.oneshot(req).await.unwrap();
+            res.status()
+        })
+    };
+    let call = post("hello");
+    let (mut tcp, _) = within("accept", listener.accept()).await.unwrap();
+    let head = read_head(&mut tcp).await.unwrap();
+    assert!(head.starts_with("POST /submit HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_of(&head, "content-length"), Some("5"), "{head}");
+    let mut body = [0u8; 5];
+    within("the body", tcp.read_exact(&mut body)).await.unwrap();
+    assert_eq!(&body, b"hello");
+    tcp.write_all(ok).await.unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+
+    // The same connection carries the next one.
+    let call = post("again!");
+    let head = within("the second request", read_head(&mut tcp))
+        .await
+        .unwrap();
+    assert_eq!(header_of(&head, "content-length"), Some("6"), "{head}");
+    let mut body = [0u8; 6];
+    within("the body", tcp.read_exact(&mut body)).await.unwrap();
+    tcp.write_all(ok).await.unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+}
+
+/// An upstream that answers before reading the body (a 413, say) is heard.
+#[tokio::test]
+async fn an_early_answer_is_relayed() {
+    let (up, mut seen) = scripted(vec![Answer::Keep(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )])
+    .await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    let req = Request::put("/big")
+        .body(http_body_util::Full::new(Bytes::from(vec![1u8; 60 * 1024])))
+        .unwrap();
+    let res = within("response", proxy.oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(next(&mut seen).await.1.starts_with("PUT /big"));
+}
+
+/// A body that fails, or ends short of the length it announced, is not sent.
+#[tokio::test]
+async fn a_failing_body_is_not_sent() {
+    struct Short(bool);
+    impl http_body::Body for Short {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            let fail = self.0;
+            self.0 = false;
+            std::task::Poll::Ready(match fail {
+                true => Some(Err(std::io::Error::other("client went away"))),
+                false => None,
+            })
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(10)
+        }
+    }
+    let (up, mut seen) = scripted(vec![]).await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    for fails in [true, false] {
+        let req = Request::post("/").body(Short(fails)).unwrap();
+        let res = within("response", proxy.clone().oneshot(req))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), seen.recv())
+            .await
+            .is_err(),
+        "a request with a broken body reached the upstream"
+    );
+}

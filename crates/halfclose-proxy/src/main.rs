@@ -93,8 +93,8 @@ pub(crate) struct ServeArgs {
 
     /// Idle upstream connections kept for reuse, at most (shared out among the
     /// workers, at least one each); a burst of clients leaves no more than this
-    /// many open once it is over. Requests without a body and those with one
-    /// are pooled apart, each pool up to N.
+    /// many open once it is over. Requests with no body or a small one, and
+    /// those with a streamed or large body, are pooled apart, each pool up to N.
     #[arg(long, default_value_t = proxy_tower::DEFAULT_POOL_MAX_IDLE, value_name = "N")]
     upstream_max_idle: usize,
 

@@ -27,13 +27,15 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 /// [`http2_only`](crate::Builder::http2_only), one multiplexed HTTP/2
 /// connection, made again when it closes.
 ///
-/// To a plain `http` upstream, a request without a body that is not an
-/// upgrade (most GETs) is sent and answered in the task that calls the
-/// client, on an HTTP/1.1 path of this crate: no connection task, no
-/// channel, and the connection goes back to the pool as soon as the body has
-/// been read (before the response is returned, when the body came with the
-/// head). Idle connections are then kept per thread, up to
-/// `pool_max_idle` in all. Other requests go through hyper-util's pooled
+/// To a plain `http` upstream, a request that is not an upgrade and has no
+/// body, or one of a known length up to 64 KiB (most GETs, small POSTs), is
+/// sent and answered in the task that calls the client, on an HTTP/1.1 path
+/// of this crate: no connection task, no channel, and the connection goes
+/// back to the pool as soon as the response body has been read (before the
+/// response is returned, when the body came with the head). Such a request
+/// body is read whole first and sent with the head in one write; a body that
+/// fails is not sent at all. Idle connections are then kept per thread, up
+/// to `pool_max_idle` in all. Other requests go through hyper-util's pooled
 /// client. Either way the response body is an [`UpstreamBody`].
 ///
 /// For `https` (cargo feature `tls`, on by default) it verifies the upstream's

@@ -200,7 +200,8 @@ impl Builder {
     /// [`DEFAULT_POOL_MAX_IDLE`]); a burst of clients leaves no more than this
     /// many open once it is over. `0` keeps none: every request opens a new
     /// connection. Applies to the default client only, whose two pools (the
-    /// HTTP/1.1 fast path for bodiless requests, hyper-util's for the rest)
+    /// HTTP/1.1 fast path for requests with no body or a small one,
+    /// hyper-util's for the rest)
     /// each keep up to `max`.
     pub fn pool_max_idle(self, max: usize) -> Self {
         self.map(|c| c.pool_max_idle = max)

@@ -1,19 +1,20 @@
-//! The fast path of the default client: HTTP/1.1 requests without a body to a
-//! plain `http` upstream, sent and answered in the task that calls the client.
+//! The fast path of the default client: HTTP/1.1 requests with no body, or a
+//! small one of known length, to a plain `http` upstream, sent and answered
+//! in the task that calls the client.
 //!
 //! hyper-util's pooled client runs every upstream connection as its own task
 //! and hands each request to it through a channel, and the response (and each
 //! body chunk) back through others: four task wake-ups per request, and a
-//! shared pool lock. Most proxied requests are GETs without a body, which need
-//! none of that: here the caller's task writes the request head, reads the
+//! shared pool lock. Most proxied requests are GETs without a body or small
+//! POSTs, which need none of that: here the caller's task writes the request head, reads the
 //! response head, and (for a body already read with the head, the common case
 //! for small responses) gives the connection back to the pool before it
 //! returns the response. Idle connections are kept per thread, so a
 //! connection is used on the runtime thread that opened it.
 //!
-//! Requests with a body, upgrades and `https` upstreams still go through
-//! hyper-util: sending a body while the response may already be coming back
-//! needs a task of its own anyway.
+//! Larger or streamed request bodies, upgrades and `https` upstreams still
+//! go through hyper-util: sending a long body while the response may already
+//! be coming back needs a task of its own anyway.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -46,12 +47,40 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Buffer space reserved before each read.
 const READ_SIZE: usize = 16 * 1024;
 
-/// True if `req` can take the fast path: no body, no upgrade, not CONNECT.
+/// The largest request body sent on the fast path: read whole before the
+/// request goes out, then written with the head in one write, which a socket
+/// buffer takes at once (so the body and an early response cannot wait on
+/// each other).
+const MAX_BODY: u64 = 64 * 1024;
+
+/// True if `req` can take the fast path: no body, or one of a known length
+/// up to [`MAX_BODY`]; no upgrade; not CONNECT.
 pub(crate) fn fits(req: &Request<RequestBody>) -> bool {
     use http_body::Body as _;
-    req.body().is_end_stream()
+    let body = req.body();
+    (body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= MAX_BODY))
         && req.method() != Method::CONNECT
         && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// The whole body of a request that [`fits`]; its errors (a client gone, a
+/// size limit in front of the proxy) are returned as they are.
+async fn read_body(body: RequestBody) -> Result<Bytes, BoxError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let announced = body.size_hint().exact();
+    let data = body.collect().await?.to_bytes();
+    if announced != Some(data.len() as u64) {
+        return Err(format!(
+            "the request body was {} bytes, not the {announced:?} it announced",
+            data.len()
+        )
+        .into());
+    }
+    Ok(data)
 }
 
 /// Connections to one upstream, and the idle ones kept for reuse.
@@ -111,8 +140,16 @@ impl Pool {
         self: Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<Body>, BoxError> {
-        let (parts, _empty) = req.into_parts();
-        let head = encode(&parts);
+        let (mut parts, body) = req.into_parts();
+        let body = read_body(body).await?;
+        if !body.is_empty() && !parts.headers.contains_key(CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        // The head and the body in one write.
+        let mut head = encode(&parts, body.len());
+        head.extend_from_slice(&body);
         let head_request = parts.method == Method::HEAD;
         let mut retry = is_idempotent(&parts);
         let mut fresh = false;
@@ -342,13 +379,10 @@ async fn round_trip(
     head: &[u8],
     head_request: bool,
 ) -> Result<(Response<()>, Framing, Conn), Failed> {
-    let sent = conn.io.write_all(head).await;
-    if let Err(e) = sent {
-        return Err(Failed {
-            error: Error::io("sending the request", e),
-            nothing_received: true,
-        });
-    }
+    // If the write fails, the upstream may still have answered before it
+    // closed (a 408 on an old connection, a 413 before the body): that
+    // answer is read, and relayed, and the connection not reused.
+    let write_error = conn.io.write_all(head).await.err();
     let mut informational = false;
     loop {
         if !conn.buf.is_empty() {
@@ -368,7 +402,10 @@ async fn round_trip(
                     informational = true;
                     continue;
                 }
-                Ok(Some((res, framing))) => return Ok((res, framing, conn)),
+                Ok(Some((res, mut framing))) => {
+                    framing.reusable &= write_error.is_none();
+                    return Ok((res, framing, conn));
+                }
                 Ok(None) => {}
                 Err(error) => {
                     return Err(Failed {
@@ -385,7 +422,15 @@ async fn round_trip(
             });
         }
         let nothing_yet = conn.buf.is_empty() && !informational;
-        match conn.fill().await {
+        let filled = conn.fill().await;
+        if let (Some(e), Ok(0) | Err(_)) = (&write_error, &filled) {
+            let e = io::Error::new(e.kind(), e.to_string());
+            return Err(Failed {
+                error: Error::io("sending the request", e),
+                nothing_received: nothing_yet,
+            });
+        }
+        match filled {
             Ok(0) => {
                 return Err(Failed {
                     error: Error::Closed(match nothing_yet {
@@ -407,15 +452,16 @@ async fn round_trip(
 }
 
 /// Writes the request head: origin-form target, `Host` from the URI when the
-/// request has none, and no body (so no `Transfer-Encoding`).
-fn encode(parts: &http::request::Parts) -> Vec<u8> {
+/// request has none, and no `Transfer-Encoding` (a body, if any, is sent
+/// whole with its `Content-Length`). `body`: room to keep for it.
+fn encode(parts: &http::request::Parts, body: usize) -> Vec<u8> {
     let target = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
-    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32 + body);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
