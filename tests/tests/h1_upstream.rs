@@ -606,3 +606,34 @@ async fn a_failing_body_is_not_sent() {
         "a request with a broken body reached the upstream"
     );
 }
+
+/// An idle connection parked by one thread serves a request made on another
+/// (a work-stealing runtime moves tasks between threads).
+#[test]
+fn idle_connections_are_shared_between_threads() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (conns_tx, conns_rx) = std::sync::mpsc::channel();
+    let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let (up, mut seen) = scripted(vec![Answer::Keep(ok); 2]).await;
+            let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+            assert_eq!(fetch_status(proxy.clone()).await, StatusCode::OK);
+            proxy_tx.send(proxy).unwrap();
+            while let Some((conn, _)) = seen.recv().await {
+                let _ = conns_tx.send(conn);
+            }
+        })
+    });
+    let proxy = proxy_rx.recv_timeout(WAIT).expect("the first request");
+    assert_eq!(runtime().block_on(fetch_status(proxy)), StatusCode::OK);
+    let first = conns_rx.recv_timeout(WAIT).unwrap();
+    let second = conns_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!((first, second), (1, 1));
+}

@@ -34,8 +34,8 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 /// back to the pool as soon as the response body has been read (before the
 /// response is returned, when the body came with the head). Such a request
 /// body is read whole first and sent with the head in one write; a body that
-/// fails is not sent at all. Idle connections are then kept per thread, up
-/// to `pool_max_idle` in all. Other requests go through hyper-util's pooled
+/// fails is not sent at all. Idle connections are then kept per thread
+/// (taken from the caller's thread first), up to `pool_max_idle` in all. Other requests go through hyper-util's pooled
 /// client. Either way the response body is an [`UpstreamBody`].
 ///
 /// For `https` (cargo feature `tls`, on by default) it verifies the upstream's

@@ -9,8 +9,9 @@
 //! POSTs, which need none of that: here the caller's task writes the request head, reads the
 //! response head, and (for a body already read with the head, the common case
 //! for small responses) gives the connection back to the pool before it
-//! returns the response. Idle connections are kept per thread, so a
-//! connection is used on the runtime thread that opened it.
+//! returns the response. Idle connections are kept per thread and taken
+//! from the caller's thread first, so that with one runtime per thread a
+//! connection is used on the runtime that opened it.
 //!
 //! Larger or streamed request bodies, upgrades and `https` upstreams still
 //! go through hyper-util: sending a long body while the response may already
@@ -225,24 +226,31 @@ impl Pool {
         })
     }
 
-    /// An idle connection of this thread that is still open, if any.
+    /// An idle connection that is still open: this thread's newest first,
+    /// else another thread's (on a work-stealing runtime all threads share
+    /// one I/O driver; elsewhere the connection still works, its wake-ups
+    /// going through the runtime that opened it).
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let thread = this_thread();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let Idle { threads, count, .. } = &mut *idle;
-        let (_, parked) = threads.iter_mut().find(|(t, _)| *t == thread)?;
-        while let Some(p) = parked.pop_back() {
-            *count -= 1;
-            if self.expired(&p, now) {
-                // The rest are older still.
-                *count -= parked.len();
-                parked.clear();
-                return None;
-            }
-            let mut conn = p.conn;
-            if conn.is_open() {
-                return Some(conn);
+        let own = threads.iter().position(|(t, _)| *t == thread);
+        let others = (0..threads.len()).filter(|i| Some(*i) != own);
+        for i in own.into_iter().chain(others) {
+            let parked = &mut threads[i].1;
+            while let Some(p) = parked.pop_back() {
+                *count -= 1;
+                if self.expired(&p, now) {
+                    // The rest are older still.
+                    *count -= parked.len();
+                    parked.clear();
+                    break;
+                }
+                let mut conn = p.conn;
+                if conn.is_open() {
+                    return Some(conn);
+                }
             }
         }
         None
