@@ -637,3 +637,25 @@ fn idle_connections_are_shared_between_threads() {
     let second = conns_rx.recv_timeout(WAIT).unwrap();
     assert_eq!((first, second), (1, 1));
 }
+
+/// The `Content-Length` sent is the length of the body sent, whatever the
+/// request's field said.
+#[tokio::test]
+async fn the_length_sent_is_the_length_read() {
+    let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (up, mut seen) = scripted(vec![Answer::Keep(ok), Answer::Keep(ok)]).await;
+    let proxy = ReverseProxy::new(&format!("http://{up}")).unwrap();
+    let req = Request::delete("/x")
+        .header("content-length", "5")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within("response", proxy.clone().oneshot(req))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (conn, head) = next(&mut seen).await;
+    assert_eq!(header_of(&head, "content-length"), Some("0"), "{head}");
+    // The connection is still in step: the next request is read on it.
+    assert_eq!(fetch(&proxy, get("/y")).await.0, StatusCode::OK);
+    assert_eq!(next(&mut seen).await.0, conn);
+}

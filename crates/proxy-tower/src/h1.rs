@@ -143,7 +143,9 @@ impl Pool {
     ) -> Result<Response<Body>, BoxError> {
         let (mut parts, body) = req.into_parts();
         let body = read_body(body).await?;
-        if !body.is_empty() && !parts.headers.contains_key(CONTENT_LENGTH) {
+        // The length sent is the length read: a field that disagrees (from a
+        // body type whose size hint lies) would desynchronise the connection.
+        if !body.is_empty() || parts.headers.contains_key(CONTENT_LENGTH) {
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -165,8 +167,8 @@ impl Pool {
             match round_trip(conn, &head, head_request).await {
                 Ok((res, framing, conn)) => return Ok(self.respond(res, framing, conn)),
                 // A reused connection the upstream closed as we sent: once
-                // more on a new one, when sending twice is harmless
-                // (RFC 9110 section 9.2.2), as Go's Transport does.
+                // more on a new one, when sending twice is harmless, as Go's
+                // Transport does.
                 Err(e) if reused && retry && e.nothing_received => {
                     tracing::debug!(error = %e.error, "pooled upstream connection failed; retrying on a new one");
                     retry = false;
@@ -497,11 +499,13 @@ fn encode(parts: &http::request::Parts, body: usize) -> Vec<u8> {
     out
 }
 
-/// RFC 9110 section 9.2.2, and Go's `Idempotency-Key` convention.
+/// Safe to send twice: Go's Transport's rule (the safe methods of RFC 9110
+/// section 9.2.1, or an `Idempotency-Key`). PUT and DELETE are idempotent by
+/// RFC 9110 section 9.2.2, but not every application makes them so.
 fn is_idempotent(parts: &http::request::Parts) -> bool {
     matches!(
         parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) || parts.headers.contains_key("idempotency-key")
         || parts.headers.contains_key("x-idempotency-key")
 }
