@@ -16,9 +16,12 @@ pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
 pub(crate) type ModifyResponse = Arc<dyn Fn(&mut response::Parts) + Send + Sync>;
 pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send + Sync>;
 
-/// Idle upstream connections kept for reuse, at most (nginx's `keepalive`,
-/// commonly 32 to 128).
-pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Idle upstream connections kept for reuse, at most (nginx's `keepalive`).
+/// Past this many concurrent requests, connections are closed after their
+/// response and opened again for the next: 64 cost 40% of the requests per
+/// second at 256 concurrent clients (docs/benchmarks.md). 512 is nginx's
+/// `keepalive 256` on each of two workers.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
 /// How long an idle upstream connection is kept (nginx's upstream
 /// `keepalive_timeout` is 60 s).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
