@@ -420,7 +420,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 .map_err(|e| format!("cannot listen on {local}: {e}"))?
         };
         let shared = shared.clone();
-        let ids = ids.clone();
+        let ids = ids.worker(i, workers);
         let health_check = args.health_check.clone();
         let health_interval = args.health_check_interval.max(Duration::from_millis(100));
         std::thread::Builder::new()
