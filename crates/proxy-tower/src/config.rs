@@ -18,8 +18,8 @@ pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send 
 
 /// Idle upstream connections kept for reuse, at most (nginx's `keepalive`).
 /// Past this many concurrent requests, connections are closed after their
-/// response and opened again for the next: 64 cost 40% of the requests per
-/// second at 256 concurrent clients (docs/benchmarks.md). 512 is nginx's
+/// response and opened again for the next: 64 cost 25% to 45% of the
+/// requests per second at 256 concurrent clients (docs/benchmarks.md). 512 is nginx's
 /// `keepalive 256` on each of two workers.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
 /// How long an idle upstream connection is kept (nginx's upstream
