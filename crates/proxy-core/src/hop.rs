@@ -60,9 +60,20 @@ pub(crate) fn list_elements<'a>(
         .filter(|e| !e.is_empty())
 }
 
-/// True if a list field `name` has the element `token` (case-insensitive),
-/// ignoring any parameters after `;`.
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+/// True if a list field `name` (all its lines) has the element `token`
+/// (case-insensitive), ignoring any parameters after `;` (RFC 9110 section
+/// 5.6.1). For instance whether a message asks to close its connection:
+///
+/// ```
+/// use http::{HeaderMap, header::CONNECTION};
+///
+/// let mut h = HeaderMap::new();
+/// h.append(CONNECTION, "keep-alive".parse().unwrap());
+/// h.append(CONNECTION, "X-Trace, Close".parse().unwrap());
+/// assert!(proxy_core::has_token(&h, &CONNECTION, "close"));
+/// assert!(!proxy_core::has_token(&h, &CONNECTION, "upgrade"));
+/// ```
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     list_elements(headers, name).any(|e| {
         let bare = e.split(|&b| b == b';').next().unwrap_or(e).trim_ascii();
         bare.eq_ignore_ascii_case(token.as_bytes())

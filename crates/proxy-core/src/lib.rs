@@ -51,7 +51,7 @@ pub use error::ProxyError;
 pub use forwarded::{
     ClientInfo, ForwardedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
-pub use hop::{hop_by_hop_fields, is_hop_by_hop, remove_hop_by_hop};
+pub use hop::{has_token, hop_by_hop_fields, is_hop_by_hop, remove_hop_by_hop};
 pub use path::normalize_path;
 pub use rules::{HostHeader, Outcome, Prepared, ProxyRules};
 pub use target::{clean_query, join_paths};

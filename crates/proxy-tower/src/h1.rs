@@ -433,12 +433,13 @@ async fn round_trip(
         }
         let nothing_yet = conn.buf.is_empty() && !informational;
         let filled = conn.fill().await;
-        if let (Some(e), Ok(0) | Err(_)) = (&write_error, &filled) {
-            let e = io::Error::new(e.kind(), e.to_string());
-            return Err(Failed {
-                error: Error::io("sending the request", e),
-                nothing_received: nothing_yet,
-            });
+        if matches!(filled, Ok(0) | Err(_)) {
+            if let Some(e) = write_error {
+                return Err(Failed {
+                    error: Error::io("sending the request", e),
+                    nothing_received: nothing_yet,
+                });
+            }
         }
         match filled {
             Ok(0) => {
@@ -588,15 +589,9 @@ fn framing(
     headers: &mut HeaderMap,
     head_request: bool,
 ) -> Result<Framing, Error> {
-    let has_token = |headers: &HeaderMap, token: &str| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
     let mut reusable = match version {
-        http::Version::HTTP_10 => has_token(headers, "keep-alive"),
-        _ => !has_token(headers, "close"),
+        http::Version::HTTP_10 => proxy_core::has_token(headers, &CONNECTION, "keep-alive"),
+        _ => !proxy_core::has_token(headers, &CONNECTION, "close"),
     };
     let kind = if head_request
         || status.is_informational()
