@@ -146,35 +146,24 @@ impl<B> std::fmt::Debug for ProxyBody<B> {
     }
 }
 
-pin_project! {
-    /// The response body of [`DefaultClient`](crate::DefaultClient): the
-    /// upstream's body as it is read from the connection. Bodiless HTTP/1.1
-    /// requests to `http` upstreams are answered by the client's own HTTP/1.1
-    /// fast path; everything else by hyper.
-    pub struct UpstreamBody {
-        #[pin]
-        kind: UpstreamKind,
-    }
-}
-
-pin_project! {
-    #[project = UpstreamProj]
-    enum UpstreamKind {
-        Hyper { #[pin] body: hyper::body::Incoming },
-        H1 { body: crate::h1::Body },
-    }
+/// The response body of [`DefaultClient`](crate::DefaultClient): the
+/// upstream's body as it is read from the connection. Requests the client's
+/// own HTTP/1.1 path takes (see `DefaultClient`) are answered by it; the rest
+/// by hyper.
+pub struct UpstreamBody {
+    inner: http_body_util::Either<hyper::body::Incoming, crate::h1::Body>,
 }
 
 impl UpstreamBody {
     pub(crate) fn hyper(body: hyper::body::Incoming) -> Self {
         UpstreamBody {
-            kind: UpstreamKind::Hyper { body },
+            inner: http_body_util::Either::Left(body),
         }
     }
 
     pub(crate) fn h1(body: crate::h1::Body) -> Self {
         UpstreamBody {
-            kind: UpstreamKind::H1 { body },
+            inner: http_body_util::Either::Right(body),
         }
     }
 }
@@ -184,35 +173,26 @@ impl Body for UpstreamBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
-            UpstreamProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
-            UpstreamProj::H1 { body } => Pin::new(body).poll_frame(cx),
-        }
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            UpstreamKind::Hyper { body } => body.is_end_stream(),
-            UpstreamKind::H1 { body } => body.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            UpstreamKind::Hyper { body } => body.size_hint(),
-            UpstreamKind::H1 { body } => body.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            UpstreamKind::Hyper { body } => body.fmt(f),
-            UpstreamKind::H1 { body } => body.fmt(f),
+        match &self.inner {
+            http_body_util::Either::Left(body) => body.fmt(f),
+            http_body_util::Either::Right(body) => body.fmt(f),
         }
     }
 }
