@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
@@ -482,7 +482,7 @@ fn encode(parts: &http::request::Parts, body: usize) -> Vec<u8> {
             out.extend_from_slice(b"host: ");
             out.extend_from_slice(host.as_bytes());
             if let Some(port) = parts.uri.port_u16().filter(|p| *p != 80) {
-                out.put_slice(format!(":{port}").as_bytes());
+                out.extend_from_slice(format!(":{port}").as_bytes());
             }
             out.extend_from_slice(b"\r\n");
         }
