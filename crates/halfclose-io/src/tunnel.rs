@@ -1,6 +1,6 @@
 //! The tunnel: both directions driven by one future, with optional timeouts.
 
-use std::future::{Future as _, poll_fn};
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -106,13 +106,20 @@ impl Tunnel {
     ///
     /// Both directions run inside this one future, on the caller's task: no task is
     /// spawned. Dropping the future stops the copy; `a` and `b` are left as they are.
-    pub async fn copy<A, B>(self, a: &mut A, b: &mut B) -> Result<Transfer, TunnelError>
+    pub fn copy<A, B>(
+        self,
+        a: &mut A,
+        b: &mut B,
+    ) -> impl Future<Output = Result<Transfer, TunnelError>>
     where
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        // A plain state and a closure rather than an `async fn`: the future is
+        // the state and two references, nothing more (it lives in the task of
+        // every idle tunnel).
         let mut state = Relay::new(self, OneWay::new(), OneWay::new());
-        poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
+        poll_fn(move |cx| state.poll(cx, &mut *a, &mut *b))
     }
 
     /// Like [`copy`](Tunnel::copy), for two TCP sockets: on Linux (with the
@@ -136,20 +143,20 @@ impl Tunnel {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "net")]
-    pub async fn copy_tcp(
+    pub fn copy_tcp(
         self,
         a: &mut tokio::net::TcpStream,
         b: &mut tokio::net::TcpStream,
-    ) -> Result<Transfer, TunnelError> {
+    ) -> impl Future<Output = Result<Transfer, TunnelError>> {
         #[cfg(all(target_os = "linux", feature = "splice"))]
         {
             use crate::splice::SpliceDuplex;
             let mut state = Relay::new(self, SpliceDuplex::new(), SpliceDuplex::new());
-            poll_fn(|cx| state.poll(cx, &mut *a, &mut *b)).await
+            poll_fn(move |cx| state.poll(cx, &mut *a, &mut *b))
         }
         #[cfg(not(all(target_os = "linux", feature = "splice")))]
         {
-            self.copy(a, b).await
+            self.copy(a, b)
         }
     }
 }
@@ -210,9 +217,8 @@ impl<D: Progress> Relay<D> {
             first_eof: None,
             started,
             last_active: started,
-            idle: options
-                .idle_timeout
-                .map(|d| Box::pin(tokio::time::sleep(d))),
+            // Armed at the first poll: the state can be made outside a runtime.
+            idle: None,
             half_close: None,
             b_first: true,
         }
@@ -285,7 +291,8 @@ impl<D: Progress> Relay<D> {
         // the timers after it: a direction that is always ready uses up tokio's
         // cooperative budget, and a `Sleep` polled without budget stays pending,
         // so traffic could otherwise hide an expired timer for ever.
-        let timed = self.idle.is_some() || self.options.half_close_timeout.is_some();
+        let timed =
+            self.options.idle_timeout.is_some() || self.options.half_close_timeout.is_some();
         let now = timed.then(Instant::now);
         if let Some(now) = now {
             if let Some(err) = self.expired(now) {
@@ -337,6 +344,11 @@ impl<D: Progress> Relay<D> {
         if newly_half_closed {
             if let Some(limit) = self.options.half_close_timeout {
                 self.half_close = Some(Box::pin(tokio::time::sleep_until(now + limit)));
+            }
+        }
+        if self.idle.is_none() {
+            if let Some(limit) = self.options.idle_timeout {
+                self.idle = Some(Box::pin(tokio::time::sleep_until(self.last_active + limit)));
             }
         }
         // Register for the timers' wake-ups. A timer that fires early (bytes moved

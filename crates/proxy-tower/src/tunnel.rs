@@ -3,9 +3,10 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use halfclose_io::{Side, Tunnel, TunnelError};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -54,17 +55,24 @@ pub struct Tunnels {
 struct Count {
     active: AtomicUsize,
     idle: tokio::sync::Notify,
-    /// Set once by `shutdown` or `abort`; every tunnel, open or to come, obeys.
-    closing: tokio::sync::watch::Sender<Option<Closing>>,
+    /// `NOT_CLOSING`, or a [`Closing`] set by `shutdown` or `abort`; every
+    /// tunnel, open or to come, obeys. It only ever grows.
+    closing: AtomicU8,
+    /// Wakes the open tunnels when `closing` grows.
+    close: tokio::sync::Notify,
 }
 
-/// How [`Tunnels`] ends the tunnels that are left.
+const NOT_CLOSING: u8 = 0;
+
+/// How [`Tunnels`] ends the tunnels that are left (ordered: an abort overrides
+/// a shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Closing {
     /// FIN to both sides.
-    Shutdown,
+    Shutdown = 1,
     /// Reset both sides where the sockets are reachable.
-    Abort,
+    Abort = 2,
 }
 
 impl Tunnels {
@@ -103,17 +111,32 @@ impl Tunnels {
 
     fn close(&self, how: Closing) {
         // The first word stands: an abort after a shutdown still aborts.
-        self.inner.closing.send_if_modified(|c| match c {
-            None => {
-                *c = Some(how);
-                true
+        let before = self.inner.closing.fetch_max(how as u8, Ordering::AcqRel);
+        if before < how as u8 {
+            self.inner.close.notify_waiters();
+        }
+    }
+
+    fn closing(&self) -> Option<Closing> {
+        match self.inner.closing.load(Ordering::Acquire) {
+            NOT_CLOSING => None,
+            1 => Some(Closing::Shutdown),
+            _ => Some(Closing::Abort),
+        }
+    }
+
+    /// Completes with the first [`Closing`] seen: one set before or while
+    /// polled.
+    async fn closed(&self) -> Closing {
+        loop {
+            let notified = self.inner.close.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(how) = self.closing() {
+                return how;
             }
-            Some(Closing::Shutdown) if how == Closing::Abort => {
-                *c = Some(how);
-                true
-            }
-            Some(_) => false,
-        });
+            notified.await;
+        }
     }
 
     fn enter(&self) -> Open {
@@ -209,22 +232,16 @@ pub(crate) fn spawn(
                 UpstreamSide::Connection => TunnelIo::upstream(upstream),
                 UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
             };
-            let mut closing = tunnels.inner.closing.subscribe();
-            let closed = async {
-                match closing.wait_for(Option::is_some).await.map(|how| *how) {
-                    Ok(Some(how)) => how,
-                    _ => std::future::pending().await,
-                }
-            };
+            // This state is what every idle tunnel holds: keep it small (the
+            // copy is a plain future, not an `async` block around one).
             // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
             // side are written first by the generic path.
             let result = {
-                let copy = async {
-                    match (a.bare_tcp(), b.bare_tcp()) {
-                        (Some(a), Some(b)) => tunnel.copy_tcp(a, b).await,
-                        _ => tunnel.copy(&mut a, &mut b).await,
-                    }
+                let copy = match (a.bare_tcp(), b.bare_tcp()) {
+                    (Some(a), Some(b)) => Either::Left(tunnel.copy_tcp(a, b)),
+                    _ => Either::Right(tunnel.copy(&mut a, &mut b)),
                 };
+                let closed = tunnels.closed();
                 let (mut copy, mut closed) = (std::pin::pin!(copy), std::pin::pin!(closed));
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = copy.as_mut().poll(cx) {
