@@ -9,6 +9,7 @@
 mod admin;
 mod conn;
 mod demo;
+mod pages;
 mod probe;
 mod serve;
 mod stack;
@@ -267,6 +268,9 @@ fn parse_size(s: &str) -> Result<Size, String> {
 }
 
 fn main() -> ExitCode {
+    // Before the heap grows. Kernels without the setting (before 3.15) keep
+    // their pages: nothing to report.
+    let _ = pages::small_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap prints them.
