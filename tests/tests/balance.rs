@@ -289,3 +289,40 @@ async fn active_health_check_ejects_and_restores() {
     let (counts, _) = spread(addr, 200).await;
     assert!(counts.get("b").copied().unwrap_or(0) > 0, "{counts:?}");
 }
+
+/// `build_discovered`: requests go to the upstreams the discover stream has
+/// inserted and not removed, as they come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_upstreams_come_and_go() {
+    use tower::discover::Change;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change<&'static str, http::Uri>>();
+    let changes = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>))
+    });
+    let uri = |up: &Upstream| format!("http://{}", up.addr).parse::<http::Uri>().unwrap();
+    tx.send(Change::Insert("a", uri(&a))).unwrap();
+    let proxy = ReverseProxy::builder(&format!("http://{}", a.addr))
+        .build_discovered(changes)
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+
+    let (counts, errors) = spread(addr, 40).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.get("a"), Some(&40), "{counts:?}");
+
+    tx.send(Change::Insert("b", uri(&b))).unwrap();
+    let (counts, errors) = spread(addr, 400).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    for name in ["a", "b"] {
+        let got = counts.get(name).copied().unwrap_or(0);
+        assert!(got >= 100, "{name}: {got} of 400 ({counts:?})");
+    }
+    assert_eq!(proxy.upstreams().len(), 2);
+
+    tx.send(Change::Remove("a")).unwrap();
+    let (counts, errors) = spread(addr, 40).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.get("b"), Some(&40), "{counts:?}");
+    assert_eq!(proxy.upstreams().len(), 1);
+}

@@ -1,11 +1,12 @@
-//! Several upstreams behind one proxy: tower's p2c balancer spreads requests,
+//! Several upstreams behind one proxy: power of two choices spreads requests,
 //! failing upstreams are ejected for a while, and a request that could not be
 //! sent at all is retried once on another upstream.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,15 +14,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::future::Future;
 
 use futures_util::{Stream, StreamExt};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tokio::time::{Instant, Sleep};
-use tower::balance::p2c::Balance;
+use tokio::time::Instant;
 use tower::discover::{Change, Discover};
-use tower::load::Load;
 use tower_service::Service;
 
 use crate::body::ProxyBody;
@@ -43,10 +41,10 @@ pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 /// or [`Builder::build_discovered`](crate::Builder::build_discovered) (any
 /// `tower::discover::Discover` of upstream URIs: DNS, Consul, Kubernetes).
 ///
-/// - Requests are spread by tower's power-of-two-choices balancer
-///   (`tower::balance::p2c`), the load being each upstream's requests in
-///   flight. An upgraded connection stays on the upstream that answered its
-///   101: its tunnel is that upstream's connection.
+/// - Requests are spread by power of two choices (as `tower::balance::p2c`
+///   does): two upstreams drawn at random, the one with fewer requests in
+///   flight wins. An upgraded connection stays on the upstream that answered
+///   its 101: its tunnel is that upstream's connection.
 /// - Passive health: an upstream whose connections are refused or time out, or
 ///   that lets the response timeout pass, [`DEFAULT_EJECT_AFTER`] times in a
 ///   row is ejected for [`BASE_EJECTION`], doubled for each ejection in a row
@@ -90,12 +88,14 @@ impl fmt::Debug for BalancedProxy {
     }
 }
 
-type Uris = Pin<Box<dyn Stream<Item = Result<Change<u64, Endpoint>, BoxError>> + Send>>;
+/// The user's discover stream, as changes to the list of endpoints (which it
+/// makes itself); `None` once it has ended.
+type Uris = Option<Pin<Box<dyn Stream<Item = Result<(), BoxError>> + Send>>>;
 
 struct Shared {
-    balance: Mutex<Balance<Uris, Request<RequestBody>>>,
-    /// Every upstream the balancer has, for the retry and the fallback.
-    known: Arc<Mutex<Vec<Endpoint>>>,
+    uris: Mutex<Uris>,
+    /// Every upstream known now.
+    known: Arc<Mutex<Vec<Arc<Endpoint>>>>,
     tunnels: Tunnels,
     turn: AtomicUsize,
 }
@@ -120,30 +120,49 @@ impl BalancedProxy {
         D::Error: Into<BoxError>,
     {
         let known = Arc::new(Mutex::new(Vec::new()));
-        let uris: Uris = Box::pin(Endpoints {
+        let uris: Uris = Some(Box::pin(Endpoints {
             discover: Box::pin(discover),
             config: config.clone(),
             ids: HashMap::new(),
             next_id: 0,
             known: known.clone(),
-        });
-        BalancedProxy {
+        }));
+        let proxy = BalancedProxy {
             shared: Arc::new(Shared {
-                balance: Mutex::new(Balance::new(uris)),
+                uris: Mutex::new(uris),
                 known,
                 tunnels: config.tunnels.clone(),
                 turn: AtomicUsize::new(0),
             }),
-        }
+        };
+        proxy.sync();
+        proxy
     }
 
-    /// Takes in what the discover stream has yielded so far (otherwise read
-    /// at each request).
+    /// Takes in what the discover stream has yielded so far. Called at each
+    /// request (never waiting: the stream is polled with a waker that does
+    /// nothing), and skipped when another thread is at it.
     fn sync(&self) {
-        let mut balance = lock(&self.shared.balance);
+        let Ok(mut uris) = self.shared.uris.try_lock() else {
+            return;
+        };
+        let Some(stream) = uris.as_mut() else {
+            return;
+        };
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Err(e)) = balance.poll_ready(&mut cx) {
-            tracing::warn!(error = %e, "upstream discovery failed");
+        loop {
+            match stream.as_mut().poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(()))) => {}
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream discovery failed");
+                    return;
+                }
+                Poll::Ready(None) => {
+                    *uris = None;
+                    return;
+                }
+                Poll::Pending => return,
+            }
         }
     }
 
@@ -210,32 +229,43 @@ impl BalancedProxy {
         self.shared.tunnels.clone()
     }
 
-    /// The first try: the balancer's pick, or any upstream when the balancer
-    /// has none ready (all ejected); `None` when no upstream is known.
-    fn first_try(&self, req: Request<RequestBody>) -> Option<Attempt> {
-        let mut balance = lock(&self.shared.balance);
-        // Polled once per request, never waited on: an upstream that is not
-        // ready now (ejected) leaves the choice to the others.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match balance.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => return Some(balance.call(req)),
-            Poll::Ready(Err(e)) => tracing::warn!(error = %e, "upstream discovery failed"),
-            // Every upstream ejected (or none yet): try one anyway, below.
-            Poll::Pending => {}
-        }
-        drop(balance);
-        self.any_other(None).map(|mut e| e.attempt(req))
+    /// The first try: of two upstreams drawn at random, the one with fewer
+    /// requests in flight, ejected ones left out; any upstream when both drawn
+    /// are ejected (ejected or not); `None` when no upstream is known.
+    fn first_try(&self) -> Option<Arc<Endpoint>> {
+        let known = lock(&self.shared.known);
+        let chosen = match known.len() {
+            0 => return None,
+            1 => &known[0],
+            n => {
+                let r = random();
+                let i = (r % n as u64) as usize;
+                // A second one, never the first.
+                let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+                let (a, b) = (&known[i], &known[j]);
+                match (a.health.is_ejected(), b.health.is_ejected()) {
+                    (false, false) if b.load() < a.load() => b,
+                    (false, _) => a,
+                    (true, false) => b,
+                    (true, true) => {
+                        drop(known);
+                        return self.any_other(None);
+                    }
+                }
+            }
+        };
+        Some(chosen.clone())
     }
 
     /// An upstream other than `not` (by id), healthy ones first, in turn.
-    fn any_other(&self, not: Option<u64>) -> Option<Endpoint> {
+    fn any_other(&self, not: Option<u64>) -> Option<Arc<Endpoint>> {
         let known = lock(&self.shared.known);
-        let candidates: Vec<&Endpoint> = known.iter().filter(|e| Some(e.id) != not).collect();
+        let candidates: Vec<&Arc<Endpoint>> = known.iter().filter(|e| Some(e.id) != not).collect();
         if candidates.is_empty() {
             return None;
         }
         let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-        let healthy: Vec<&&Endpoint> = candidates
+        let healthy: Vec<&&Arc<Endpoint>> = candidates
             .iter()
             .filter(|e| !e.health.is_ejected())
             .collect();
@@ -247,16 +277,21 @@ impl BalancedProxy {
     }
 }
 
-/// One try on one upstream: the balancer's future, or the same shape for a
-/// pick of our own (no box around either).
-type Attempt = futures_util::future::MapErr<EndpointFuture, fn(Infallible) -> BoxError>;
-
-/// The response of an attempt (which only fails if the balancer does).
-async fn settle(attempt: Attempt) -> Response<ProxyBody<UpstreamBody>> {
-    match attempt.await {
-        Ok(res) => res,
-        Err(e) => no_upstream(&format!("balancer failed: {e}")),
+/// A number for the random draw of power of two choices: xorshift64 per
+/// thread, seeded from std's random hasher keys.
+fn random() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> =
+            Cell::new(std::collections::hash_map::RandomState::new().hash_one(0u8) | 1);
     }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -321,19 +356,25 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let req = req.map(RequestBody::new);
-        let replay = Replay::of(&req);
-        let first = self.first_try(req);
+        self.sync();
+        let first = self.first_try();
         let this = self.clone();
         ResponseFuture::new(async move {
             let Some(first) = first else {
                 return no_upstream("no upstream is known");
             };
-            let res = settle(first).await;
+            // Kept only while a retry is possible at all.
+            let replay = if lock(&this.shared.known).len() > 1 {
+                Replay::of(&req)
+            } else {
+                None
+            };
+            let res = first.send(req).await;
             let Some(Unsent(failed)) = res.extensions().get::<Unsent>().copied() else {
                 return res;
             };
             // Not a byte went out: once more, on another upstream.
-            let (Some(replay), Some(mut other)) = (replay, this.any_other(failed)) else {
+            let (Some(replay), Some(other)) = (replay, this.any_other(failed)) else {
                 tracing::warn!(
                     status = res.status().as_u16(),
                     "request not sent: its upstream took no connection, and it cannot be sent again (a body, an upgrade, or no other upstream)"
@@ -341,7 +382,7 @@ where
                 return res;
             };
             tracing::debug!(upstream = %other.uri, "retrying a request that could not be sent");
-            let res = settle(other.attempt(replay.request())).await;
+            let res = other.send(replay.request()).await;
             if res.extensions().get::<Unsent>().is_some() {
                 tracing::warn!(upstream = %other.uri, "request not sent: no upstream took the connection");
             }
@@ -357,7 +398,7 @@ struct Endpoints<D: Discover> {
     config: Config,
     ids: HashMap<D::Key, u64>,
     next_id: u64,
-    known: Arc<Mutex<Vec<Endpoint>>>,
+    known: Arc<Mutex<Vec<Arc<Endpoint>>>>,
 }
 
 // Nothing in it is pinned in place: the discover stream is boxed.
@@ -369,7 +410,7 @@ where
     D::Key: Hash + Eq + Clone,
     D::Error: Into<BoxError>,
 {
-    type Item = Result<Change<u64, Endpoint>, BoxError>;
+    type Item = Result<(), BoxError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -402,17 +443,22 @@ where
                         config.base_ejection,
                         config.metrics.clone(),
                     );
-                    let endpoint =
-                        Endpoint::new(id, uri, ReverseProxy::from_config(config), health);
-                    lock(&this.known).push(endpoint.clone());
-                    return Poll::Ready(Some(Ok(Change::Insert(id, endpoint))));
+                    let endpoint = Endpoint {
+                        id,
+                        uri,
+                        proxy: ReverseProxy::from_config(config),
+                        health,
+                        in_flight: AtomicUsize::new(0),
+                    };
+                    lock(&this.known).push(Arc::new(endpoint));
+                    return Poll::Ready(Some(Ok(())));
                 }
                 Change::Remove(key) => {
                     let Some(id) = this.ids.remove(&key) else {
                         continue;
                     };
                     lock(&this.known).retain(|e| e.id != id);
-                    return Poll::Ready(Some(Ok(Change::Remove(id))));
+                    return Poll::Ready(Some(Ok(())));
                 }
             }
         }
@@ -424,122 +470,51 @@ struct Endpoint {
     id: u64,
     uri: Uri,
     proxy: ReverseProxy,
-    health: Arc<Health>,
-    in_flight: Arc<AtomicUsize>,
-    /// Wakes the balancer when an ejection ends.
-    wait: Option<Pin<Box<Sleep>>>,
+    health: Health,
+    /// Requests in flight (until their response heads): the load.
+    in_flight: AtomicUsize,
 }
-
-impl Clone for Endpoint {
-    fn clone(&self) -> Self {
-        Endpoint {
-            id: self.id,
-            uri: self.uri.clone(),
-            proxy: self.proxy.clone(),
-            health: self.health.clone(),
-            in_flight: self.in_flight.clone(),
-            wait: None,
-        }
-    }
-}
-
-type EndpointFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ProxyBody<UpstreamBody>>, Infallible>> + Send>>;
 
 impl Endpoint {
-    fn new(id: u64, uri: Uri, proxy: ReverseProxy, health: Health) -> Self {
-        Endpoint {
-            id,
-            uri,
-            proxy,
-            health: Arc::new(health),
-            in_flight: Arc::default(),
-            wait: None,
-        }
-    }
-
-    /// Calls it whether or not it is ejected (the fallbacks).
-    fn attempt(&mut self, req: Request<RequestBody>) -> Attempt {
-        use futures_util::TryFutureExt;
-        let never: fn(Infallible) -> BoxError = |never| match never {};
-        Service::<Request<RequestBody>>::call(self, req).map_err(never)
-    }
-}
-
-impl Load for Endpoint {
-    type Metric = usize;
-
     fn load(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
-}
 
-impl Service<Request<RequestBody>> for Endpoint {
-    type Response = Response<ProxyBody<UpstreamBody>>;
-    type Error = Infallible;
-    type Future = EndpointFuture;
-
-    /// Pending while ejected; the ejection's end wakes the balancer.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Registered first, so that an ejection ended by a health check
-        // (`Health::report`) wakes the balancer at once.
-        self.health.waker.register(cx.waker());
-        let Some(until) = self.health.ejected_until() else {
-            self.wait = None;
-            return Poll::Ready(Ok(()));
-        };
-        let wait = self
-            .wait
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-        if wait.deadline() != until {
-            wait.as_mut().reset(until);
-        }
-        match wait.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.wait = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn call(&mut self, req: Request<RequestBody>) -> EndpointFuture {
+    /// Sends `req` to this upstream whether or not it is ejected, and counts
+    /// the outcome in its health. A response the upstream never got (no
+    /// connection) says which upstream it was, for the retry.
+    async fn send(&self, req: Request<RequestBody>) -> Response<ProxyBody<UpstreamBody>> {
         let in_flight = InFlight::start(&self.in_flight);
-        let health = self.health.clone();
-        let (id, uri) = (self.id, self.uri.clone());
-        let fut = Service::<Request<RequestBody>>::call(&mut self.proxy, req);
-        Box::pin(async move {
-            let mut res = match fut.await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            };
-            drop(in_flight);
-            let unsent = res.extensions().get::<Unsent>().is_some();
-            if unsent || res.status() == StatusCode::GATEWAY_TIMEOUT {
-                health.failure(&uri);
-            } else if res.status() != StatusCode::BAD_GATEWAY {
-                health.success();
-            }
-            if unsent {
-                // Say which upstream it was, for the retry.
-                res.extensions_mut().insert(Unsent(Some(id)));
-            }
-            Ok(res)
-        })
+        let mut proxy = self.proxy.clone();
+        let mut res = match Service::<Request<RequestBody>>::call(&mut proxy, req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        drop(in_flight);
+        let unsent = res.extensions().get::<Unsent>().is_some();
+        if unsent || res.status() == StatusCode::GATEWAY_TIMEOUT {
+            self.health.failure(&self.uri);
+        } else if res.status() != StatusCode::BAD_GATEWAY {
+            self.health.success();
+        }
+        if unsent {
+            res.extensions_mut().insert(Unsent(Some(self.id)));
+        }
+        res
     }
 }
 
 /// One request in flight to an upstream (its load), until its response head.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight<'a>(&'a AtomicUsize);
 
-impl InFlight {
-    fn start(count: &Arc<AtomicUsize>) -> Self {
+impl<'a> InFlight<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::AcqRel);
-        InFlight(count.clone())
+        InFlight(count)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -555,8 +530,6 @@ struct Health {
     ejections: AtomicU32,
     /// When the current ejection ends, in nanoseconds after `EPOCH`; 0: none.
     ejected_until: AtomicU64,
-    /// The balancer's interest in this upstream becoming ready again.
-    waker: futures_util::task::AtomicWaker,
 }
 
 /// The reference point of `Health::ejected_until`.
@@ -578,7 +551,6 @@ impl Health {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            waker: futures_util::task::AtomicWaker::new(),
         }
     }
 
@@ -605,7 +577,6 @@ impl Health {
             }
             self.ejected_until.store(0, Ordering::Release);
             self.success();
-            self.waker.wake();
         } else if !self.is_ejected() {
             self.eject(uri, "failed its health check");
         }
@@ -649,4 +620,50 @@ pub(crate) fn fixed(
             .map(|(i, uri)| Ok::<_, Infallible>(Change::Insert(i, uri))),
     )
     .chain(futures_util::stream::pending())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> BalancedProxy {
+        crate::ReverseProxy::builder("http://127.0.0.1:1")
+            .upstream("http://127.0.0.1:2")
+            .upstream("http://127.0.0.1:3")
+            .build_balanced()
+            .unwrap()
+    }
+
+    /// Power of two choices: the busiest upstream is never picked (it loses
+    /// every draw it is in), the others are.
+    #[test]
+    fn the_busiest_upstream_loses_every_draw() {
+        let proxy = three();
+        let known = lock(&proxy.shared.known).clone();
+        assert_eq!(known.len(), 3);
+        known[0].in_flight.store(5, Ordering::Release);
+        let mut picked = [0; 3];
+        for _ in 0..300 {
+            let e = proxy.first_try().unwrap();
+            picked[known.iter().position(|k| Arc::ptr_eq(k, &e)).unwrap()] += 1;
+        }
+        assert_eq!(picked[0], 0, "{picked:?}");
+        assert!(picked[1] > 50 && picked[2] > 50, "{picked:?}");
+    }
+
+    /// An ejected upstream is left out while others are healthy, and tried
+    /// when none is.
+    #[test]
+    fn ejected_upstreams_are_left_out_until_all_are() {
+        let proxy = three();
+        let known = lock(&proxy.shared.known).clone();
+        known[1].health.eject(&known[1].uri, "test");
+        for _ in 0..100 {
+            let e = proxy.first_try().unwrap();
+            assert!(!Arc::ptr_eq(&e, &known[1]));
+        }
+        known[0].health.eject(&known[0].uri, "test");
+        known[2].health.eject(&known[2].uri, "test");
+        assert!(proxy.first_try().is_some());
+    }
 }
