@@ -9,6 +9,7 @@
 //! an HTTP/1 connection must have sent a whole request head by then.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -449,6 +450,68 @@ impl<S> Conn<'_, S> {
     }
 }
 
+/// Rings (counts, and wakes the connection's task) when one of the futures
+/// [`gated`] wraps was woken.
+#[derive(Default)]
+struct Doorbell {
+    rings: AtomicU64,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Doorbell {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.rings.fetch_add(1, Ordering::AcqRel);
+        self.task.wake();
+    }
+}
+
+/// `fut`, polled (with `rung`, the bell's waker) only the first time and
+/// after the bell rang since its last poll; otherwise pending at the cost of
+/// an atomic load. The bell rings for any gated future: each then looks.
+fn gated<'a, F: Future>(
+    fut: F,
+    bell: &'a Arc<Doorbell>,
+    rung: &'a std::task::Waker,
+) -> Gated<'a, F> {
+    Gated {
+        fut,
+        bell,
+        rung,
+        seen: None,
+    }
+}
+
+pin_project! {
+    /// See [`gated`].
+    struct Gated<'a, F> {
+        #[pin]
+        fut: F,
+        bell: &'a Arc<Doorbell>,
+        rung: &'a std::task::Waker,
+        seen: Option<u64>,
+    }
+}
+
+impl<F: Future> Future for Gated<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.bell.task.register(cx.waker());
+        // Read before polling: a ring while `fut` is polled is seen next time.
+        let rings = this.bell.rings.load(Ordering::Acquire);
+        if *this.seen == Some(rings) {
+            return Poll::Pending;
+        }
+        *this.seen = Some(rings);
+        this.fut.poll(&mut Context::from_waker(this.rung))
+    }
+}
+
 /// Resolves once the server shuts down.
 pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
@@ -492,31 +555,38 @@ impl Watch<'_> {
             first.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut pulses = self.pressure.pulse.subscribe();
         let mut closing = false;
+        // The rare events (shutdown, pressure, idleness, the timer) are
+        // polled only after a wake-up of their own, not at every wake-up of
+        // the connection (each request wakes it several times).
+        let bell = Arc::new(Doorbell::default());
+        let rung = std::task::Waker::from(bell.clone());
         loop {
             tokio::select! {
+                // The connection first: the gated branches are cheap to skip.
+                biased;
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = shutting_down(&mut self.shutdown), if !closing => {
+                _ = gated(shutting_down(&mut self.shutdown), &bell, &rung), if !closing => {
                     closing = true;
                     graceful(conn.as_mut());
                 }
-                Ok(()) = pulses.changed(), if !closing => {
+                Ok(()) = gated(pulses.changed(), &bell, &rung), if !closing => {
                     if self.shed() {
                         closing = true;
                         graceful(conn.as_mut());
                     }
                 }
-                _ = self.activity.became_idle.notified(), if !closing => {
+                _ = gated(self.activity.became_idle.notified(), &bell, &rung), if !closing => {
                     if self.pressure.is_on() && self.shed() {
                         closing = true;
                         graceful(conn.as_mut());
                     }
                 }
-                _ = async { timer.as_mut().expect("guarded").as_mut().await }, if timer.is_some() && !closing => {
+                _ = gated(async { timer.as_mut().expect("guarded").as_mut().await }, &bell, &rung), if timer.is_some() && !closing => {
                     if let (true, Some(by)) = (awaiting_first, first_head_by) {
                         if self.activity.requests() == 0 {
                             if by <= Instant::now() {
