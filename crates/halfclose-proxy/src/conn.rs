@@ -60,8 +60,8 @@ impl Settings {
         ping_interval: Option<Duration>,
     ) -> Self {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
+        // Each connection gives it a `HeadTimer` of its own.
+        h1.header_read_timeout(header_read_timeout)
             // A client that sends its request (an upgrade, say) and its FIN at
             // once still gets its answer; the FIN then reaches the upstream.
             .half_close(true);
@@ -437,7 +437,10 @@ impl<S> Conn<'_, S> {
         };
         match protocol {
             Protocol::Http1 => {
-                let conn = settings.http1.serve_connection(io, svc).with_upgrades();
+                // A timer of its own for the header-read timeout (head_timer.rs).
+                let mut http1 = settings.http1.clone();
+                http1.timer(crate::head_timer::HeadTimer::default());
+                let conn = http1.serve_connection(io, svc).with_upgrades();
                 watch
                     .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
                     .await

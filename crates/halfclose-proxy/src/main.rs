@@ -9,6 +9,7 @@
 mod admin;
 mod conn;
 mod demo;
+mod head_timer;
 mod pages;
 mod probe;
 mod serve;

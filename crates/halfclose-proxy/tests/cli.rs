@@ -229,6 +229,39 @@ async fn slow_request_head_is_cut_off() {
     proxy.stop().await;
 }
 
+/// A later request head on a keep-alive connection that never completes is
+/// cut off after `--header-read-timeout` too, not only the first one (hyper's
+/// timer, on a `HeadTimer` of the connection's own).
+#[tokio::test]
+async fn slow_later_request_head_is_cut_off() {
+    let proxy = Proxy::start(&["--header-read-timeout", "500ms"]).await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        cli.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = within("a response", read_response(&mut cli)).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+    }
+    cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    // The idle timeout (75 s) is far away: only the header-read timeout
+    // closes the connection within `within`'s bound.
+    let _ = within(
+        "the proxy to close a slow keep-alive connection",
+        cli.read_to_end(&mut rest),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn bad_input_is_one_line_and_non_zero() {
     for args in [
