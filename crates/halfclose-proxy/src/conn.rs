@@ -474,7 +474,9 @@ impl std::task::Wake for Doorbell {
 
 /// `fut`, polled (with `rung`, the bell's waker) only the first time and
 /// after the bell rang since its last poll; otherwise pending at the cost of
-/// an atomic load. The bell rings for any gated future: each then looks.
+/// an atomic load. The bell rings for any gated future: each then looks. One
+/// of the futures polled at every poll of the task must be
+/// [`registering`](Gated::registering): the bell then wakes that task.
 fn gated<'a, F: Future>(
     fut: F,
     bell: &'a Arc<Doorbell>,
@@ -485,6 +487,7 @@ fn gated<'a, F: Future>(
         bell,
         rung,
         seen: None,
+        register: false,
     }
 }
 
@@ -496,6 +499,15 @@ pin_project! {
         bell: &'a Arc<Doorbell>,
         rung: &'a std::task::Waker,
         seen: Option<u64>,
+        register: bool,
+    }
+}
+
+impl<F> Gated<'_, F> {
+    /// Registers the polling task with the bell at each poll.
+    fn registering(mut self) -> Self {
+        self.register = true;
+        self
     }
 }
 
@@ -504,7 +516,9 @@ impl<F: Future> Future for Gated<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        this.bell.task.register(cx.waker());
+        if *this.register {
+            this.bell.task.register(cx.waker());
+        }
         // Read before polling: a ring while `fut` is polled is seen next time.
         let rings = this.bell.rings.load(Ordering::Acquire);
         if *this.seen == Some(rings) {
@@ -573,7 +587,9 @@ impl Watch<'_> {
                     }
                     return;
                 }
-                _ = gated(shutting_down(&mut self.shutdown), &bell, &rung), if !closing => {
+                // The first gated branch registers the task with the bell for
+                // all of them (they are all off once `closing`).
+                _ = gated(shutting_down(&mut self.shutdown), &bell, &rung).registering(), if !closing => {
                     closing = true;
                     graceful(conn.as_mut());
                 }
