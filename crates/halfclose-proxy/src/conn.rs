@@ -417,9 +417,21 @@ impl<S> Conn<'_, S> {
             hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 let in_flight = InFlight::start(&activity);
                 req.extensions_mut().insert(client);
-                let proxy = proxy.clone();
+                let mut proxy = proxy.clone();
+                // The request path is ready at once (`Edge` and the proxies
+                // under it always are): call it here, so that the future
+                // hyper holds is the path's own (a box), not a `Oneshot`
+                // carrying the request and the service. Otherwise, wait.
+                let noop = &mut Context::from_waker(std::task::Waker::noop());
+                let call = match proxy.poll_ready(noop) {
+                    Poll::Ready(Ok(())) => futures_util::future::Either::Left(proxy.call(req)),
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => {
+                        futures_util::future::Either::Right(Box::pin(proxy.oneshot(req)))
+                    }
+                };
                 async move {
-                    let res = proxy.oneshot(req).await?;
+                    let res = call.await?;
                     Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
                         body,
                         _in_flight: in_flight,
