@@ -303,11 +303,14 @@ pub(crate) async fn serve<S, B>(
 {
     let first_head_by = Instant::now() + settings.header_read_timeout;
     let mut shutdown = signals.shutdown.clone();
+    // The client's reads that returned bytes, for the header-read timer.
+    let reads = Arc::new(AtomicU64::new(0));
     let conn = |tls, protocol| Conn {
         peer,
         tls,
         protocol,
         first_head_by,
+        reads: reads.clone(),
         proxy,
         settings: &settings,
         signals,
@@ -322,7 +325,7 @@ pub(crate) async fn serve<S, B>(
     if let Some(acceptor) = &settings.tls {
         // The handshake counts against the header-read timeout: a stalled one
         // holds its slot no longer than a silent plain socket.
-        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit));
+        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit).count_reads(reads.clone()));
         let Some(tls) = opening.step(handshake, "TLS handshake").await else {
             return;
         };
@@ -336,7 +339,12 @@ pub(crate) async fn serve<S, B>(
     else {
         return;
     };
-    let io = TokioIo::new(ClientIo::new(tcp).with_prefix(prefix).hold(permit));
+    let io = TokioIo::new(
+        ClientIo::new(tcp)
+            .with_prefix(prefix)
+            .hold(permit)
+            .count_reads(reads.clone()),
+    );
     conn(false, protocol).run(io).await
 }
 
@@ -383,6 +391,7 @@ struct Conn<'a, S> {
     tls: bool,
     protocol: Protocol,
     first_head_by: Instant,
+    reads: Arc<AtomicU64>,
     proxy: S,
     settings: &'a Settings,
     signals: Signals,
@@ -401,6 +410,7 @@ impl<S> Conn<'_, S> {
             tls,
             protocol,
             first_head_by,
+            reads,
             proxy,
             settings,
             signals:
@@ -451,7 +461,10 @@ impl<S> Conn<'_, S> {
             Protocol::Http1 => {
                 // A timer of its own for the header-read timeout (head_timer.rs).
                 let mut http1 = settings.http1.clone();
-                http1.timer(crate::head_timer::HeadTimer::default());
+                http1.timer(crate::head_timer::HeadTimer::new(
+                    settings.header_read_timeout,
+                    reads,
+                ));
                 let conn = http1.serve_connection(io, svc).with_upgrades();
                 watch
                     .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())

@@ -1,28 +1,57 @@
 //! hyper's timer for the HTTP/1 header-read timeout: one per connection, with
-//! one tokio timer for the connection's whole life.
+//! one tokio timer for the connection's whole life, and deadlines that count
+//! for heads that are arriving, not for a keep-alive connection that waits.
 //!
 //! hyper asks its timer for a new sleep at every request head it waits for,
 //! polls it while the connection waits for the next request, and drops it
-//! once the head is in. With tokio's timer (hyper-util's `TokioTimer`), every
-//! request then costs an allocation, an insertion in the timer wheel and a
-//! removal (0.4 us of the 14 us of CPU a small proxied request took). Here
-//! the sleeps of one connection share one tokio `Sleep`, armed at the
-//! earliest deadline asked for and moved on lazily: when it fires before the
-//! deadline of the sleep being polled (it was a former request's), it is set
-//! again. A keep-alive connection touches the wheel about once per timeout,
-//! not once per request, and a head still has to arrive by its deadline.
+//! once the head is in. That had two costs this timer removes:
+//!
+//! - With tokio's timer (hyper-util's `TokioTimer`), every request paid an
+//!   allocation, an insertion in the timer wheel and a removal (0.4 us of the
+//!   14 us of CPU a small proxied request took). Here the sleeps of one
+//!   connection share one tokio `Sleep`, armed at the earliest deadline asked
+//!   for and moved on lazily: when it fires before the deadline of the sleep
+//!   being polled (it was a former request's), it is set again. A keep-alive
+//!   connection touches the wheel about once per timeout, not once per
+//!   request.
+//! - hyper starts the sleep as soon as it waits for the next request, so an
+//!   idle keep-alive connection was closed after the header-read timeout
+//!   (10 s) rather than `--idle-timeout` (75 s, nginx's `keepalive_timeout`).
+//!   Here a sleep ends the connection only if bytes came from the client
+//!   (the connection's read count, `ClientIo::count_reads`) while the head
+//!   was awaited: a head that started arriving has to be complete between one
+//!   and two timeouts after hyper began to wait for it. A wait with no byte
+//!   goes on: the idle timeout closes that connection, and the first
+//!   request's deadline (`conn.rs`, from accept) still bounds a connection
+//!   that never sends a whole head.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+type Shared = Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>;
+
 /// One connection's timer (`http1::Builder::timer`, on the connection's own
-/// copy of the builder).
-#[derive(Clone, Default)]
+/// copy of the builder), for a header-read timeout of `timeout`; `reads`
+/// counts the connection's reads that returned bytes.
+#[derive(Clone)]
 pub(crate) struct HeadTimer {
-    shared: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    timeout: Duration,
+    reads: Arc<AtomicU64>,
+    shared: Shared,
+}
+
+impl HeadTimer {
+    pub(crate) fn new(timeout: Duration, reads: Arc<AtomicU64>) -> Self {
+        HeadTimer {
+            timeout,
+            reads,
+            shared: Shared::default(),
+        }
+    }
 }
 
 impl hyper::rt::Timer for HeadTimer {
@@ -33,43 +62,69 @@ impl hyper::rt::Timer for HeadTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HeadSleep {
             deadline: tokio::time::Instant::from_std(deadline),
+            timeout: self.timeout,
+            seen: self.reads.load(Ordering::Relaxed),
+            reads: self.reads.clone(),
+            arriving: false,
             shared: self.shared.clone(),
         })
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
         match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
-            Some(mut s) => s.deadline = tokio::time::Instant::from_std(new_deadline),
+            Some(mut s) => {
+                // A new wait for a head.
+                s.deadline = tokio::time::Instant::from_std(new_deadline);
+                s.seen = s.reads.load(Ordering::Relaxed);
+                s.arriving = false;
+            }
             None => *sleep = self.sleep_until(new_deadline),
         }
     }
 }
 
-/// A sleep until `deadline` on the connection's shared tokio timer.
+/// A wait for one request head, on the connection's shared tokio timer.
 struct HeadSleep {
     deadline: tokio::time::Instant,
-    shared: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    timeout: Duration,
+    /// The read count when last looked at.
+    seen: u64,
+    reads: Arc<AtomicU64>,
+    /// Bytes came during this wait, before the last deadline.
+    arriving: bool,
+    shared: Shared,
 }
 
 impl Future for HeadSleep {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = self.deadline;
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let timer = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() > deadline {
-            timer.as_mut().reset(deadline);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let timer = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.deadline)));
+        if timer.deadline() > this.deadline {
+            timer.as_mut().reset(this.deadline);
         }
         loop {
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= this.deadline {
+                if this.arriving {
+                    // A head began to arrive a whole timeout ago or more and
+                    // is still not complete.
                     return Poll::Ready(());
                 }
-                // It fired at a former request's deadline: on to this one's.
-                Poll::Ready(()) => timer.as_mut().reset(deadline),
+                let reads = this.reads.load(Ordering::Relaxed);
+                // Bytes since the last look: the head gets one more timeout.
+                // None: an idle connection, the idle timeout's to close.
+                this.arriving = reads != this.seen;
+                this.seen = reads;
+                this.deadline = now + this.timeout;
             }
+            // Or it fired at a former request's deadline.
+            timer.as_mut().reset(this.deadline);
         }
     }
 }
@@ -91,26 +146,59 @@ mod tests {
         sleep.as_mut().poll(&mut cx).is_pending()
     }
 
-    /// Sleeps of one timer, one after another as hyper makes them: each ends
-    /// at its own deadline, not at an earlier one the shared timer was armed
-    /// at, and not later.
+    fn timer() -> (HeadTimer, Arc<AtomicU64>) {
+        let reads = Arc::new(AtomicU64::new(0));
+        (
+            HeadTimer::new(Duration::from_secs(10), reads.clone()),
+            reads,
+        )
+    }
+
+    /// Bytes that came during a wait: the head gets one more timeout from the
+    /// deadline at which they are seen, then the sleep ends. The shared tokio
+    /// timer, armed for a former request's earlier deadline, does not end it
+    /// early.
     #[tokio::test(start_paused = true)]
-    async fn each_sleep_ends_at_its_own_deadline() {
-        let timer = HeadTimer::default();
+    async fn a_head_that_is_arriving_times_out() {
+        let (timer, reads) = timer();
         let start = tokio::time::Instant::now();
-        // A first request's sleep, polled (armed at +10 s), then dropped.
+        // A first request's wait, polled (the timer armed at +10 s), then
+        // dropped: its head came.
         let mut first = timer.sleep_until(after(10));
         assert!(pending(&mut first));
         drop(first);
-        // The next request comes 4 s later: its deadline is +14 s.
+        // The next wait starts 4 s later (deadline +14 s); bytes come at +5 s.
         tokio::time::advance(Duration::from_secs(4)).await;
-        timer.sleep_until(after(10)).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(14));
-        // `reset` moves a sleep's deadline, earlier too.
+        let mut next = timer.sleep_until(after(10));
+        assert!(pending(&mut next));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        reads.fetch_add(1, Ordering::Relaxed);
+        next.await;
+        assert_eq!(start.elapsed(), Duration::from_secs(24));
+    }
+
+    /// A wait with no byte (an idle keep-alive connection) does not end,
+    /// however long it lasts.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_wait_does_not_time_out() {
+        let (timer, _reads) = timer();
+        let idle = timer.sleep_until(after(10));
+        let waited = tokio::time::timeout(Duration::from_secs(100), idle).await;
+        assert!(waited.is_err(), "an idle wait ended");
+    }
+
+    /// `reset` starts a new wait, with an earlier deadline too.
+    #[tokio::test(start_paused = true)]
+    async fn reset_starts_a_new_wait() {
+        let (timer, reads) = timer();
+        let start = tokio::time::Instant::now();
         let mut sleep = timer.sleep_until(after(10));
         assert!(pending(&mut sleep));
+        reads.fetch_add(1, Ordering::Relaxed);
         timer.reset(&mut sleep, after(1));
+        reads.fetch_add(1, Ordering::Relaxed);
         sleep.await;
-        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        // Bytes seen at +1 s: one more timeout.
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
     }
 }

@@ -172,10 +172,11 @@ pub(crate) struct ServeArgs {
     max_connections: usize,
 
     /// Time allowed for a client to send a request head (against slowloris),
-    /// counted from accept for a connection's first request, and from the end of
-    /// the previous response for the next one on a keep-alive connection. An
-    /// HTTP/2 client must send its preface and SETTINGS within it; a TLS
-    /// handshake counts against it.
+    /// counted from accept for a connection's first request. On a keep-alive
+    /// connection, a later head that has started to arrive must be complete
+    /// within one to two of these after the previous response; a connection
+    /// that sends nothing is the idle timeout's. An HTTP/2 client must send
+    /// its preface and SETTINGS within it; a TLS handshake counts against it.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
 

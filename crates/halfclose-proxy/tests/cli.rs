@@ -262,6 +262,25 @@ async fn slow_later_request_head_is_cut_off() {
     proxy.stop().await;
 }
 
+/// A keep-alive connection that waits between requests longer than the
+/// header-read timeout stays open (the idle timeout is the one that closes
+/// it, like nginx's `keepalive_timeout`): the next request is served on it.
+#[tokio::test]
+async fn keep_alive_outlasts_the_header_read_timeout() {
+    let proxy = Proxy::start(&["--header-read-timeout", "300ms", "--idle-timeout", "20s"]).await;
+    let mut cli = TcpStream::connect(proxy.addr).await.unwrap();
+    for wait_ms in [0, 1200] {
+        // Long enough for the header-read timer to fire, maybe twice.
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        cli.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = within("a response", read_response(&mut cli)).await;
+        assert_eq!(status_of(&head), 200, "after {wait_ms} ms: {head:?}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn bad_input_is_one_line_and_non_zero() {
     for args in [

@@ -4,6 +4,8 @@ use std::any::Any;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -200,6 +202,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 pub struct ClientIo {
     inner: Prefixed<TcpStream>,
     _held: Option<Box<dyn Any + Send + Sync>>,
+    reads: Option<Arc<AtomicU64>>,
 }
 
 impl ClientIo {
@@ -208,6 +211,7 @@ impl ClientIo {
         ClientIo {
             inner: Prefixed::new(Bytes::new(), stream),
             _held: None,
+            reads: None,
         }
     }
 
@@ -222,6 +226,28 @@ impl ClientIo {
     /// is upgraded (a connection-limit permit, say).
     pub fn hold<G: Send + Sync + 'static>(mut self, value: G) -> Self {
         self._held = Some(Box::new(value));
+        self
+    }
+
+    /// Counts in `counter` the reads that return bytes (the replayed prefix
+    /// included), so that a server's timers can tell a connection that waits
+    /// for its next request from one whose request is arriving. One atomic
+    /// increment per such read.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// # async fn run(tcp: tokio::net::TcpStream) {
+    /// let reads = Arc::new(AtomicU64::new(0));
+    /// let io = proxy_tower::ClientIo::new(tcp).count_reads(reads.clone());
+    /// // ... serve `io`; later, has anything come since `seen`?
+    /// # let seen = 0;
+    /// let arriving = reads.load(Ordering::Relaxed) != seen;
+    /// # let _ = (io, arriving); }
+    /// ```
+    pub fn count_reads(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.reads = Some(counter);
         self
     }
 
@@ -259,7 +285,53 @@ impl Forward for ClientIo {
     }
 }
 
-forward_io!(ClientIo);
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Some(reads), Poll::Ready(Ok(()))) = (&this.reads, &read) {
+            if buf.filled().len() > before {
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 #[cfg(test)]
 mod tests {
