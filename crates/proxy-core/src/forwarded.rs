@@ -187,8 +187,6 @@ impl ForwardedHeaders {
     }
 }
 
-/// Appends `element` to the list field `name`, joining existing lines into one
-/// (`a, b, element`), as Go does for X-Forwarded-For.
 /// An address as text; IPv4 without the formatting machinery (once per
 /// request, it showed in profiles).
 fn ip_text(addr: IpAddr) -> String {
@@ -211,6 +209,8 @@ fn ip_text(addr: IpAddr) -> String {
     out
 }
 
+/// Appends `element` to the list field `name`, joining existing lines into one
+/// (`a, b, element`), as Go does for X-Forwarded-For.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, element: String) {
     if !headers.contains_key(&name) {
         // The common case: the String becomes the value without a copy.
