@@ -231,12 +231,13 @@ impl BalancedProxy {
 
     /// The first try: of two upstreams drawn at random, the one with fewer
     /// requests in flight, ejected ones left out; any upstream when both drawn
-    /// are ejected (ejected or not); `None` when no upstream is known.
-    fn first_try(&self) -> Option<Arc<Endpoint>> {
+    /// are ejected (ejected or not); `None` when no upstream is known. With
+    /// it, whether another upstream is known (a retry is possible at all).
+    fn first_try(&self) -> Option<(Arc<Endpoint>, bool)> {
         let known = lock(&self.shared.known);
         let chosen = match known.len() {
             0 => return None,
-            1 => &known[0],
+            1 => return Some((known[0].clone(), false)),
             n => {
                 let r = random();
                 let i = (r % n as u64) as usize;
@@ -249,12 +250,12 @@ impl BalancedProxy {
                     (true, false) => b,
                     (true, true) => {
                         drop(known);
-                        return self.any_other(None);
+                        return self.any_other(None).map(|e| (e, true));
                     }
                 }
             }
         };
-        Some(chosen.clone())
+        Some((chosen.clone(), true))
     }
 
     /// An upstream other than `not` (by id), healthy ones first, in turn.
@@ -360,15 +361,11 @@ where
         let first = self.first_try();
         let this = self.clone();
         ResponseFuture::new(async move {
-            let Some(first) = first else {
+            let Some((first, others)) = first else {
                 return no_upstream("no upstream is known");
             };
             // Kept only while a retry is possible at all.
-            let replay = if lock(&this.shared.known).len() > 1 {
-                Replay::of(&req)
-            } else {
-                None
-            };
+            let replay = others.then(|| Replay::of(&req)).flatten();
             let res = first.send(req).await;
             let Some(Unsent(failed)) = res.extensions().get::<Unsent>().copied() else {
                 return res;
@@ -644,7 +641,7 @@ mod tests {
         known[0].in_flight.store(5, Ordering::Release);
         let mut picked = [0; 3];
         for _ in 0..300 {
-            let e = proxy.first_try().unwrap();
+            let (e, _) = proxy.first_try().unwrap();
             picked[known.iter().position(|k| Arc::ptr_eq(k, &e)).unwrap()] += 1;
         }
         assert_eq!(picked[0], 0, "{picked:?}");
@@ -659,7 +656,7 @@ mod tests {
         let known = lock(&proxy.shared.known).clone();
         known[1].health.eject(&known[1].uri, "test");
         for _ in 0..100 {
-            let e = proxy.first_try().unwrap();
+            let (e, _) = proxy.first_try().unwrap();
             assert!(!Arc::ptr_eq(&e, &known[1]));
         }
         known[0].health.eject(&known[0].uri, "test");
