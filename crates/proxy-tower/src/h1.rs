@@ -157,12 +157,11 @@ impl Pool {
         let mut retry = is_idempotent(&parts);
         let mut fresh = false;
         loop {
-            let (conn, reused) = match fresh {
-                false => match self.checkout() {
-                    Some(conn) => (conn, true),
-                    None => (self.connect().await?, false),
-                },
-                true => (self.connect().await?, false),
+            let idle = if fresh { None } else { self.checkout() };
+            let reused = idle.is_some();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => self.connect().await?,
             };
             match round_trip(conn, &head, head_request).await {
                 Ok((res, framing, conn)) => return Ok(self.respond(res, framing, conn)),
@@ -375,6 +374,13 @@ impl Conn {
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
+
+    /// Reads more of a response body: `false` at EOF.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        self.poll_fill(cx)
+            .map_ok(|n| n > 0)
+            .map_err(|e| Error::Io("reading the response body", e))
+    }
 }
 
 /// A failed exchange, and whether the upstream answered nothing at all.
@@ -432,33 +438,22 @@ async fn round_trip(
             });
         }
         let nothing_yet = conn.buf.is_empty() && !informational;
-        let filled = conn.fill().await;
-        if matches!(filled, Ok(0) | Err(_)) {
-            if let Some(e) = write_error {
-                return Err(Failed {
-                    error: Error::io("sending the request", e),
-                    nothing_received: nothing_yet,
-                });
-            }
-        }
-        match filled {
-            Ok(0) => {
-                return Err(Failed {
-                    error: Error::Closed(match nothing_yet {
-                        true => "the upstream closed the connection without a response",
-                        false => "the upstream closed the connection in the response head",
-                    }),
-                    nothing_received: nothing_yet,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Failed {
-                    error: Error::io("reading the response", e),
-                    nothing_received: nothing_yet,
-                });
-            }
-        }
+        let error = match conn.fill().await {
+            Ok(0) => Error::Closed(match nothing_yet {
+                true => "the upstream closed the connection without a response",
+                false => "the upstream closed the connection in the response head",
+            }),
+            Ok(_) => continue,
+            Err(e) => Error::Io("reading the response", e),
+        };
+        // A failed write explains the end better than the read after it.
+        return Err(Failed {
+            error: match write_error {
+                Some(e) => Error::Io("sending the request", e),
+                None => error,
+            },
+            nothing_received: nothing_yet,
+        });
     }
 }
 
@@ -685,10 +680,14 @@ enum Chunk {
 }
 
 impl Body {
-    fn finish(&mut self, conn: Conn) {
-        self.state = State::Done;
-        if let Some(pool) = self.pool.upgrade() {
-            pool.release(conn, self.reusable);
+    /// The body is read to its end: its connection goes back to the pool.
+    fn finish(&mut self) {
+        if let State::Length { conn, .. } | State::Chunked { conn, .. } | State::Close { conn } =
+            std::mem::replace(&mut self.state, State::Done)
+        {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.release(conn, self.reusable);
+            }
         }
     }
 
@@ -717,37 +716,32 @@ impl http_body::Body for Body {
                 }
                 State::Length { conn, remaining } => {
                     if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => {
+                        match ready!(conn.poll_more(cx)) {
+                            Ok(true) => {}
+                            Ok(false) => {
                                 let missing = *remaining;
                                 return this.fail(Error::ClosedBody(missing));
                             }
-                            Ok(_) => {}
-                            Err(e) => return this.fail(Error::io("reading the response body", e)),
+                            Err(e) => return this.fail(e),
                         }
                     }
                     let take = (*remaining).min(conn.buf.len() as u64);
                     let data = conn.buf.split_to(take as usize).freeze();
                     *remaining -= take;
                     if *remaining == 0 {
-                        let State::Length { conn, .. } =
-                            std::mem::replace(&mut this.state, State::Done)
-                        else {
-                            unreachable!()
-                        };
-                        this.finish(conn);
+                        this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::Close { conn } => {
                     if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => {
+                        match ready!(conn.poll_more(cx)) {
+                            Ok(true) => {}
+                            Ok(false) => {
                                 this.state = State::Done;
                                 return Poll::Ready(None);
                             }
-                            Ok(_) => {}
-                            Err(e) => return this.fail(Error::io("reading the response body", e)),
+                            Err(e) => return this.fail(e),
                         }
                     }
                     let data = conn.buf.split().freeze();
@@ -757,22 +751,17 @@ impl http_body::Body for Body {
                     Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
                     Ok(Step::Continue) => {}
                     Ok(Step::End(trailers)) => {
-                        let State::Chunked { conn, .. } =
-                            std::mem::replace(&mut this.state, State::Done)
-                        else {
-                            unreachable!()
-                        };
-                        this.finish(conn);
+                        this.finish();
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
-                    Ok(Step::NeedBytes) => match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => {
+                    Ok(Step::NeedBytes) => match ready!(conn.poll_more(cx)) {
+                        Ok(true) => {}
+                        Ok(false) => {
                             return this.fail(Error::Closed(
                                 "the upstream closed the connection inside a chunked body",
                             ));
                         }
-                        Ok(_) => {}
-                        Err(e) => return this.fail(Error::io("reading the response body", e)),
+                        Err(e) => return this.fail(e),
                     },
                     Err(e) => return this.fail(e),
                 },
@@ -901,12 +890,6 @@ pub(crate) enum Error {
     Invalid(String),
     Closed(&'static str),
     ClosedBody(u64),
-}
-
-impl Error {
-    fn io(doing: &'static str, e: io::Error) -> Self {
-        Error::Io(doing, e)
-    }
 }
 
 impl fmt::Display for Error {
