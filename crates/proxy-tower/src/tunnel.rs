@@ -110,7 +110,8 @@ impl Tunnels {
     }
 
     fn close(&self, how: Closing) {
-        // The first word stands: an abort after a shutdown still aborts.
+        // It only grows: an abort after a shutdown still aborts, a shutdown
+        // after an abort changes nothing.
         let before = self.inner.closing.fetch_max(how as u8, Ordering::AcqRel);
         if before < how as u8 {
             self.inner.close.notify_waiters();
@@ -120,7 +121,7 @@ impl Tunnels {
     fn closing(&self) -> Option<Closing> {
         match self.inner.closing.load(Ordering::Acquire) {
             NOT_CLOSING => None,
-            1 => Some(Closing::Shutdown),
+            n if n == Closing::Shutdown as u8 => Some(Closing::Shutdown),
             _ => Some(Closing::Abort),
         }
     }
