@@ -96,6 +96,15 @@ async fn fetch(
     (status, body)
 }
 
+/// `req` through `proxy` is answered 200 with the body `expected`.
+async fn expect_ok(proxy: &ReverseProxy, req: Request<Empty<Bytes>>, expected: &'static str) {
+    let (status, body) = fetch(proxy, req).await;
+    assert_eq!(
+        (status, body.unwrap().0),
+        (StatusCode::OK, Bytes::from(expected))
+    );
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<(usize, String)>) -> (usize, String) {
     within("a request at the upstream", rx.recv())
         .await
@@ -127,11 +136,7 @@ async fn chunked_bodies_and_trailers_are_decoded_across_short_reads() {
     assert!(header_of(&head, "transfer-encoding").is_none(), "{head}");
 
     // The connection went back to the pool once the last chunk was read.
-    let (status, body) = fetch(&proxy, get("/two")).await;
-    assert_eq!(
-        (status, body.unwrap().0),
-        (StatusCode::OK, Bytes::from("abc"))
-    );
+    expect_ok(&proxy, get("/two"), "abc").await;
     assert_eq!(next(&mut seen).await.0, conn);
 }
 
@@ -157,19 +162,11 @@ async fn length_and_close_delimited_bodies() {
     assert_eq!(body, "0123456789");
     let (first, _) = next(&mut seen).await;
 
-    let (status, body) = fetch(&proxy, get("/b")).await;
-    assert_eq!(
-        (status, body.unwrap().0),
-        (StatusCode::OK, Bytes::from("until the end"))
-    );
+    expect_ok(&proxy, get("/b"), "until the end").await;
     assert_eq!(next(&mut seen).await.0, first);
 
     // HTTP/1.0 without keep-alive: answered, then not reused.
-    let (status, body) = fetch(&proxy, get("/c")).await;
-    assert_eq!(
-        (status, body.unwrap().0),
-        (StatusCode::OK, Bytes::from("ok"))
-    );
+    expect_ok(&proxy, get("/c"), "ok").await;
     let (third, _) = next(&mut seen).await;
     assert_ne!(third, first);
     let (status, _) = fetch(&proxy, get("/d")).await;
@@ -210,11 +207,7 @@ async fn bodiless_responses_keep_the_connection() {
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert!(body.unwrap().0.is_empty());
     // Informational responses are read past; the final one is relayed.
-    let (status, body) = fetch(&proxy, get("/")).await;
-    assert_eq!(
-        (status, body.unwrap().0),
-        (StatusCode::OK, Bytes::from("ok"))
-    );
+    expect_ok(&proxy, get("/"), "ok").await;
     for _ in 0..3 {
         assert_eq!(next(&mut seen).await.0, conn);
     }
@@ -277,11 +270,7 @@ async fn only_idempotent_requests_are_retried_on_a_stale_connection() {
     assert_eq!(fetch(&proxy, get("/")).await.0, StatusCode::OK);
     let (first, _) = next(&mut seen).await;
     // GET: refused on the pooled connection, answered on a new one.
-    let (status, body) = fetch(&proxy, get("/again")).await;
-    assert_eq!(
-        (status, body.unwrap().0),
-        (StatusCode::OK, Bytes::from("ok"))
-    );
+    expect_ok(&proxy, get("/again"), "ok").await;
     assert_eq!(next(&mut seen).await.0, first);
     let (second, head) = next(&mut seen).await;
     assert_ne!(second, first);

@@ -205,6 +205,18 @@ async fn demo_websocket_and_h2c_clients() {
     proxy.stop().await;
 }
 
+/// The proxy closes `cli` (possibly after a 408): the read ends, with nothing
+/// else on the way.
+async fn expect_cut_off(cli: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let _ = within(what, cli.read_to_end(&mut rest)).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
 /// A client that never finishes its request head is cut off after
 /// `--header-read-timeout` (slowloris).
 #[tokio::test]
@@ -214,18 +226,7 @@ async fn slow_request_head_is_cut_off() {
     cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    // The proxy closes the connection (possibly after a 408): the read ends.
-    let _ = within(
-        "the proxy to close a slow connection",
-        cli.read_to_end(&mut rest),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
-    );
+    expect_cut_off(&mut cli, "the proxy to close a slow connection").await;
     proxy.stop().await;
 }
 
@@ -246,19 +247,9 @@ async fn slow_later_request_head_is_cut_off() {
     cli.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Drip: ")
         .await
         .unwrap();
-    let mut rest = Vec::new();
     // The idle timeout (75 s) is far away: only the header-read timeout
     // closes the connection within `within`'s bound.
-    let _ = within(
-        "the proxy to close a slow keep-alive connection",
-        cli.read_to_end(&mut rest),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
-    );
+    expect_cut_off(&mut cli, "the proxy to close a slow keep-alive connection").await;
     proxy.stop().await;
 }
 
