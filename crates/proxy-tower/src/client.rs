@@ -35,8 +35,9 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 /// response is returned, when the body came with the head). Such a request
 /// body is read whole first and sent with the head in one write; a body that
 /// fails is not sent at all. Idle connections are then kept per thread
-/// (taken from the caller's thread first), up to `pool_max_idle` in all. Other requests go through hyper-util's pooled
-/// client. Either way the response body is an [`UpstreamBody`].
+/// (taken from the caller's thread first), up to `pool_max_idle` in all.
+/// Other requests go through hyper-util's pooled client. Either way the
+/// response body is an [`UpstreamBody`].
 ///
 /// For `https` (cargo feature `tls`, on by default) it verifies the upstream's
 /// certificate against the bundled web PKI roots (Mozilla's, from
@@ -65,7 +66,8 @@ enum Kind {
 }
 
 struct Http1 {
-    /// Bodiless requests to an `http` upstream (`h1.rs`).
+    /// Requests to an `http` upstream that `h1::fits` (no body or a small
+    /// one, no upgrade): `h1.rs`.
     fast: Option<Arc<h1::Pool>>,
     pooled: Client<Connector, RequestBody>,
     /// For upgrades to an `https` upstream: connections that offer only

@@ -19,8 +19,8 @@ pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send 
 /// Idle upstream connections kept for reuse, at most (nginx's `keepalive`).
 /// Past this many concurrent requests, connections are closed after their
 /// response and opened again for the next: 64 cost 25% to 45% of the
-/// requests per second at 256 concurrent clients (docs/benchmarks.md). 512 is nginx's
-/// `keepalive 256` on each of two workers.
+/// requests per second at 256 concurrent clients (docs/benchmarks.md). 512
+/// is nginx's `keepalive 256` on each of two workers.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
 /// How long an idle upstream connection is kept (nginx's upstream
 /// `keepalive_timeout` is 60 s).
@@ -204,8 +204,7 @@ impl Builder {
     /// many open once it is over. `0` keeps none: every request opens a new
     /// connection. Applies to the default client only, whose two pools (the
     /// HTTP/1.1 fast path for requests with no body or a small one,
-    /// hyper-util's for the rest)
-    /// each keep up to `max`.
+    /// hyper-util's for the rest) each keep up to `max`.
     pub fn pool_max_idle(self, max: usize) -> Self {
         self.map(|c| c.pool_max_idle = max)
     }
