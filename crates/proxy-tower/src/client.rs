@@ -158,7 +158,7 @@ impl Service<Request<RequestBody>> for DefaultClient {
                     return DefaultClientFuture {
                         inner: Inner::Boxed {
                             fut: Box::pin(async move {
-                                Ok(pool.send(req).await?.map(UpstreamBody::h1))
+                                Ok(h1::send(pool, req).await?.map(UpstreamBody::h1))
                             }),
                         },
                     };
