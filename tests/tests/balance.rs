@@ -326,3 +326,152 @@ async fn discovered_upstreams_come_and_go() {
     assert_eq!(counts.get("b"), Some(&40), "{counts:?}");
     assert_eq!(proxy.upstreams().len(), 1);
 }
+
+/// `upstream(..)` then `build()` would drop the upstreams added: an error,
+/// never a silent drop; `build_balanced` uses them.
+#[test]
+fn added_upstreams_are_never_dropped() {
+    let builder = || {
+        ReverseProxy::builder("http://127.0.0.1:1")
+            .upstream("http://127.0.0.1:2")
+            .outlier_detection(1, Duration::from_secs(1))
+    };
+    let err = builder().build().unwrap_err();
+    assert!(err.is_invalid_upstream(), "{err}");
+    assert!(err.to_string().contains("build_balanced"), "{err}");
+    assert!(builder().build_with_client(()).is_err());
+    assert_eq!(builder().build_balanced().unwrap().upstreams().len(), 2);
+}
+
+/// An upstream that reads the whole body before it answers its name.
+async fn reads_then_answers(name: &'static str) -> SocketAddr {
+    serve_fn(move |req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Response::new(Full::new(Bytes::from(name)))
+    })
+    .await
+}
+
+/// Sends a POST whose body (`parts` pieces of 2 bytes, one every `gap`) is
+/// slower than the response timeout; chunked, or with a Content-Length.
+async fn slow_post(addr: SocketAddr, parts: usize, gap: Duration, chunked: bool) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let framing = match chunked {
+        true => "transfer-encoding: chunked".to_owned(),
+        false => format!("content-length: {}", parts * 2),
+    };
+    tcp.write_all(format!("POST / HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..parts {
+        // The client is slow: this pause is its input, not a wait for an event.
+        tokio::time::sleep(gap).await;
+        let piece: &[u8] = if chunked { b"2\r\nab\r\n" } else { b"ab" };
+        tcp.write_all(piece).await.unwrap();
+    }
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    }
+    let (head, body) = within("the answer", read_response(&mut tcp)).await;
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The response timeout starts once the whole request is sent: a client
+/// that sends its body slowly gets its answer, and ejects nothing, on
+/// either client path (a small body of known length, or a chunked one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_body_ejects_nothing() {
+    let (a, b) = (reads_then_answers("a").await, reads_then_answers("b").await);
+    let proxy = ReverseProxy::builder(&format!("http://{a}"))
+        .upstream(&format!("http://{b}"))
+        .response_timeout(Duration::from_millis(300))
+        .outlier_detection(1, Duration::from_secs(3600))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    let gap = Duration::from_millis(150);
+    let slow = [
+        slow_post(addr, 5, gap, false),
+        slow_post(addr, 5, gap, true),
+        slow_post(addr, 5, gap, false),
+        slow_post(addr, 5, gap, true),
+    ];
+    for (status, body) in futures_util::future::join_all(slow).await {
+        assert_eq!(status, 200, "{body}");
+        assert!(body == "a" || body == "b", "{body}");
+    }
+    let status = proxy.upstreams();
+    assert!(status.iter().all(|u| u.healthy), "{status:?}");
+}
+
+/// A 504 (or any status) the upstream sends is its answer, not its failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_504_is_not_ejected() {
+    let gateway_timeout = serve_fn(|_req| async {
+        let mut res = Response::new(Full::new(Bytes::from("mine")));
+        *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+        res
+    })
+    .await;
+    let ok = Upstream::start("ok").await;
+    let proxy = ReverseProxy::builder(&format!("http://{gateway_timeout}"))
+        .upstream(&format!("http://{}", ok.addr))
+        .outlier_detection(1, Duration::from_secs(3600))
+        .build_balanced()
+        .unwrap();
+    let addr = serve(proxy.clone()).await;
+    let (counts, errors) = spread(addr, 64).await;
+    assert!(
+        !errors.is_empty() && errors.iter().all(|&s| s == 504),
+        "{errors:?}"
+    );
+    assert!(counts.contains_key("ok"), "{counts:?}");
+    let status = proxy.upstreams();
+    assert!(status.iter().all(|u| u.healthy), "{status:?}");
+}
+
+/// An upstream that takes the request and then fails (closes without an
+/// answer, or says nothing within the response timeout) is ejected, even
+/// when a custom error handler answers 200 for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_that_fail_after_the_request_are_ejected() {
+    use tokio::io::AsyncWriteExt;
+    for silent in [false, true] {
+        let (dead, mut conns) = raw_upstream().await;
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, mut tcp)) = conns.recv().await {
+                match silent {
+                    true => held.push(tcp),
+                    false => drop(tcp.shutdown().await),
+                }
+            }
+        });
+        let ok = Upstream::start("ok").await;
+        let proxy = ReverseProxy::builder(&format!("http://{dead}"))
+            .upstream(&format!("http://{}", ok.addr))
+            .response_timeout(Duration::from_millis(200))
+            .outlier_detection(2, Duration::from_secs(3600))
+            .error_handler(|_| Response::new(Bytes::from_static(b"sorry")))
+            .build_balanced()
+            .unwrap();
+        let addr = serve(proxy.clone()).await;
+        let dead_uri = format!("http://{dead}/");
+        within("the failing upstream to be ejected", async {
+            loop {
+                let (_, errors) = spread(addr, 4).await;
+                assert!(errors.is_empty(), "the handler answers 200: {errors:?}");
+                let status = proxy.upstreams();
+                let d = status.iter().find(|u| u.uri == dead_uri.as_str()).unwrap();
+                if !d.healthy {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}

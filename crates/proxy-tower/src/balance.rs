@@ -24,7 +24,7 @@ use tower_service::Service;
 
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::proxy::{ResponseFuture, Unsent};
+use crate::proxy::{ResponseFuture, Unsent, Verdict};
 use crate::{BoxError, RequestBody, ReverseProxy, Tunnels, UpstreamBody};
 
 /// Consecutive failures (connection refused or timed out, response timeout)
@@ -488,12 +488,15 @@ impl Endpoint {
             Err(never) => match never {},
         };
         drop(in_flight);
-        let unsent = res.extensions().get::<Unsent>().is_some();
-        if unsent || res.status() == StatusCode::GATEWAY_TIMEOUT {
-            self.health.failure(&self.uri);
-        } else if res.status() != StatusCode::BAD_GATEWAY {
-            self.health.success();
+        // Only what the proxy observed of the upstream counts: its own
+        // answers (a 504 it sent included) are successes, and failures the
+        // client caused (a slow or broken body) count for nothing.
+        match res.extensions().get::<Verdict>() {
+            None => self.health.success(),
+            Some(Verdict::Failed) => self.health.failure(&self.uri),
+            Some(Verdict::NotJudged) => {}
         }
+        let unsent = res.extensions().get::<Unsent>().is_some();
         if unsent {
             res.extensions_mut().insert(Unsent(Some(self.id)));
         }
@@ -592,16 +595,33 @@ impl Health {
         self.eject(uri, "failed in a row");
     }
 
+    /// Ejects the upstream unless it is ejected already: of failures that
+    /// reach the bound at the same time, one ejects.
     fn eject(&self, uri: &Uri, why: &'static str) {
+        let now = Instant::now();
+        let mut current = self.ejected_until.load(Ordering::Acquire);
+        let cool_down = loop {
+            if current != 0 && epoch() + Duration::from_nanos(current) > now {
+                return;
+            }
+            let k = self.ejections.load(Ordering::Acquire);
+            let cool_down = self
+                .base_ejection
+                .saturating_mul(1u32 << k.min(16))
+                .min(MAX_EJECTION);
+            let until = (now + cool_down - epoch()).as_nanos().max(1) as u64;
+            match self.ejected_until.compare_exchange(
+                current,
+                until,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break cool_down,
+                Err(other) => current = other,
+            }
+        };
+        self.ejections.fetch_add(1, Ordering::AcqRel);
         self.failures.store(0, Ordering::Release);
-        let k = self.ejections.fetch_add(1, Ordering::AcqRel);
-        let cool_down = self
-            .base_ejection
-            .saturating_mul(1u32 << k.min(16))
-            .min(MAX_EJECTION);
-        let until = Instant::now() + cool_down - epoch();
-        self.ejected_until
-            .store(until.as_nanos().max(1) as u64, Ordering::Release);
         tracing::warn!(upstream = %uri, why, ?cool_down, "upstream ejected");
         self.metrics.ejection();
     }
@@ -646,6 +666,29 @@ mod tests {
         }
         assert_eq!(picked[0], 0, "{picked:?}");
         assert!(picked[1] > 50 && picked[2] > 50, "{picked:?}");
+    }
+
+    /// Failures that reach the bound at the same time eject once: one
+    /// ejection counted, the cool-down not doubled.
+    #[test]
+    fn concurrent_failures_eject_once() {
+        let proxy = three();
+        let known = lock(&proxy.shared.known).clone();
+        let target = known[0].clone();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let target = target.clone();
+                s.spawn(move || {
+                    for _ in 0..DEFAULT_EJECT_AFTER {
+                        target.health.failure(&target.uri);
+                    }
+                });
+            }
+        });
+        assert!(target.health.is_ejected());
+        assert_eq!(target.health.ejections.load(Ordering::Acquire), 1);
+        let until = target.health.ejected_until().unwrap();
+        assert!(until <= Instant::now() + BASE_EJECTION, "cool-down doubled");
     }
 
     /// An ejected upstream is left out while others are healthy, and tried

@@ -14,6 +14,9 @@ use crate::BoxError;
 /// boxed, so that one client serves every incoming body type.
 pub struct RequestBody {
     inner: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+    /// Told how far the body has been sent (set by the proxy for a request
+    /// with a body).
+    progress: Option<std::sync::Arc<crate::sent::Progress>>,
 }
 
 impl RequestBody {
@@ -34,7 +37,14 @@ impl RequestBody {
         let body = slot.expect("still there unless it was a RequestBody");
         RequestBody {
             inner: body.map_err(Into::into).boxed_unsync(),
+            progress: None,
         }
+    }
+
+    /// The same body, telling `progress` how far it has been sent.
+    pub(crate) fn watched(mut self, progress: std::sync::Arc<crate::sent::Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -46,7 +56,19 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let Some(progress) = &this.progress else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        progress.taken();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => progress.sent(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => progress.sent(),
+            Poll::Ready(Some(Ok(_))) => progress.handed(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

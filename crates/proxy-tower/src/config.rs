@@ -98,6 +98,17 @@ impl Config {
         }
     }
 
+    /// The options of a proxy to one upstream: an error if more were added
+    /// (they would be dropped without a word).
+    fn single(self) -> Result<Self, ProxyError> {
+        match self.more_upstreams.len() {
+            0 => Ok(self),
+            n => Err(ProxyError::invalid_upstream(format!(
+                "{n} more upstream(s) added with `Builder::upstream`: a single proxy would drop them; build with `build_balanced`"
+            ))),
+        }
+    }
+
     /// The client's address, from the hook or the request's [`ClientInfo`]
     /// extension.
     pub(crate) fn client_info(&self, parts: &request::Parts) -> ClientInfo {
@@ -329,8 +340,12 @@ impl Builder {
 
     /// Builds the proxy with the [`DefaultClient`]: pooled connections over TCP,
     /// with TLS for `https` upstreams (cargo feature `tls`, on by default).
+    ///
+    /// Fails if more upstreams were added with [`upstream`](Builder::upstream):
+    /// a single proxy would drop them; [`build_balanced`](Builder::build_balanced)
+    /// uses them.
     pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
-        let config = self.config?;
+        let config = self.config?.single()?;
         check_scheme(config.rules.upstream())?;
         Ok(ReverseProxy::from_config(config))
     }
@@ -396,7 +411,9 @@ impl Builder {
     /// the upstream (to add retries, load balancing, TLS, or a test double). It gets
     /// requests with absolute URIs and the version to speak (HTTP/1.1, or HTTP/2
     /// after [`http2_only`](Builder::http2_only)).
+    ///
+    /// Fails, as [`build`](Builder::build) does, if more upstreams were added.
     pub fn build_with_client<C>(self, client: C) -> Result<ReverseProxy<C>, ProxyError> {
-        Ok(ReverseProxy::with_client(self.config?, client))
+        Ok(ReverseProxy::with_client(self.config?.single()?, client))
     }
 }

@@ -107,6 +107,7 @@ mod io;
 mod layer;
 pub mod metrics;
 mod proxy;
+mod sent;
 mod tunnel;
 
 pub use abort::{ResetHandle, ResetOnAbort};

@@ -15,7 +15,7 @@ use proxy_core::{Outcome, ProxyError};
 use tower_service::Service;
 
 use crate::config::{Builder, Config};
-use crate::{BoxError, DefaultClient, ProxyBody, RequestBody, tunnel};
+use crate::{BoxError, DefaultClient, ProxyBody, RequestBody, sent, tunnel};
 
 /// A tower [`Service`] that forwards every request to one upstream.
 ///
@@ -172,6 +172,22 @@ impl<B> ResponseFuture<B> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Unsent(pub(crate) Option<u64>);
 
+/// On every response the proxy wrote itself: whether it says the upstream
+/// failed. A response without it is the upstream's own answer, whatever its
+/// status. Set after the error handler ran, so a custom handler changes
+/// nothing of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// What the proxy itself observed of the upstream: connection refused or
+    /// timed out, reset or closed before a response head after the whole
+    /// request was sent, no response head within the response timeout after
+    /// it was sent.
+    Failed,
+    /// Nothing about the upstream: a refused request, a client that failed
+    /// or sent its body slowly, an invalid answer, a full connection cap.
+    NotJudged,
+}
+
 impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<ProxyBody<B>>, Infallible>;
 
@@ -209,7 +225,7 @@ const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 fn error_response<B>(config: &Config, origin: &Origin, err: ProxyError) -> Response<ProxyBody<B>> {
-    error_response_logged(config, origin, err, false)
+    error_response_logged(config, origin, err, false, Verdict::NotJudged)
 }
 
 /// `quiet`: log at DEBUG whatever the error (a failure someone else handles,
@@ -219,6 +235,7 @@ fn error_response_logged<B>(
     origin: &Origin,
     err: ProxyError,
     quiet: bool,
+    verdict: Verdict,
 ) -> Response<ProxyBody<B>> {
     // A client can cause 4xx answers at will: DEBUG, so it cannot flood the logs.
     macro_rules! log {
@@ -271,6 +288,7 @@ fn error_response_logged<B>(
             .entry(header::ALLOW)
             .or_insert(http::HeaderValue::from_static(ALLOWED_METHODS));
     }
+    res.extensions_mut().insert(verdict);
     res.map(ProxyBody::message)
 }
 
@@ -291,6 +309,22 @@ fn is_unsent(e: &(dyn std::error::Error + 'static)) -> bool {
     e.is::<crate::h1::ConnectError>()
         || e.downcast_ref::<hyper_util::client::legacy::Error>()
             .is_some_and(hyper_util::client::legacy::Error::is_connect)
+}
+
+/// True if the upstream answered, but not with valid HTTP (an answer,
+/// however wrong: not a sign that the upstream is down).
+fn is_invalid_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h1) = c.downcast_ref::<crate::h1::Error>() {
+            return h1.is_invalid_answer();
+        }
+        if let Some(hyper) = c.downcast_ref::<hyper::Error>() {
+            return hyper.is_parse() || hyper.is_parse_status();
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The error of a failed upstream call: 413 when the request body hit a size
@@ -392,9 +426,16 @@ where
     if let Some(rewrite) = &config.rewrite {
         rewrite(&mut parts);
     }
-    let out = Request::from_parts(parts, RequestBody::new(body));
+    // A request with a body tells how far it has been sent: the response
+    // timeout starts at its end, and only then is a failure the upstream's.
+    let progress = (!body.is_end_stream()).then(|| Arc::new(sent::Progress::new()));
+    let body = match &progress {
+        Some(p) => RequestBody::new(body).watched(p.clone()),
+        None => RequestBody::new(body),
+    };
+    let out = Request::from_parts(parts, body);
 
-    let sent = std::time::Instant::now();
+    let sent_at = std::time::Instant::now();
     let call = async {
         poll_fn(|cx| client.poll_ready(cx))
             .await
@@ -402,21 +443,43 @@ where
         client.call(out).await.map_err(Into::into)
     };
     let result = match config.response_timeout {
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return error_response(
-                    config,
-                    &origin,
-                    ProxyError::timeout(format!("no response within {limit:?}")),
-                );
+        Some(limit) => {
+            let late = sent::late(progress.as_deref(), limit);
+            let (mut call, mut late) = (std::pin::pin!(call), std::pin::pin!(late));
+            let raced = poll_fn(|cx| match call.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Ok(r)),
+                Poll::Pending => late.as_mut().poll(cx).map(Err),
+            })
+            .await;
+            match raced {
+                Ok(r) => r,
+                Err(sent::Late::Head) => {
+                    return error_response_logged(
+                        config,
+                        &origin,
+                        ProxyError::timeout(format!(
+                            "no response head within {limit:?} of sending the request"
+                        )),
+                        false,
+                        Verdict::Failed,
+                    );
+                }
+                Err(sent::Late::Body) => {
+                    return error_response(
+                        config,
+                        &origin,
+                        ProxyError::timeout(format!(
+                            "the upstream took none of the request body for {limit:?}"
+                        )),
+                    );
+                }
             }
-        },
+        }
         None => call.await,
     };
     let res = match result {
         Ok(res) => {
-            *upstream_time = Some(sent.elapsed());
+            *upstream_time = Some(sent_at.elapsed());
             res
         }
         Err(e) => {
@@ -424,10 +487,23 @@ where
             if unsent {
                 config.metrics.connect_failure();
             }
+            // The upstream failed if it took no connection, or if it ended
+            // the exchange without a valid answer once it had the whole
+            // request (before that, the client's body may be what failed).
+            let whole_request = progress.as_ref().is_none_or(|p| p.is_sent());
+            let verdict = match unsent || (whole_request && !is_invalid_answer(&*e)) {
+                true => Verdict::Failed,
+                false => Verdict::NotJudged,
+            };
             // Behind a balancer, an unsent request is retried elsewhere, and
             // an upstream that keeps refusing is ejected with a WARN line.
             let quiet = unsent && config.balanced;
-            let mut res = error_response_logged(config, &origin, upstream_error(e), quiet);
+            let err = upstream_error(e);
+            let verdict = match err.status() {
+                http::StatusCode::PAYLOAD_TOO_LARGE => Verdict::NotJudged,
+                _ => verdict,
+            };
+            let mut res = error_response_logged(config, &origin, err, quiet, verdict);
             if unsent {
                 res.extensions_mut().insert(Unsent(None));
             }

@@ -435,8 +435,8 @@ fn chunked_bodies_extensions_and_trailers() {
     assert_eq!(
         d.message.trailers,
         Some(vec![
-            ("x-sum".to_owned(), b"42".to_vec()),
-            ("x-other".to_owned(), b"a".to_vec())
+            ("x-other".to_owned(), b"a".to_vec()),
+            ("x-sum".to_owned(), b"42".to_vec())
         ])
     );
     assert!(d.reusable());

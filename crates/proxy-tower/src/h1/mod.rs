@@ -188,6 +188,17 @@ pub(crate) enum Error {
     Codec(codec::Error),
 }
 
+impl Error {
+    /// The upstream answered, but not with a valid response (as opposed to
+    /// failing: a reset, a connection closed before the answer was whole).
+    pub(crate) fn is_invalid_answer(&self) -> bool {
+        matches!(
+            self,
+            Error::Codec(codec::Error::Invalid(_) | codec::Error::TooLarge(_))
+        )
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
