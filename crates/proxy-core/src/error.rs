@@ -21,6 +21,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// | request body past a limit set in front of the proxy | 413 |
 /// | upstream unreachable, reset, or invalid answer (bad 101) | 502 |
 /// | upstream too slow | 504 |
+/// | no upstream connection free in time (a cap) | 503 |
 pub struct ProxyError {
     kind: Kind,
     detail: Option<String>,
@@ -37,6 +38,7 @@ enum Kind {
     BadUpgradeResponse,
     Upstream,
     Timeout,
+    Overloaded,
 }
 
 impl ProxyError {
@@ -91,6 +93,12 @@ impl ProxyError {
         Self::new(Kind::Timeout, what)
     }
 
+    /// No connection to the upstream could be had in time (a cap on
+    /// connections is reached): answer 503 Service Unavailable.
+    pub fn overloaded(detail: impl Into<String>) -> Self {
+        Self::new(Kind::Overloaded, detail)
+    }
+
     /// The status to answer the client with.
     pub fn status(&self) -> StatusCode {
         match self.kind {
@@ -101,6 +109,7 @@ impl ProxyError {
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::BadUpgradeResponse | Kind::Upstream => StatusCode::BAD_GATEWAY,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -141,6 +150,11 @@ impl ProxyError {
     pub fn is_timeout(&self) -> bool {
         self.kind == Kind::Timeout
     }
+
+    /// No connection to the upstream was free in time.
+    pub fn is_overloaded(&self) -> bool {
+        self.kind == Kind::Overloaded
+    }
 }
 
 impl fmt::Debug for ProxyError {
@@ -164,6 +178,7 @@ impl fmt::Display for ProxyError {
             Kind::BadUpgradeResponse => "invalid upgrade response from upstream",
             Kind::Upstream => "upstream failed",
             Kind::Timeout => "upstream timed out",
+            Kind::Overloaded => "no upstream connection free",
         };
         f.write_str(what)?;
         if let Some(d) = &self.detail {

@@ -1,8 +1,10 @@
 //! The response body of the proxy: the upstream's body, streamed, or a short
 //! message the proxy wrote itself (errors, 101s).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -99,15 +101,74 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Upstream { #[pin] body: B },
+        Upstream { #[pin] body: B, silence: Option<Silence> },
         Message { data: Option<Bytes> },
     }
 }
 
+/// The read timeout of an upstream body: the longest silence between two
+/// frames while the body is being read. Armed when the body first has
+/// nothing to give, disarmed by the next frame; the timer is made only for a
+/// body that ever waits (not for one that came whole with its head).
+struct Silence {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+    expired: bool,
+}
+
+impl Silence {
+    fn new(limit: Duration) -> Self {
+        Silence {
+            limit,
+            sleep: None,
+            armed: false,
+            expired: false,
+        }
+    }
+
+    /// The body had nothing to give: true once the silence has lasted the
+    /// limit.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let sleep = self.sleep.as_mut().expect("armed above");
+        self.expired = sleep.as_mut().poll(cx).is_ready();
+        self.expired
+    }
+}
+
+/// The upstream sent no byte of a response body for the read timeout.
+#[derive(Debug)]
+pub(crate) struct ReadTimedOut(Duration);
+
+impl std::fmt::Display for ReadTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the upstream sent nothing of the response body for {:?} (read timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ReadTimedOut {}
+
 impl<B> ProxyBody<B> {
-    pub(crate) fn upstream(body: B) -> Self {
+    /// The upstream's body, cut with an error after `read_timeout` of
+    /// silence.
+    pub(crate) fn upstream(body: B, read_timeout: Option<Duration>) -> Self {
         ProxyBody {
-            kind: Kind::Upstream { body },
+            kind: Kind::Upstream {
+                body,
+                silence: read_timeout.map(Silence::new),
+            },
         }
     }
 
@@ -137,21 +198,42 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Upstream { body, silence } => {
+                let Some(silence) = silence else {
+                    return body.poll_frame(cx).map_err(Into::into);
+                };
+                if silence.expired {
+                    return Poll::Ready(None);
+                }
+                match body.poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        silence.armed = false;
+                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                    }
+                    Poll::Pending if silence.poll_expired(cx) => {
+                        let e = ReadTimedOut(silence.limit);
+                        tracing::warn!(error = %e, "response body cut");
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             KindProj::Message { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Upstream { body, silence } => {
+                body.is_end_stream() || silence.as_ref().is_some_and(|s| s.expired)
+            }
             Kind::Message { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body } => body.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Message { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -174,19 +256,30 @@ impl<B> std::fmt::Debug for ProxyBody<B> {
 /// by hyper.
 pub struct UpstreamBody {
     inner: http_body_util::Either<hyper::body::Incoming, crate::h1::Body>,
+    /// The request's slots (under the upstream's connection cap, on an
+    /// HTTP/2 connection), given back when the body ends or is dropped.
+    held: crate::client::Held,
 }
 
 impl UpstreamBody {
     pub(crate) fn hyper(body: hyper::body::Incoming) -> Self {
         UpstreamBody {
             inner: http_body_util::Either::Left(body),
+            held: Default::default(),
         }
     }
 
     pub(crate) fn h1(body: crate::h1::Body) -> Self {
         UpstreamBody {
             inner: http_body_util::Either::Right(body),
+            held: Default::default(),
         }
+    }
+
+    /// The same body, holding `held` until it ends.
+    pub(crate) fn holding(mut self, held: crate::client::Held) -> Self {
+        self.held = held;
+        self
     }
 }
 
@@ -198,7 +291,13 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // The body's end (or failure) frees the slot at once, whatever
+        // holds the body after it.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.held = Default::default();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,6 +13,7 @@ use hyper::client::conn::http2;
 use hyper_util::client::legacy::{Client, ResponseFuture as PooledFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
 use tower_service::Service;
 
 use crate::config::Config;
@@ -56,7 +57,111 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 #[derive(Clone)]
 pub struct DefaultClient {
     kind: Kind,
+    /// The cap on requests in flight to the upstream.
+    slots: Option<Slots>,
 }
+
+/// Requests in flight to one upstream, at most, and how long a request
+/// waits for a slot.
+#[derive(Clone)]
+struct Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    wait: std::time::Duration,
+    refusals: Arc<Refusals>,
+    upstream: Uri,
+}
+
+impl Slots {
+    /// A slot now, or after a wait of up to `wait`, else [`Busy`].
+    async fn acquire(self) -> Result<OwnedSemaphorePermit, BoxError> {
+        let wait = self.wait;
+        match tokio::time::timeout(wait, self.permits.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.refusals
+                    .count(&self.upstream, "upstream connection cap reached");
+                Err(Box::new(Busy(format!(
+                    "{} requests in flight to the upstream; no slot free within {wait:?}",
+                    self.max
+                ))))
+            }
+        }
+    }
+}
+
+/// Requests refused at the cap, logged once per burst: a WARN at the first,
+/// then at most one every [`Refusals::EVERY`] while they go on, with their
+/// number (each refusal alone is a DEBUG line).
+#[derive(Default)]
+struct Refusals {
+    since_logged: std::sync::atomic::AtomicU64,
+    /// When the last WARN was written, in seconds after the first refusal's
+    /// epoch, plus one; 0: never.
+    logged_at: std::sync::atomic::AtomicU64,
+}
+
+impl Refusals {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn count(&self, upstream: &Uri, why: &'static str) {
+        use std::sync::atomic::Ordering;
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+            + 1;
+        self.since_logged.fetch_add(1, Ordering::Relaxed);
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if last != 0 && now < last + Self::EVERY.as_secs() {
+            return;
+        }
+        if self
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let refused = self.since_logged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                %upstream,
+                refused,
+                "{why}: requests answered 503 (logged at most every 10 s)"
+            );
+        }
+    }
+}
+
+/// What a response body holds until it ends: its slot under the connection
+/// cap, and its HTTP/2 stream's.
+#[derive(Default)]
+pub(crate) struct Held {
+    // Held for their `Drop`.
+    _permit: Option<OwnedSemaphorePermit>,
+    _stream: Option<StreamSlot>,
+}
+
+impl Held {
+    fn permit(permit: Option<OwnedSemaphorePermit>) -> Self {
+        Held {
+            _permit: permit,
+            _stream: None,
+        }
+    }
+}
+
+/// The upstream could take no more of this proxy's requests in time (its
+/// connection cap, or its HTTP/2 streams): nothing was sent.
+#[derive(Debug)]
+pub(crate) struct Busy(pub(crate) String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
 
 #[derive(Clone)]
 enum Kind {
@@ -86,6 +191,20 @@ impl fmt::Debug for DefaultClient {
 
 impl DefaultClient {
     pub(crate) fn new(config: &Config) -> Self {
+        let slots = config.max_connections.map(|max| Slots {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            wait: config.queue_timeout,
+            refusals: Arc::default(),
+            upstream: config.rules.upstream().clone(),
+        });
+        DefaultClient {
+            kind: Self::kind(config),
+            slots,
+        }
+    }
+
+    fn kind(config: &Config) -> Kind {
         let connector = Connector::new(config.connect_timeout);
         let https = config.rules.upstream().scheme() == Some(&http::uri::Scheme::HTTPS);
         #[cfg(feature = "tls")]
@@ -102,13 +221,13 @@ impl DefaultClient {
         #[cfg(not(feature = "tls"))]
         let with_alpn = |_: &[&[u8]]| connector.clone();
         if config.http2_only {
-            return DefaultClient {
-                kind: Kind::Http2(Arc::new(Http2 {
-                    connector: with_alpn(&[b"h2"]),
-                    upstream: config.rules.upstream().clone(),
-                    conn: tokio::sync::Mutex::new(None),
-                })),
-            };
+            return Kind::Http2(Arc::new(Http2 {
+                connector: with_alpn(&[b"h2"]),
+                upstream: config.rules.upstream().clone(),
+                conn: tokio::sync::Mutex::new(None),
+                stream_wait: config.queue_timeout,
+                refusals: Refusals::default(),
+            }));
         }
         let pooled = |connector: Connector| {
             let mut client = Client::builder(TokioExecutor::new());
@@ -131,13 +250,11 @@ impl DefaultClient {
                 config.pool_idle_timeout,
             )
         });
-        DefaultClient {
-            kind: Kind::Http1(Arc::new(Http1 {
-                fast,
-                pooled: pooled(with_alpn(&[b"h2", b"http/1.1"])),
-                upgrades,
-            })),
-        }
+        Kind::Http1(Arc::new(Http1 {
+            fast,
+            pooled: pooled(with_alpn(&[b"h2", b"http/1.1"])),
+            upgrades,
+        }))
     }
 }
 
@@ -151,6 +268,37 @@ impl Service<Request<RequestBody>> for DefaultClient {
     }
 
     fn call(&mut self, req: Request<RequestBody>) -> DefaultClientFuture {
+        // A slot at once, or the request waits for one in a future of its own.
+        let permit = match &self.slots {
+            None => None,
+            Some(slots) => match slots.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let (slots, mut this) = (slots.clone(), self.clone());
+                    return DefaultClientFuture {
+                        inner: Inner::Boxed {
+                            fut: Box::pin(async move {
+                                let permit = slots.acquire().await?;
+                                let res = this.send(req, Some(permit)).await?;
+                                Ok(res)
+                            }),
+                        },
+                    };
+                }
+            },
+        };
+        self.send(req, permit)
+    }
+}
+
+impl DefaultClient {
+    /// Sends `req` holding `permit` (given back when the response body
+    /// ends or is dropped).
+    fn send(
+        &mut self,
+        req: Request<RequestBody>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> DefaultClientFuture {
         match &self.kind {
             Kind::Http1(h1) => {
                 if let Some(pool) = h1.fast.as_ref().filter(|_| h1::fits(&req)) {
@@ -158,7 +306,8 @@ impl Service<Request<RequestBody>> for DefaultClient {
                     return DefaultClientFuture {
                         inner: Inner::Boxed {
                             fut: Box::pin(async move {
-                                Ok(h1::send(pool, req).await?.map(UpstreamBody::h1))
+                                let res = h1::send(pool, req).await?;
+                                Ok(res.map(|b| UpstreamBody::h1(b).holding(Held::permit(permit))))
                             }),
                         },
                     };
@@ -170,6 +319,7 @@ impl Service<Request<RequestBody>> for DefaultClient {
                 DefaultClientFuture {
                     inner: Inner::Pooled {
                         fut: client.request(req),
+                        permit,
                     },
                 }
             }
@@ -177,9 +327,15 @@ impl Service<Request<RequestBody>> for DefaultClient {
                 let h2 = h2.clone();
                 DefaultClientFuture {
                     inner: Inner::Boxed {
-                        fut: Box::pin(
-                            async move { Ok(h2.send(req).await?.map(UpstreamBody::hyper)) },
-                        ),
+                        fut: Box::pin(async move {
+                            let (res, stream) = h2.send(req).await?;
+                            Ok(res.map(|b| {
+                                UpstreamBody::hyper(b).holding(Held {
+                                    _permit: permit,
+                                    _stream: Some(stream),
+                                })
+                            }))
+                        }),
                     },
                 }
             }
@@ -200,7 +356,7 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner {
-        Pooled { #[pin] fut: PooledFuture },
+        Pooled { #[pin] fut: PooledFuture, permit: Option<OwnedSemaphorePermit> },
         Boxed { fut: BoxFuture },
     }
 }
@@ -210,9 +366,13 @@ impl Future for DefaultClientFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
-            InnerProj::Pooled { fut } => fut
+            InnerProj::Pooled { fut, permit } => fut
                 .poll(cx)
-                .map(|r| r.map(|res| res.map(UpstreamBody::hyper)))
+                .map(|r| {
+                    r.map(|res| {
+                        res.map(|b| UpstreamBody::hyper(b).holding(Held::permit(permit.take())))
+                    })
+                })
                 .map_err(Into::into),
             InnerProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
@@ -230,11 +390,18 @@ struct Http2 {
     connector: Connector,
     upstream: Uri,
     /// Held while connecting, so that one connection is made at a time.
-    conn: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+    conn: tokio::sync::Mutex<Option<(http2::SendRequest<RequestBody>, Arc<Streams>)>>,
+    /// How long a request waits for a free stream (the upstream's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`) before it is answered 503.
+    stream_wait: std::time::Duration,
+    refusals: Refusals,
 }
 
 impl Http2 {
-    async fn send(&self, mut req: Request<RequestBody>) -> Result<Response<Incoming>, BoxError> {
+    async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, StreamSlot), BoxError> {
         // RFC 9113 section 8.3.1: `:authority` carries the host; a `host` field
         // that disagrees with it is malformed. The connection does not depend on
         // it: it always goes to `self.upstream`.
@@ -245,30 +412,37 @@ impl Http2 {
             parts.authority = Some(authority);
             *req.uri_mut() = Uri::from_parts(parts)?;
         }
-        let mut sender = self.sender(false).await?;
+        let (mut sender, streams) = self.sender(false).await?;
+        let slot = self.stream(&streams).await?;
         match sender.try_send_request(req).await {
-            Ok(res) => Ok(res),
+            Ok(res) => Ok((res, slot)),
             // The connection closed before the request went out: once more, on
             // a new one.
             Err(mut e) => match e.take_message() {
                 Some(req) => {
-                    let mut sender = self.sender(true).await?;
-                    Ok(sender.send_request(req).await?)
+                    drop(slot);
+                    let (mut sender, streams) = self.sender(true).await?;
+                    let slot = self.stream(&streams).await?;
+                    Ok((sender.send_request(req).await?, slot))
                 }
                 None => Err(e.into_error().into()),
             },
         }
     }
 
-    /// A ready sender on the current connection, or on a new one.
-    async fn sender(&self, fresh: bool) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+    /// A ready sender on the current connection, or on a new one, and the
+    /// connection's count of open streams.
+    async fn sender(
+        &self,
+        fresh: bool,
+    ) -> Result<(http2::SendRequest<RequestBody>, Arc<Streams>), BoxError> {
         let mut conn = self.conn.lock().await;
-        if let Some(sender) = conn.as_mut() {
+        if let Some((sender, streams)) = conn.as_mut() {
             if !fresh && !sender.is_closed() {
-                let mut sender = sender.clone();
+                let (mut sender, streams) = (sender.clone(), streams.clone());
                 drop(conn);
-                sender.ready().await?;
-                return Ok(sender);
+                self.ready(&mut sender).await?;
+                return Ok((sender, streams));
             }
         }
         let io = self.connector.clone().call(self.upstream.clone()).await?;
@@ -276,14 +450,102 @@ impl Http2 {
             .timer(TokioTimer::new())
             .handshake(io)
             .await?;
+        // The connection's task reads the peer's stream limit each time it
+        // runs (a SETTINGS frame is read there).
+        let streams = Arc::new(Streams::default());
+        streams.set_max(connection.current_max_send_streams());
+        let limit = streams.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = std::future::poll_fn(|cx| {
+                let polled = connection.as_mut().poll(cx);
+                limit.set_max(connection.current_max_send_streams());
+                polled
+            })
+            .await;
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        *conn = Some(sender.clone());
+        *conn = Some((sender.clone(), streams.clone()));
         drop(conn);
-        sender.ready().await?;
-        Ok(sender)
+        self.ready(&mut sender).await?;
+        Ok((sender, streams))
+    }
+
+    /// Waits for the connection to take a request, up to `stream_wait`.
+    async fn ready(&self, sender: &mut http2::SendRequest<RequestBody>) -> Result<(), BoxError> {
+        let wait = self.stream_wait;
+        match tokio::time::timeout(wait, sender.ready()).await {
+            Ok(ready) => Ok(ready?),
+            Err(_) => Err(self.busy()),
+        }
+    }
+
+    /// A stream under the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, waiting
+    /// up to `stream_wait` for one to close (h2 would otherwise queue the
+    /// request itself, for as long as it takes).
+    async fn stream(&self, streams: &Arc<Streams>) -> Result<StreamSlot, BoxError> {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + self.stream_wait;
+        loop {
+            let freed = streams.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            let open = streams.open.load(Ordering::Acquire);
+            if open < streams.max.load(Ordering::Acquire) {
+                if streams
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(StreamSlot(streams.clone()));
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(self.busy());
+            }
+        }
+    }
+
+    fn busy(&self) -> BoxError {
+        self.refusals
+            .count(&self.upstream, "every HTTP/2 stream to the upstream busy");
+        Box::new(Busy(format!(
+            "no HTTP/2 stream to the upstream free within {:?}",
+            self.stream_wait
+        )))
+    }
+}
+
+/// Streams open on one HTTP/2 connection to the upstream, and the most the
+/// peer allows.
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    /// Told when a stream closes, or the limit grows.
+    freed: tokio::sync::Notify,
+}
+
+impl Streams {
+    fn set_max(&self, max: usize) {
+        let before = self.max.swap(max, std::sync::atomic::Ordering::AcqRel);
+        if max > before {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// One open stream of an HTTP/2 connection, held by its response body.
+pub(crate) struct StreamSlot(Arc<Streams>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }

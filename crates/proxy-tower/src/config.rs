@@ -25,6 +25,22 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
 /// How long an idle upstream connection is kept (nginx's upstream
 /// `keepalive_timeout` is 60 s).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed to connect to the upstream, TLS handshake included (Envoy's
+/// default is 5 s, Go's `DefaultTransport` 30 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the response head once the whole request has been sent
+/// (nginx's `proxy_read_timeout` is 60 s).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed between two reads of a response body (nginx's
+/// `proxy_read_timeout`: not the whole body, the silence in it).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests in flight to one upstream, at most: each holds an HTTP/1.1
+/// connection (or an HTTP/2 stream) until its response body ends (Envoy's
+/// circuit breakers default to 1024 connections and requests).
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
+/// How long a request waits for a connection slot (or an HTTP/2 stream)
+/// before it is answered 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything a running proxy needs, shared by its clones.
 #[derive(Clone)]
@@ -32,6 +48,10 @@ pub(crate) struct Config {
     pub(crate) rules: ProxyRules,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) response_timeout: Option<Duration>,
+    pub(crate) read_timeout: Option<Duration>,
+    /// Requests in flight to the upstream, at most (`None`: no cap).
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) queue_timeout: Duration,
     pub(crate) http2_only: bool,
     pub(crate) pool_max_idle: usize,
     pub(crate) pool_idle_timeout: Option<Duration>,
@@ -78,8 +98,11 @@ impl Config {
         Config {
             metrics: Arc::new(crate::metrics::Upstream::new(&label)),
             rules,
-            connect_timeout: None,
-            response_timeout: None,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            max_connections: Some(DEFAULT_UPSTREAM_MAX_CONNECTIONS),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             http2_only: false,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
@@ -129,6 +152,9 @@ impl fmt::Debug for Config {
             .field("rules", &self.rules)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("queue_timeout", &self.queue_timeout)
             .field("http2_only", &self.http2_only)
             .field("pool_max_idle", &self.pool_max_idle)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
@@ -192,16 +218,59 @@ impl Builder {
         self
     }
 
-    /// Time allowed to open a TCP connection to the upstream (default: none).
-    /// Failing it is a 502.
-    pub fn connect_timeout(self, timeout: Duration) -> Self {
-        self.map(|c| c.connect_timeout = Some(timeout))
+    /// Time allowed to connect to the upstream, TCP and TLS handshakes
+    /// together (default [`DEFAULT_CONNECT_TIMEOUT`]; `None`: no limit).
+    /// Failing it is a 502, and counts against a balanced upstream's health.
+    pub fn connect_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.map(|c| c.connect_timeout = timeout)
     }
 
-    /// Time allowed from sending the request until the upstream's response head
-    /// arrives (default: none). Failing it is a 504.
-    pub fn response_timeout(self, timeout: Duration) -> Self {
-        self.map(|c| c.response_timeout = Some(timeout))
+    /// Time allowed for the upstream's response head, counted from when the
+    /// whole request has been sent (default [`DEFAULT_RESPONSE_TIMEOUT`];
+    /// `None`: no limit). Failing it is a 504. A client that sends its body
+    /// slowly does not use it up; an upstream that takes none of a request
+    /// body for this long is a 504 too.
+    pub fn response_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.map(|c| c.response_timeout = timeout)
+    }
+
+    /// Time allowed between two reads of a response body from the upstream,
+    /// like nginx's `proxy_read_timeout` (default [`DEFAULT_READ_TIMEOUT`];
+    /// `None`: no limit). Past it, the body ends with an error: the client
+    /// sees its response cut (a reset stream, or an HTTP/1.1 connection
+    /// closed before the body's end). Streams that are quiet for longer by
+    /// design (server-sent events, gRPC watches) need a longer one. Tunnels
+    /// are not concerned: they have their own idle timeouts.
+    pub fn read_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.map(|c| c.read_timeout = timeout)
+    }
+
+    /// Requests in flight to the upstream at once, at most (default
+    /// [`DEFAULT_UPSTREAM_MAX_CONNECTIONS`]; `None`: no cap), like nginx's
+    /// `max_conns` or Envoy's circuit breakers. Each request holds one
+    /// HTTP/1.1 connection (or, with [`http2_only`](Builder::http2_only),
+    /// one stream) from the call until its response body ends; a tunnel
+    /// gives its slot back once its 101 is in. Past the cap, a request waits
+    /// up to [`queue_timeout`](Builder::queue_timeout) for a slot, then is
+    /// answered 503 (and a [`BalancedProxy`] tries another upstream). Idle
+    /// pooled connections are bounded apart, by
+    /// [`pool_max_idle`](Builder::pool_max_idle). Applies to the default
+    /// client only.
+    pub fn upstream_max_connections(self, max: impl Into<Option<usize>>) -> Self {
+        let max = max.into();
+        self.map(|c| c.max_connections = max.map(|n| n.max(1)))
+    }
+
+    /// How long a request waits for a connection slot under
+    /// [`upstream_max_connections`](Builder::upstream_max_connections), or
+    /// for a free stream on an HTTP/2 upstream, before it is answered 503
+    /// (default [`DEFAULT_QUEUE_TIMEOUT`]). Applies to the default client
+    /// only.
+    pub fn queue_timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.queue_timeout = timeout)
     }
 
     /// Speak HTTP/2 with prior knowledge to the upstream (for gRPC). Upgrades are

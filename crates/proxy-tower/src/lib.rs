@@ -116,7 +116,11 @@ pub use balance::{
 };
 pub use body::{ProxyBody, RequestBody, UpstreamBody};
 pub use client::{DefaultClient, DefaultClientFuture};
-pub use config::{Builder, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE};
+pub use config::{
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
+    DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+};
 pub use io::ClientIo;
 pub use layer::{ProxyOr, ProxyOrFuture, ReverseProxyLayer};
 pub use proxy::{ResponseFuture, ReverseProxy};

@@ -261,7 +261,8 @@ fn error_response_logged<B>(
             }
         };
     }
-    if quiet || err.is_client_error() {
+    // A full connection cap logs once per burst itself (client.rs).
+    if quiet || err.is_client_error() || err.is_overloaded() {
         log!(debug);
     } else {
         log!(warn);
@@ -335,6 +336,9 @@ fn upstream_error(e: BoxError) -> ProxyError {
     while let Some(c) = cause {
         if c.is::<http_body_util::LengthLimitError>() {
             return ProxyError::body_too_large("the request body is over the limit");
+        }
+        if let Some(busy) = c.downcast_ref::<crate::client::Busy>() {
+            return ProxyError::overloaded(busy.0.clone());
         }
         cause = c.source();
     }
@@ -483,15 +487,16 @@ where
             res
         }
         Err(e) => {
-            let unsent = is_unsent(&*e);
-            if unsent {
+            let busy = e.is::<crate::client::Busy>();
+            let unsent = busy || is_unsent(&*e);
+            if unsent && !busy {
                 config.metrics.connect_failure();
             }
             // The upstream failed if it took no connection, or if it ended
             // the exchange without a valid answer once it had the whole
             // request (before that, the client's body may be what failed).
             let whole_request = progress.as_ref().is_none_or(|p| p.is_sent());
-            let verdict = match unsent || (whole_request && !is_invalid_answer(&*e)) {
+            let verdict = match !busy && (unsent || (whole_request && !is_invalid_answer(&*e))) {
                 true => Verdict::Failed,
                 false => Verdict::NotJudged,
             };
@@ -549,7 +554,7 @@ where
         modify(&mut parts);
     }
     let body = match outcome {
-        Outcome::Forward => ProxyBody::upstream(body),
+        Outcome::Forward => ProxyBody::upstream(body, config.read_timeout),
         Outcome::Tunnel => ProxyBody::empty(),
     };
     Response::from_parts(parts, body)
