@@ -648,3 +648,99 @@ async fn the_length_sent_is_the_length_read() {
     assert_eq!(fetch(&proxy, get("/y")).await.0, StatusCode::OK);
     assert_eq!(next(&mut seen).await.0, conn);
 }
+
+/// The answer a planted response carries: a client that reads it got
+/// another exchange's bytes.
+const PLANTED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nPLANTED";
+
+/// A hostile upstream plants a second response: after a body of stated
+/// length, as the body of a HEAD, 204 or 304 answer, or later, on the idle
+/// connection. A second client, on a connection of its own, gets the real
+/// answer to its request from a new upstream connection, never a planted
+/// byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_responses_never_reach_another_client() {
+    struct Case {
+        method: &'static str,
+        first: &'static [u8],
+        later: bool,
+    }
+    let cases = [
+        Case {
+            method: "GET",
+            first: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            later: false,
+        },
+        Case {
+            method: "HEAD",
+            first: b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+            later: false,
+        },
+        Case {
+            method: "GET",
+            first: b"HTTP/1.1 204 No Content\r\n\r\n",
+            later: false,
+        },
+        Case {
+            method: "GET",
+            first: b"HTTP/1.1 304 Not Modified\r\n\r\n",
+            later: false,
+        },
+        Case {
+            method: "GET",
+            first: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            later: true,
+        },
+    ];
+    for case in cases {
+        let (up, mut conns) = raw_upstream().await;
+        let addr = serve(ReverseProxy::new(&format!("http://{up}")).unwrap()).await;
+        let first = tokio::spawn(async move {
+            let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!("{} / HTTP/1.1\r\nHost: x\r\n\r\n", case.method);
+            cli.write_all(head.as_bytes()).await.unwrap();
+            let head = within("the first answer", read_head(&mut cli))
+                .await
+                .unwrap();
+            (head, cli)
+        });
+        let (_, mut srv1) = within("the first request", conns.recv()).await.unwrap();
+        let mut bytes = case.first.to_vec();
+        if !case.later {
+            bytes.extend_from_slice(PLANTED);
+        }
+        srv1.write_all(&bytes).await.unwrap();
+        let (head, _cli) = within("the first client", first).await.unwrap();
+        assert!(status_of(&head) < 400, "{head}");
+        if case.later {
+            // The first exchange is over: plant on the idle connection.
+            srv1.write_all(PLANTED).await.unwrap();
+        }
+        // The second client. Its request reaches the upstream on a new
+        // connection; the old one answers it (if it is ever reused) with a
+        // marker of its own.
+        let second = tokio::spawn(raw_get(addr, "/second"));
+        let mut reused = [0u8; 1];
+        let mut planted_open = true;
+        let (conn2_head, mut srv2) = within("the second request", async {
+            loop {
+                tokio::select! {
+                    got = conns.recv() => break got.unwrap(),
+                    n = srv1.read(&mut reused), if planted_open => match n {
+                        // Closed by the proxy: right.
+                        Ok(0) | Err(_) => planted_open = false,
+                        Ok(_) => panic!("the planted connection was reused"),
+                    },
+                }
+            }
+        })
+        .await;
+        assert!(conn2_head.starts_with("GET /second"), "{conn2_head}");
+        srv2.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            .await
+            .unwrap();
+        let (head, body) = within("the second answer", second).await.unwrap();
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert_eq!(body, b"fresh", "{}", String::from_utf8_lossy(&body));
+    }
+}

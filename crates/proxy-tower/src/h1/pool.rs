@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future as _;
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -221,18 +221,17 @@ impl Drop for Running {
 }
 
 impl Conn {
-    /// False if the upstream closed the idle connection (or sent bytes
-    /// nobody asked for). Costs no system call unless the socket turned
-    /// readable since its last read.
+    /// False if the upstream closed the idle connection, or sent bytes
+    /// nobody asked for (a planted response must never be read as the answer
+    /// to the next request). Asks the socket itself with one non-blocking
+    /// peek: the runtime's readiness may not have seen bytes that arrived
+    /// since its last turn.
     pub(super) fn is_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => matches!(
-                self.io.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match socket2::SockRef::from(&self.io).peek(&mut byte) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            // EOF, or bytes nobody asked for.
+            Ok(_) => false,
         }
     }
 
