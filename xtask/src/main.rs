@@ -10,6 +10,9 @@
 //! - `cargo xtask soak [ARGS]`: thousands of tunnels and requests through the
 //!   release binary, every byte checked (ARGS go to the soak program, e.g.
 //!   `--tunnels 5000 --concurrency 1000`).
+//! - `cargo xtask fuzz [CASES]`: the HTTP/1 codec's differential properties
+//!   (against hyper's client) with CASES generated responses each (default
+//!   200,000), in release mode; `cargo xtask test` runs 400 of each.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -26,9 +29,10 @@ fn main() -> ExitCode {
         "test" => test(),
         "bench" => bench(rest),
         "soak" => run_bin(true, "soak", rest),
+        "fuzz" => fuzz(rest),
         "help" | "-h" | "--help" => {
             println!(
-                "usage: cargo xtask <test | bench [criterion args] | bench e2e [args] | soak [args]>"
+                "usage: cargo xtask <test | bench [criterion args] | bench e2e [args] | soak [args] | fuzz [cases]>"
             );
             Ok(())
         }
@@ -201,6 +205,46 @@ fn bench(args: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err("benchmarks failed".into())
+    }
+}
+
+/// The codec's differential properties (our HTTP/1 codec against hyper's
+/// client, on generated and mutated responses), with many more cases than
+/// `cargo xtask test` runs.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let cases: u64 = match args.first().map(String::as_str) {
+        None => 200_000,
+        Some(n) => n
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("fuzz: {n:?} is not a number of cases"))?,
+    };
+    let start = Instant::now();
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "proxy-tower",
+        "--lib",
+        "h1::codec::differential",
+    ])
+    .env("PROPTEST_CASES", cases.to_string());
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start cargo test: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    match status.success() {
+        true => {
+            eprintln!(
+                "fuzz: 2 properties x {cases} cases, 0 failures ({secs:.0} s, build included)"
+            );
+            Ok(())
+        }
+        false => Err(format!(
+            "fuzz: a property failed within {cases} cases (the minimal input is printed above)"
+        )),
     }
 }
 
