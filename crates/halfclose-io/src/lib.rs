@@ -32,7 +32,8 @@
 //! # }
 //! ```
 //!
-//! Compared with `tokio::io::copy_bidirectional`:
+//! Compared with `tokio::io::copy_bidirectional`, which also passes each EOF
+//! on as a shutdown and keeps the other direction running until it ends:
 //!
 //! - an IO error never silently drops bytes that were already read while their
 //!   destination can still take them;
@@ -45,7 +46,8 @@
 //!   version, a reply can wait behind an endless stream the other way);
 //! - the result ([`Transfer`]) says who closed first and how long the tunnel lived,
 //!   and the error ([`TunnelError`]) says which direction failed, with the bytes
-//!   that got through.
+//!   that got through, and which side reset, so that a proxy can pass a reset
+//!   on as a reset rather than as a FIN.
 //!
 //! `examples/tcp_relay.rs` is a complete TCP relay built on this crate.
 

@@ -73,7 +73,8 @@ pub struct Transfer {
     /// The side whose read half reached EOF first (it sent its FIN first), or
     /// `None` if neither did.
     pub first_eof: Option<Side>,
-    /// How long the tunnel ran, from the first poll to its end.
+    /// How long the tunnel ran: from the call that made it
+    /// ([`Tunnel::copy`](crate::Tunnel::copy) or `copy_tcp`) to its end.
     pub duration: Duration,
 }
 

@@ -165,9 +165,13 @@ impl Tunnel {
 /// other, until both directions are done.
 ///
 /// This is [`Tunnel::new().copy(a, b)`](Tunnel::copy): see there for the full
-/// contract. Unlike `tokio::io::copy_bidirectional`, one side's EOF never cuts the
-/// other direction short, bytes already read are not dropped on the way out, an
-/// idle tunnel holds no copy buffer, and the result says who closed first.
+/// contract. Like `tokio::io::copy_bidirectional`, one side's EOF is passed on
+/// as a shutdown of the other's write half while the other direction keeps
+/// running. What this adds: bytes already read are not dropped when the
+/// other direction fails, an idle tunnel holds no copy buffer, optional idle
+/// and half-close timeouts, an error that says which side reset (so a caller
+/// can pass the reset on), and a [`Transfer`] report (bytes each way, who
+/// closed first, how long it lived).
 ///
 /// ```no_run
 /// use tokio::net::{TcpListener, TcpStream};
