@@ -458,6 +458,8 @@ fn chunk_size_lines_are_strict() {
         b"-5\r\nhello\r\n0\r\n\r\n",        // a sign
         b"0x5\r\nhello\r\n0\r\n\r\n",       // a prefix
         b"\r\nhello\r\n0\r\n\r\n",          // no size
+        b";x\r\n\r\n",                      // no size, an extension: httparse reads a size of 0
+        b" 5\r\nhello\r\n0\r\n\r\n",        // space before the size
         b"5\r\nhello\n0\r\n\r\n",           // bare LF after the data
         b"5\r\nhelloXX0\r\n\r\n",           // no CRLF after the data
         b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n", // bare LF in the trailers
