@@ -229,6 +229,9 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         "proxy-tower",
         "--lib",
         "h1::codec::differential",
+        "--",
+        // The figures (cases compared, refused) are printed by the test.
+        "--nocapture",
     ])
     .env("PROPTEST_CASES", cases.to_string());
     let status = cmd
