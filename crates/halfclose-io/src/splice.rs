@@ -1,28 +1,36 @@
 //! One copy direction between two TCP sockets with `splice(2)`: socket to pipe,
 //! pipe to socket, the bytes never entering user space. Linux only.
 //!
-//! The state machine is the one of [`OneWay`](crate::direction::OneWay):
-//! bytes already in the pipe go out before anything more is read; EOF on the
-//! source becomes a shutdown of the destination's write half once the pipe is
-//! empty. A direction takes a pipe from a per-thread pool when bytes first
-//! flow and gives it back whenever it waits for its source with the pipe empty,
-//! so an idle tunnel holds no pipe.
+//! The state machine is the one of [`OneWay`]: bytes already in the pipe go
+//! out before anything more is read; EOF on the source becomes a shutdown of
+//! the destination's write half once the pipe is empty. A direction takes a
+//! pipe from a pool shared by the process when bytes first flow and gives it
+//! back whenever it waits for its source with the pipe empty, so an idle
+//! tunnel holds no pipe. When no pipe can be made (out of file descriptors:
+//! EMFILE, ENFILE; or of pipe memory), the direction copies through user space
+//! instead, as [`OneWay`] does, until it ends: the tunnel goes on.
+//!
+//! The pool and the count of live directions are process-wide, not per
+//! thread: on a work-stealing runtime a tunnel may start on one thread and end
+//! on another, and per-thread counts then kept pipes open for ever.
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::direction::{Failure, Progress, Pump, State, poll_pass_fin, write_zero};
+use crate::direction::{Failure, OneWay, Progress, Pump, State, poll_pass_fin, write_zero};
 
-/// Pipes kept per thread for reuse, at most; and never more than there are
-/// directions alive on the thread, so that when the last tunnel ends, its pipes
-/// are closed and the process's file descriptors are back to their baseline.
+/// Pipes kept for reuse, at most; and never more than there are splice
+/// directions alive in the process, so that when the last tunnel ends its
+/// pipes are closed and the process's file descriptors are back to their
+/// baseline.
 const POOL: usize = 64;
 
 /// Both ends of a pipe.
@@ -31,39 +39,52 @@ struct Pipe {
     write: OwnedFd,
 }
 
-thread_local! {
-    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
-    /// Splice directions alive on this thread.
-    static LIVE: Cell<usize> = const { Cell::new(0) };
+/// Empty pipes for reuse, at most [`bound`] of them. One short lock per pipe
+/// taken or given back (a direction gives its pipe back each time it has
+/// moved what was there and waits for more).
+static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+/// Splice directions alive in the process (made and not yet dropped).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+fn pool() -> MutexGuard<'static, Vec<Pipe>> {
+    // Nothing panics while the lock is held; a poisoned pool is still a list
+    // of good pipes.
+    PIPES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The most pipes the pool may keep now.
-fn pool_bound() -> usize {
-    LIVE.try_with(Cell::get).unwrap_or(0).min(POOL)
+/// The most pipes the pool may keep now. Read with the pool locked: a
+/// direction that ends lowers `LIVE` before it locks the pool to trim it, so
+/// whoever locks the pool last sees the lowest count.
+fn bound() -> usize {
+    LIVE.load(Ordering::Acquire).min(POOL)
 }
 
+/// An empty pipe from the pool, or a new one.
 fn take_pipe() -> io::Result<Pipe> {
-    if let Some(p) = PIPES
-        .try_with(|pool| pool.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-    {
+    if let Some(p) = pool().pop() {
         return Ok(p);
     }
     let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     Ok(Pipe { read, write })
 }
 
-/// An empty pipe goes back to the pool (or is closed when the pool is full).
-fn give_back(pipe: Pipe) {
-    let bound = pool_bound();
-    let _ = PIPES.try_with(|pool| {
-        if let Ok(mut pool) = pool.try_borrow_mut() {
-            if pool.len() < bound {
-                pool.push(pipe);
-            }
+/// Puts an empty pipe back (or closes it when the pool is full), and closes
+/// the pipes the pool keeps beyond its bound, which falls as directions end.
+/// Pipes are closed after the lock is released.
+fn give_back(pipe: Option<Pipe>) {
+    let mut pool = pool();
+    let bound = bound();
+    let refused = match pipe {
+        Some(p) if pool.len() < bound => {
+            pool.push(p);
+            None
         }
-    });
+        other => other,
+    };
+    // At most a pipe or two: the bound falls by one per direction that ends.
+    let surplus = (pool.len() > bound).then(|| pool.split_off(bound));
+    drop(pool);
+    drop((refused, surplus));
 }
 
 fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
@@ -81,21 +102,27 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 pub(crate) struct SpliceDuplex {
     state: State,
     pipe: Option<Pipe>,
-    /// Bytes in the pipe, not yet written to the destination.
-    in_pipe: usize,
+    /// Bytes in the pipe, not yet written to the destination (a `u32`, and
+    /// reads capped to fit, so that the fallback below costs no room).
+    in_pipe: u32,
     read_eof: bool,
     copied: u64,
+    /// Set when no pipe could be made: from then on this direction copies
+    /// through user space. Boxed: it is rare, and the tunnel's future stays
+    /// small.
+    fallback: Option<Box<OneWay>>,
 }
 
 impl SpliceDuplex {
     pub(crate) fn new() -> Self {
-        let _ = LIVE.try_with(|n| n.set(n.get() + 1));
+        LIVE.fetch_add(1, Ordering::AcqRel);
         SpliceDuplex {
             state: State::Copying,
             pipe: None,
             in_pipe: 0,
             read_eof: false,
             copied: 0,
+            fallback: None,
         }
     }
 
@@ -106,10 +133,13 @@ impl SpliceDuplex {
             let Some(pipe) = &self.pipe else {
                 unreachable!("bytes in a pipe that is not there")
             };
-            match to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, self.in_pipe)) {
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, to, self.in_pipe as usize)
+            }) {
                 Ok(0) => return Poll::Ready(Err(write_zero())),
                 Ok(n) => {
-                    self.in_pipe -= n;
+                    // At most what was asked for, which fits.
+                    self.in_pipe -= n as u32;
                     self.copied += n as u64;
                 }
                 // Readiness was cleared: the next `poll_write_ready` waits.
@@ -119,36 +149,47 @@ impl SpliceDuplex {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// No pipe to be had: the rest of this direction copies through user
+    /// space. Called with the pipe empty and the source not at EOF, so
+    /// nothing is lost or repeated.
+    fn fall_back(&mut self) -> &mut OneWay {
+        let mut copy = OneWay::new();
+        copy.copied = self.copied;
+        self.fallback.insert(Box::new(copy))
+    }
 }
 
 impl Drop for SpliceDuplex {
     fn drop(&mut self) {
-        // A pipe with bytes in it is closed; an empty one is reused.
-        let _ = LIVE.try_with(|n| n.set(n.get().saturating_sub(1)));
-        if let (Some(pipe), 0) = (self.pipe.take(), self.in_pipe) {
-            give_back(pipe);
-        }
-        // Fewer directions alive: fewer pipes kept.
-        let bound = pool_bound();
-        let _ = PIPES.try_with(|pool| {
-            if let Ok(mut pool) = pool.try_borrow_mut() {
-                pool.truncate(bound);
-            }
-        });
+        // One direction fewer: fewer pipes kept. A pipe with bytes in it is
+        // closed; an empty one may be reused.
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+        let pipe = self.pipe.take().filter(|_| self.in_pipe == 0);
+        give_back(pipe);
     }
 }
 
 impl Progress for SpliceDuplex {
     fn read_eof(&self) -> bool {
-        self.read_eof
+        match &self.fallback {
+            Some(copy) => copy.read_eof(),
+            None => self.read_eof,
+        }
     }
 
     fn is_done(&self) -> bool {
-        self.state == State::Done
+        match &self.fallback {
+            Some(copy) => copy.is_done(),
+            None => self.state == State::Done,
+        }
     }
 
     fn copied(&self) -> u64 {
-        self.copied
+        match &self.fallback {
+            Some(copy) => copy.copied(),
+            None => self.copied,
+        }
     }
 }
 
@@ -160,6 +201,9 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
         from: &mut TcpStream,
         to: &mut TcpStream,
     ) -> Poll<Result<(), Failure>> {
+        if let Some(copy) = &mut self.fallback {
+            return copy.poll_pump(cx, buffer_size, from, to);
+        }
         loop {
             match self.state {
                 State::Copying => {
@@ -176,20 +220,22 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                         Poll::Pending => {
                             // Idle with an empty pipe: no pipe is held while idle.
                             if let Some(pipe) = self.pipe.take() {
-                                give_back(pipe);
+                                give_back(Some(pipe));
                             }
                             return Poll::Pending;
                         }
                     }
-                    let pipe = match self.pipe.take() {
-                        Some(p) => p,
-                        None => take_pipe().map_err(Failure::read)?,
+                    let pipe = match self.pipe.take().map_or_else(take_pipe, Ok) {
+                        Ok(p) => p,
+                        // Out of file descriptors or pipe memory: copy instead.
+                        Err(_) => return self.fall_back().poll_pump(cx, buffer_size, from, to),
                     };
                     let pipe = self.pipe.insert(pipe);
                     let src: &TcpStream = from;
-                    match src.try_io(Interest::READABLE, || splice(src, &pipe.write, buffer_size)) {
+                    let len = buffer_size.min(u32::MAX as usize);
+                    match src.try_io(Interest::READABLE, || splice(src, &pipe.write, len)) {
                         Ok(0) => self.read_eof = true,
-                        Ok(n) => self.in_pipe = n,
+                        Ok(n) => self.in_pipe = n as u32,
                         // Readiness was cleared: the next `poll_read_ready` waits.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Poll::Ready(Err(Failure::read(e))),
@@ -198,7 +244,7 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                 State::ShuttingDown => {
                     ready!(poll_pass_fin(cx, Pin::new(&mut *to)))?;
                     if let Some(pipe) = self.pipe.take() {
-                        give_back(pipe);
+                        give_back(Some(pipe));
                     }
                     self.state = State::Done;
                 }
@@ -208,7 +254,12 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
     }
 
     fn salvage(&mut self, cx: &mut Context<'_>, to: &mut TcpStream) {
-        let _ = self.poll_drain(cx, to);
+        match &mut self.fallback {
+            Some(copy) => Pump::<TcpStream, TcpStream>::salvage(&mut **copy, cx, to),
+            None => {
+                let _ = self.poll_drain(cx, to);
+            }
+        }
     }
 }
 
@@ -217,11 +268,13 @@ mod tests {
     use super::*;
 
     fn pooled() -> usize {
-        PIPES.with(|p| p.borrow().len())
+        pool().len()
     }
 
     /// Pipes are reused while directions are alive, and closed when the last
-    /// one ends: no file descriptor outlives the tunnels.
+    /// one ends, whichever thread it ends on: no file descriptor outlives the
+    /// tunnels. (The only test of this crate's own that makes splice
+    /// directions: the pool is the process's.)
     #[test]
     fn the_pool_never_outlives_the_tunnels() {
         let (a, b) = (SpliceDuplex::new(), SpliceDuplex::new());
@@ -230,11 +283,18 @@ mod tests {
             take_pipe().unwrap(),
             take_pipe().unwrap(),
         ];
-        pipes.into_iter().for_each(give_back);
+        pipes.into_iter().map(Some).for_each(give_back);
         assert_eq!(pooled(), 2, "at most one pipe per live direction");
-        drop(a);
+        // A pipe taken again comes from the pool.
+        let again = take_pipe().unwrap();
         assert_eq!(pooled(), 1);
-        drop(b);
+        give_back(Some(again));
+        assert_eq!(pooled(), 2);
+        // Directions made here and dropped on another thread still count.
+        std::thread::spawn(move || drop(a)).join().unwrap();
+        assert_eq!(pooled(), 1);
+        std::thread::spawn(move || drop(b)).join().unwrap();
         assert_eq!(pooled(), 0);
+        assert_eq!(LIVE.load(Ordering::Acquire), 0);
     }
 }

@@ -127,9 +127,13 @@ impl Tunnel {
     /// per direction and never enter user space; elsewhere this is `copy`. The
     /// contract is the same, FIN for FIN.
     ///
-    /// Pipes are taken from a small per-thread pool when bytes first flow and
-    /// given back whenever a direction is idle with its pipe empty, so an idle
-    /// tunnel holds no pipe (and no buffer).
+    /// Pipes are taken from a small pool shared by the process when bytes
+    /// first flow and given back whenever a direction is idle with its pipe
+    /// empty, so an idle tunnel holds no pipe (and no buffer); the pool keeps
+    /// no more pipes than there are spliced directions alive, so they are all
+    /// closed when the last tunnel ends, whichever thread it ends on. A
+    /// direction that cannot get a pipe (the process is out of file
+    /// descriptors) copies through user space instead, as `copy` does.
     ///
     /// ```no_run
     /// use tokio::net::{TcpListener, TcpStream};
