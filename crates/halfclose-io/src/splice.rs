@@ -6,13 +6,16 @@
 //! the destination's write half once the pipe is empty. A direction takes a
 //! pipe from a pool shared by the process when bytes first flow and gives it
 //! back whenever it waits for its source with the pipe empty, so an idle
-//! tunnel holds no pipe. When no pipe can be made (out of file descriptors:
-//! EMFILE, ENFILE; or of pipe memory), the direction copies through user space
-//! instead, as [`OneWay`] does, until it ends: the tunnel goes on.
+//! tunnel holds no pipe. At most [`MAX_SPLICE_PIPES`] pipes are open in the
+//! process at once, so the file descriptors they take are planned, not found
+//! wanting. When no pipe can be had (all in use, or none can be made: EMFILE,
+//! ENFILE, no pipe memory), the direction copies through user space as
+//! [`OneWay`] does until it is idle again, then tries for a pipe the next
+//! time bytes come: the tunnel goes on either way.
 //!
-//! The pool and the count of live directions are process-wide, not per
-//! thread: on a work-stealing runtime a tunnel may start on one thread and end
-//! on another, and per-thread counts then kept pipes open for ever.
+//! The pool and the counts are process-wide, not per thread: on a
+//! work-stealing runtime a tunnel may start on one thread and end on another,
+//! and per-thread counts then kept pipes open for ever.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,6 +28,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::MAX_SPLICE_PIPES;
 use crate::direction::{Failure, OneWay, Progress, Pump, State, poll_pass_fin, write_zero};
 
 /// Pipes kept for reuse, at most; and never more than there are splice
@@ -33,10 +37,16 @@ use crate::direction::{Failure, OneWay, Progress, Pump, State, poll_pass_fin, wr
 /// baseline.
 const POOL: usize = 64;
 
-/// Both ends of a pipe.
+/// Both ends of a pipe; counted in [`OPEN`] while it lives.
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Empty pipes for reuse, at most [`bound`] of them. One short lock per pipe
@@ -45,6 +55,8 @@ struct Pipe {
 static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 /// Splice directions alive in the process (made and not yet dropped).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Pipes open in the process, pooled or in use: at most [`MAX_SPLICE_PIPES`].
+static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 fn pool() -> MutexGuard<'static, Vec<Pipe>> {
     // Nothing panics while the lock is held; a poisoned pool is still a list
@@ -59,13 +71,24 @@ fn bound() -> usize {
     LIVE.load(Ordering::Acquire).min(POOL)
 }
 
-/// An empty pipe from the pool, or a new one.
-fn take_pipe() -> io::Result<Pipe> {
+/// An empty pipe from the pool, or a new one while fewer than
+/// [`MAX_SPLICE_PIPES`] are open; `None` when none can be had.
+fn take_pipe() -> Option<Pipe> {
     if let Some(p) = pool().pop() {
-        return Ok(p);
+        return Some(p);
     }
-    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    Ok(Pipe { read, write })
+    OPEN.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < MAX_SPLICE_PIPES).then_some(n + 1)
+    })
+    .ok()?;
+    match rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+        Ok((read, write)) => Some(Pipe { read, write }),
+        // Out of file descriptors or pipe memory: the caller copies instead.
+        Err(_) => {
+            OPEN.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
 }
 
 /// Puts an empty pipe back (or closes it when the pool is full), and closes
@@ -107,9 +130,9 @@ pub(crate) struct SpliceDuplex {
     in_pipe: u32,
     read_eof: bool,
     copied: u64,
-    /// Set when no pipe could be made: from then on this direction copies
-    /// through user space. Boxed: it is rare, and the tunnel's future stays
-    /// small.
+    /// Set while this direction copies through user space, for want of a
+    /// pipe; dropped when it is idle again. Boxed: it is rare, and the
+    /// tunnel's future stays small.
     fallback: Option<Box<OneWay>>,
 }
 
@@ -150,13 +173,32 @@ impl SpliceDuplex {
         Poll::Ready(Ok(()))
     }
 
-    /// No pipe to be had: the rest of this direction copies through user
-    /// space. Called with the pipe empty and the source not at EOF, so
-    /// nothing is lost or repeated.
+    /// No pipe to be had: copy through user space until idle. Called with
+    /// no pipe and the source not at EOF, so nothing is lost or repeated.
     fn fall_back(&mut self) -> &mut OneWay {
         let mut copy = OneWay::new();
         copy.copied = self.copied;
         self.fallback.insert(Box::new(copy))
+    }
+
+    /// Drives the user-space copy; once it waits for its source with nothing
+    /// held, the next bytes go through a pipe again.
+    fn poll_fallback(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+    ) -> Poll<Result<(), Failure>> {
+        let Some(copy) = &mut self.fallback else {
+            unreachable!("no fallback to drive")
+        };
+        let polled = copy.poll_pump(cx, buffer_size, from, to);
+        if polled.is_pending() && copy.is_idle() {
+            self.copied = copy.copied;
+            self.fallback = None;
+        }
+        polled
     }
 }
 
@@ -201,8 +243,8 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
         from: &mut TcpStream,
         to: &mut TcpStream,
     ) -> Poll<Result<(), Failure>> {
-        if let Some(copy) = &mut self.fallback {
-            return copy.poll_pump(cx, buffer_size, from, to);
+        if self.fallback.is_some() {
+            return self.poll_fallback(cx, buffer_size, from, to);
         }
         loop {
             match self.state {
@@ -225,10 +267,12 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                             return Poll::Pending;
                         }
                     }
-                    let pipe = match self.pipe.take().map_or_else(take_pipe, Ok) {
-                        Ok(p) => p,
-                        // Out of file descriptors or pipe memory: copy instead.
-                        Err(_) => return self.fall_back().poll_pump(cx, buffer_size, from, to),
+                    let pipe = match self.pipe.take().or_else(take_pipe) {
+                        Some(p) => p,
+                        None => {
+                            self.fall_back();
+                            return self.poll_fallback(cx, buffer_size, from, to);
+                        }
                     };
                     let pipe = self.pipe.insert(pipe);
                     let src: &TcpStream = from;
@@ -296,5 +340,16 @@ mod tests {
         std::thread::spawn(move || drop(b)).join().unwrap();
         assert_eq!(pooled(), 0);
         assert_eq!(LIVE.load(Ordering::Acquire), 0);
+        assert_eq!(OPEN.load(Ordering::Acquire), 0);
+
+        // No more than MAX_SPLICE_PIPES are open at once; one closed makes
+        // room for another.
+        let mut all: Vec<Pipe> = std::iter::from_fn(take_pipe).take(1000).collect();
+        assert_eq!(all.len(), MAX_SPLICE_PIPES);
+        assert!(take_pipe().is_none());
+        all.pop();
+        assert!(take_pipe().is_some());
+        drop(all);
+        assert_eq!(OPEN.load(Ordering::Acquire), 0);
     }
 }

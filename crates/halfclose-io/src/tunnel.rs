@@ -131,9 +131,11 @@ impl Tunnel {
     /// first flow and given back whenever a direction is idle with its pipe
     /// empty, so an idle tunnel holds no pipe (and no buffer); the pool keeps
     /// no more pipes than there are spliced directions alive, so they are all
-    /// closed when the last tunnel ends, whichever thread it ends on. A
-    /// direction that cannot get a pipe (the process is out of file
-    /// descriptors) copies through user space instead, as `copy` does.
+    /// closed when the last tunnel ends, whichever thread it ends on. At most
+    /// [`MAX_SPLICE_PIPES`](crate::MAX_SPLICE_PIPES) are open at once; a
+    /// direction that cannot get one (all in use, or the process is out of
+    /// file descriptors) copies through user space, as `copy` does, until it
+    /// is idle again.
     ///
     /// ```no_run
     /// use tokio::net::{TcpListener, TcpStream};

@@ -1,5 +1,6 @@
 //! A spliced tunnel in a process out of file descriptors: no pipe can be
-//! made, and the tunnel copies through user space instead of failing.
+//! made, and the tunnel copies through user space instead of failing; once
+//! descriptors are free again, its bytes go through a pipe again.
 //!
 //! The test runs itself again in a child process with a low limit on open
 //! files (`ulimit -n`), where it uses every descriptor left before the tunnel
@@ -14,6 +15,7 @@ const SPLICED: bool = true;
 use common::{tcp_pair, within};
 use halfclose_io::Tunnel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Set in the child process, which runs the test itself.
 const CHILD: &str = "HALFCLOSE_IO_TEST_OUT_OF_FDS";
@@ -50,6 +52,32 @@ fn a_tunnel_with_no_pipe_to_be_had_copies_instead() {
     );
 }
 
+/// `up` from the client and `down` from the server, both at once.
+async fn round(client: &mut TcpStream, server: &mut TcpStream, up: &[u8], down: &[u8]) {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let mut at_server = vec![0; up.len()];
+    let mut at_client = vec![0; down.len()];
+    tokio::try_join!(
+        cw.write_all(up),
+        sr.read_exact(&mut at_server),
+        sw.write_all(down),
+        cr.read_exact(&mut at_client),
+    )
+    .unwrap();
+    assert!(at_server == up, "the upstream got other bytes");
+    assert!(at_client == down, "the client got other bytes");
+}
+
+/// Pipes open in this process (stdout and stderr may be some).
+fn pipes() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
 fn out_of_fds() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,6 +86,7 @@ fn out_of_fds() {
     rt.block_on(async {
         let (mut client, mut a) = tcp_pair().await;
         let (mut b, mut server) = tcp_pair().await;
+        let baseline = pipes();
         // Use up every file descriptor left.
         let mut hog = Vec::new();
         let full = loop {
@@ -68,39 +97,35 @@ fn out_of_fds() {
             assert!(hog.len() < 1024, "`ulimit -n 64` did not take");
         };
         assert_eq!(full.raw_os_error(), Some(24), "EMFILE expected: {full}");
+        // One free, for `pipes()` to read /proc: a pipe takes two.
+        hog.pop();
 
         let up: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..LEN).map(|i| (i % 241) as u8).collect();
         let traffic = async {
-            let (mut cr, mut cw) = client.split();
-            let (mut sr, mut sw) = server.split();
-            let client_side = async {
-                cw.write_all(&up).await.unwrap();
-                cw.shutdown().await.unwrap();
-                let mut got = Vec::new();
-                cr.read_to_end(&mut got).await.unwrap();
-                got
-            };
-            let server_side = async {
-                sw.write_all(&down).await.unwrap();
-                sw.shutdown().await.unwrap();
-                let mut got = Vec::new();
-                sr.read_to_end(&mut got).await.unwrap();
-                got
-            };
-            tokio::join!(client_side, server_side)
+            round(&mut client, &mut server, &up, &down).await;
+            assert_eq!(pipes(), baseline, "a pipe while out of descriptors");
+            // Descriptors to spare again: the next bytes take a pipe (which
+            // the pool keeps while the tunnel lives).
+            drop(hog);
+            round(&mut client, &mut server, &up, &down).await;
+            assert!(pipes() > baseline, "no pipe once descriptors were free");
+            client.shutdown().await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.unwrap();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
         };
         let copy = Tunnel::new().copy_tcp(&mut a, &mut b);
-        let (transfer, (at_client, at_server)) = within("the tunnel without pipes", async {
+        let (transfer, ()) = within("the tunnel without pipes", async {
             tokio::join!(copy, traffic)
         })
         .await;
         let transfer = transfer.expect("the tunnel copies instead of failing");
-        assert!(at_server == up, "the upstream got other bytes");
-        assert!(at_client == down, "the client got other bytes");
-        assert_eq!((transfer.a_to_b, transfer.b_to_a), (LEN as u64, LEN as u64));
-        // Still out of descriptors: no pipe was made behind our back.
-        assert!(std::fs::File::open("/dev/null").is_err());
-        drop(hog);
+        let both = 2 * LEN as u64;
+        assert_eq!((transfer.a_to_b, transfer.b_to_a), (both, both));
+        // The tunnel is over: its pipes are closed.
+        assert_eq!(pipes(), baseline, "pipes left after the tunnel");
     });
 }
