@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::accept::Acceptor;
 use crate::serve::Upstreams;
 
 /// Buckets of the response-head latency histogram, in seconds.
@@ -42,8 +43,11 @@ pub(crate) struct Admin {
 /// Serves the admin endpoints on `listener` until the process ends.
 pub(crate) fn serve(listener: TcpListener, admin: Admin) {
     let admin = Arc::new(admin);
+    // It used to end for good at the first accept error: back off instead.
+    let mut listener = Acceptor::new(listener, "admin");
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        loop {
+            let (tcp, _) = listener.accept().await;
             let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

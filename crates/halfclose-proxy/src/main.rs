@@ -6,6 +6,7 @@
 //! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 
+mod accept;
 mod admin;
 mod conn;
 mod demo;

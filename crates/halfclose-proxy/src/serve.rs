@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
+use crate::accept::Acceptor;
 use crate::{ServeArgs, admin, conn, demo, stack};
 
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
@@ -549,17 +550,11 @@ where
     } = shared;
     let mut stop = signals.shutdown.clone();
     let mut shutdown = std::pin::pin!(conn::shutting_down(&mut stop));
+    // Out of file descriptors and the like: back off, one line per burst.
+    let mut listener = Acceptor::new(listener, "proxy");
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: log, back off a moment.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
         // A client is waiting: take a slot, or make idle connections give theirs
