@@ -474,6 +474,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                     max_connections: args.max_connections.max(1),
                     connect_timeout: args.connect_timeout,
                 },
+                args.header_read_timeout,
             );
             say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
         }

@@ -3,8 +3,10 @@
 
 use std::process::Stdio;
 
-use e2e_tests::within;
+use e2e_tests::{read_response, status_of, within};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_halfclose-proxy");
@@ -86,6 +88,28 @@ impl Proxy {
             .unwrap();
         assert!(status.success());
     }
+}
+
+/// The admin listener's address, from the proxy's stdout.
+pub async fn admin_addr(proxy: &mut Proxy) -> String {
+    let line = proxy.line_starting("admin on http://").await;
+    line.strip_prefix("admin on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .expect("an address")
+        .to_owned()
+}
+
+/// Fetches `path` from the admin listener: (status, body).
+pub async fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    let mut cli = TcpStream::connect(addr).await.unwrap();
+    cli.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut cli).await;
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Runs `halfclose-proxy probe ARGS`: (success, stdout).
