@@ -187,6 +187,7 @@ pub(crate) struct ServeArgs {
     /// within one to two of these after the previous response; a connection
     /// that sends nothing is the idle timeout's. An HTTP/2 client must send
     /// its preface and SETTINGS within it; a TLS handshake counts against it.
+    /// Connections to --admin-listen have it too, at most 5 s.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
 
