@@ -192,8 +192,8 @@ pub(crate) struct ServeArgs {
     header_read_timeout: Duration,
 
     /// Close a client connection with no request in flight for this long
-    /// (`0`: never). HTTP/1 keep-alive connections are also bounded by
-    /// --header-read-timeout, whichever is shorter.
+    /// (`0`: never), HTTP/1 keep-alive connections included: between requests
+    /// they are bounded by this, not by --header-read-timeout.
     #[arg(long, value_parser = parse_duration, default_value = "75s", value_name = "DURATION")]
     idle_timeout: Duration,
 
