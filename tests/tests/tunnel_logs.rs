@@ -143,3 +143,110 @@ async fn client_caused_refusals_log_at_debug() {
         assert!(line.contains(level), "{level} expected: {line}");
     }
 }
+
+/// The log lines of `out` at WARN.
+fn warnings(out: &Captured) -> (String, usize) {
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let warns = text.lines().filter(|l| l.contains(" WARN ")).count();
+    (text, warns)
+}
+
+/// A client connection that ends after the proxy has switched protocols and
+/// before the 101 is written (here its server task is aborted at that
+/// moment): the client's end cannot be upgraded, and the proxy says so at
+/// DEBUG: a client can make it happen at will, so it must not fill the logs
+/// at WARN.
+#[tokio::test]
+async fn client_gone_before_the_101_logs_at_debug() {
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    let (out, _guard) = capture(tracing::Level::DEBUG);
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let (listener, addr) = listener().await;
+    let (switched, has_switched) = tokio::sync::oneshot::channel();
+    let switched = Arc::new(Mutex::new(Some(switched)));
+    // Serves one connection; its response is held back once the proxy has
+    // answered, so the 101 is never written.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let svc = hyper::service::service_fn(move |req| {
+            let (proxy, switched) = (proxy.clone(), switched.clone());
+            async move {
+                let res = proxy.oneshot(req).await;
+                if let Some(tx) = switched.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending::<()>().await;
+                res.map_err(|e: Infallible| e)
+            }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+            .with_upgrades()
+            .await
+    });
+    let _cli = send_upgrade(addr, "websocket", b"").await;
+    let (_, mut srv) = within("the upgrade at the upstream", heads.recv())
+        .await
+        .unwrap();
+    switch_protocols(&mut srv, "websocket").await;
+    within("the proxy to switch", has_switched).await.unwrap();
+    // The client's connection goes before its 101 does.
+    server.abort();
+    let _ = server.await;
+    // The tunnel gives up and lets the upstream go.
+    let mut rest = Vec::new();
+    let _ = within("the upstream to be let go", srv.read_to_end(&mut rest)).await;
+    within("tunnel end", tunnels.wait_idle()).await;
+    let (text, warns) = warnings(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("client connection could not be upgraded")),
+        "no DEBUG line for the client's end:\n{text}"
+    );
+    assert_eq!(warns, 0, "{text}");
+}
+
+/// A client's reset ends its tunnel with a DEBUG line (and is passed on to
+/// the upstream); an upstream's reset is a WARN line naming the upstream.
+#[tokio::test]
+async fn resets_log_at_debug_from_the_client_and_at_warn_from_the_upstream() {
+    let (out, _guard) = capture(tracing::Level::DEBUG);
+    let (upstream, mut heads) = raw_upstream().await;
+    let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
+    let tunnels = proxy.tunnels();
+    let addr = serve(proxy).await;
+
+    let (cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    cli.set_zero_linger().unwrap();
+    drop(cli);
+    let mut rest = Vec::new();
+    let _ = within("the reset at the upstream", srv.read_to_end(&mut rest)).await;
+    within("tunnel end", tunnels.wait_idle()).await;
+    let (text, warns) = warnings(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("tunnel failed"))
+        .unwrap_or_else(|| panic!("no tunnel line in:\n{text}"));
+    assert!(
+        line.contains("DEBUG") && line.contains("failed=\"client\""),
+        "{line}"
+    );
+    assert_eq!(warns, 0, "{text}");
+
+    let (mut cli, srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    srv.set_zero_linger().unwrap();
+    drop(srv);
+    let _ = within("the reset at the client", cli.read_to_end(&mut rest)).await;
+    within("tunnel end", tunnels.wait_idle()).await;
+    let (text, warns) = warnings(&out);
+    assert_eq!(warns, 1, "{text}");
+    let line = text.lines().find(|l| l.contains(" WARN ")).unwrap();
+    assert!(
+        line.contains("tunnel failed") && line.contains("failed=\"upstream\""),
+        "{line}"
+    );
+}

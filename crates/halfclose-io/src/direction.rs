@@ -193,6 +193,14 @@ impl OneWay {
         }
     }
 
+    /// Waiting for its source with nothing held: no pending bytes, nothing
+    /// to flush, no EOF yet (what a splice direction that had to copy waits
+    /// for before it takes a pipe again).
+    #[cfg(all(target_os = "linux", feature = "splice"))]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state == State::Copying && self.buf.is_none() && !self.read_eof && !self.need_flush
+    }
+
     /// Bytes of owned buffer memory this direction holds now.
     #[cfg(test)]
     pub(crate) fn buffer_bytes(&self) -> usize {

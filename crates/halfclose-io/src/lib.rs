@@ -60,6 +60,16 @@ mod splice;
 mod transfer;
 mod tunnel;
 
+/// The most pipes [`Tunnel::copy_tcp`] has open at once in the process, each
+/// two file descriptors (on Linux, with the `splice` feature; elsewhere it
+/// makes none). They are taken only while bytes are moving, and at most 64
+/// are kept for reuse; a direction that finds none left, or cannot make one
+/// (the process is out of file descriptors), copies through user space
+/// until it is idle again. A server that plans its file descriptors (the
+/// `halfclose-proxy` binary derives its connection limit from them) can
+/// count on at most twice this many for pipes.
+pub const MAX_SPLICE_PIPES: usize = 256;
+
 pub use error::TunnelError;
 pub use transfer::{Direction, Side, Transfer};
 pub use tunnel::{DEFAULT_BUFFER_SIZE, Tunnel, copy_bidirectional};

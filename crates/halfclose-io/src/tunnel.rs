@@ -127,9 +127,15 @@ impl Tunnel {
     /// per direction and never enter user space; elsewhere this is `copy`. The
     /// contract is the same, FIN for FIN.
     ///
-    /// Pipes are taken from a small per-thread pool when bytes first flow and
-    /// given back whenever a direction is idle with its pipe empty, so an idle
-    /// tunnel holds no pipe (and no buffer).
+    /// Pipes are taken from a small pool shared by the process when bytes
+    /// first flow and given back whenever a direction is idle with its pipe
+    /// empty, so an idle tunnel holds no pipe (and no buffer); the pool keeps
+    /// no more pipes than there are spliced directions alive, so they are all
+    /// closed when the last tunnel ends, whichever thread it ends on. At most
+    /// [`MAX_SPLICE_PIPES`](crate::MAX_SPLICE_PIPES) are open at once; a
+    /// direction that cannot get one (all in use, or the process is out of
+    /// file descriptors) copies through user space, as `copy` does, until it
+    /// is idle again.
     ///
     /// ```no_run
     /// use tokio::net::{TcpListener, TcpStream};

@@ -1,20 +1,47 @@
 //! `--admin-listen`: `/metrics`, `/healthz` and `/readyz` on their own port.
+//!
+//! The port answers monitoring, so nothing a client does on it may stop it
+//! answering: accept errors (out of file descriptors) are waited out
+//! ([`Acceptor`]); a connection must send its request head within the
+//! header-read timeout (at most 5 s) and lives at most 30 s, keep-alive
+//! included; and at most 64 are open at once. At that cap a new connection
+//! makes every connection that has no request in flight close (those that
+//! never sent one at once, the others as hyper closes an idle keep-alive
+//! connection), and waits up to 1 s for a slot, else it is closed: silent
+//! sockets cannot lock a health check out, and a monitor whose idle
+//! keep-alive connection was closed opens another.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::accept::Acceptor;
 use crate::serve::Upstreams;
+
+/// Admin connections open at once, at most.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// At the cap, how long a new connection waits for a slot (while the
+/// connections with no request in flight close) before it is closed.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// The longest header-read timeout of an admin connection (the proxy's
+/// `--header-read-timeout` when shorter).
+const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// An admin connection lives at most this long, keep-alive included; then it
+/// finishes the request in flight and closes.
+const LIFETIME: Duration = Duration::from_secs(30);
+/// Time a request in flight gets to finish once its connection is to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Buckets of the response-head latency histogram, in seconds.
 const BUCKETS: &[f64] = &[
@@ -39,23 +66,90 @@ pub(crate) struct Admin {
     pub(crate) connect_timeout: Duration,
 }
 
-/// Serves the admin endpoints on `listener` until the process ends.
-pub(crate) fn serve(listener: TcpListener, admin: Admin) {
+/// Serves the admin endpoints on `listener` until the process ends; a
+/// request head must arrive within `header_read_timeout` (at most 5 s).
+pub(crate) fn serve(listener: TcpListener, admin: Admin, header_read_timeout: Duration) {
     let admin = Arc::new(admin);
+    let head_limit = match header_read_timeout {
+        Duration::ZERO => MAX_HEADER_READ_TIMEOUT,
+        d => d.min(MAX_HEADER_READ_TIMEOUT),
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Each new value asks the connections with no request in flight to close.
+    let pressure = watch::Sender::new(());
+    let mut listener = Acceptor::new(listener, "admin");
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.answer(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+        // Said once per stretch of time at the cap, not per connection.
+        let mut at_cap = false;
+        loop {
+            let (tcp, _) = listener.accept().await;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => {
+                    at_cap = false;
+                    p
+                }
+                Err(_) => {
+                    if !at_cap {
+                        at_cap = true;
+                        tracing::warn!(
+                            limit = MAX_CONNECTIONS,
+                            "admin connections at their limit; closing those with no request in flight"
+                        );
+                    }
+                    pressure.send_replace(());
+                    match tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        // Every slot busy with a request: this one is closed.
+                        _ => continue,
+                    }
+                }
+            };
+            let conn = connection(tcp, admin.clone(), permit, pressure.subscribe(), head_limit);
+            tokio::spawn(conn);
         }
     });
+}
+
+/// Serves one admin connection, within its bounds.
+async fn connection(
+    tcp: TcpStream,
+    admin: Arc<Admin>,
+    _permit: OwnedSemaphorePermit,
+    mut pressure: watch::Receiver<()>,
+    header_read_timeout: Duration,
+) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let svc = {
+        let requests = requests.clone();
+        hyper::service::service_fn(move |req| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.answer(req).await) }
+        })
+    };
+    // hyper's header-read timer starts at the connection's first poll, so it
+    // also closes a socket that sends nothing at all.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(tcp), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = tokio::time::sleep(LIFETIME) => {}
+        _ = pressure.changed() => {
+            // Never made a request (silent, or its head still on the way):
+            // nothing to finish. (hyper's graceful shutdown would close a
+            // silent one too, but wait for a head that has begun.)
+            if requests.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+        }
+    }
+    // Closes an idle keep-alive connection at once, a busy one after its
+    // response.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

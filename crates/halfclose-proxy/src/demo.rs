@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::accept::Acceptor;
+
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 const PAGE: &str = "halfclose-proxy demo upstream
@@ -39,11 +41,11 @@ Check a path for half-close with:  halfclose-proxy probe http://HOST:PORT/echo
 pub(crate) async fn start() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Out of file descriptors and the like: back off, one line per burst.
+    let mut listener = Acceptor::new(listener, "demo upstream");
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, _) = listener.accept().await;
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(

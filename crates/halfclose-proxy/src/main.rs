@@ -6,9 +6,11 @@
 //! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 
+mod accept;
 mod admin;
 mod conn;
 mod demo;
+mod fds;
 mod head_timer;
 mod pages;
 mod probe;
@@ -167,9 +169,17 @@ pub(crate) struct ServeArgs {
 
     /// Maximum concurrent client connections, upgraded ones (tunnels) included.
     /// When a client arrives at the limit, idle keep-alive connections are closed
-    /// to make room; if none is idle, it waits in the listen backlog.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    max_connections: usize,
+    /// to make room; if none is idle, the accepted client waits for a slot and
+    /// those after it wait in the listen backlog. Default: derived from the open
+    /// file limit (raised to its hard limit at start), so that the proxy sheds at
+    /// its own limit before the kernel refuses sockets: (limit - reserve - idle)
+    /// / 2, where reserve = 64 + 16 per worker + 512 for splice pipes (+ 64 with
+    /// --admin-listen) and idle = --upstream-max-idle per upstream (counted as
+    /// one per connection when that allows more); with the demo upstream, 3 per
+    /// connection; at least 16. The figure is printed at start. Raise the limit
+    /// with `ulimit -n` or systemd's `LimitNOFILE=`.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 
     /// Time allowed for a client to send a request head (against slowloris),
     /// counted from accept for a connection's first request. On a keep-alive
@@ -177,12 +187,13 @@ pub(crate) struct ServeArgs {
     /// within one to two of these after the previous response; a connection
     /// that sends nothing is the idle timeout's. An HTTP/2 client must send
     /// its preface and SETTINGS within it; a TLS handshake counts against it.
+    /// Connections to --admin-listen have it too, at most 5 s.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
 
     /// Close a client connection with no request in flight for this long
-    /// (`0`: never). HTTP/1 keep-alive connections are also bounded by
-    /// --header-read-timeout, whichever is shorter.
+    /// (`0`: never), HTTP/1 keep-alive connections included: between requests
+    /// they are bounded by this, not by --header-read-timeout.
     #[arg(long, value_parser = parse_duration, default_value = "75s", value_name = "DURATION")]
     idle_timeout: Duration,
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proxy_tower::{BalancedProxy, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
@@ -10,7 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use crate::{ServeArgs, admin, conn, demo, stack};
+use crate::accept::Acceptor;
+use crate::{ServeArgs, admin, conn, demo, fds, stack};
 
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
 /// stop proxying, so errors are ignored (`println!` would panic).
@@ -175,6 +177,38 @@ fn bind(addr: SocketAddr, share: bool) -> std::io::Result<tokio::net::TcpSocket>
     Ok(socket)
 }
 
+/// `--max-connections`, or the limit the open file limit allows; and what
+/// the figure comes from, for the start-up line. A limit set past what the
+/// open files allow is kept, with one WARN line.
+fn connection_limit(set: Option<usize>, nofile: Option<u64>, needs: fds::Needs) -> (usize, String) {
+    match (set, nofile) {
+        (Some(n), Some(nofile)) => {
+            let allowed = needs.max_connections(nofile);
+            if n > allowed {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = nofile,
+                    fds_needed = needs.fds_for(n),
+                    allowed,
+                    "--max-connections is more than the open file limit allows: past about {allowed} connections, \
+                     accepts and upstream connects fail (EMFILE) instead of the proxy shedding; raise the limit \
+                     (ulimit -n, systemd's LimitNOFILE=) or leave --max-connections out"
+                );
+            }
+            (
+                n.max(1),
+                format!("set by --max-connections; open file limit {nofile}"),
+            )
+        }
+        (Some(n), None) => (n.max(1), "set by --max-connections".to_owned()),
+        (None, Some(nofile)) => (
+            needs.max_connections(nofile),
+            format!("open file limit {nofile}"),
+        ),
+        (None, None) => (fds::FALLBACK_CONNECTIONS, "no open file limit".to_owned()),
+    }
+}
+
 /// Says once, at start, whether the upstream answers: a WARN line when it does
 /// not. The proxy serves either way (502 until the upstream is up), since
 /// orchestrators start the proxy and its upstream in any order.
@@ -279,6 +313,59 @@ fn reload_on_sighup(#[cfg(feature = "tls")] cert: Option<Arc<crate::tls::Certifi
     });
 }
 
+/// Whether clients wait for a slot at the connection limit, shared by the
+/// workers, so that the limit is said once per stretch at it: a stretch
+/// ends when clients have found a free slot for a second since the last one
+/// waited (at the edge of the limit, clients that find a slot and clients
+/// that wait come by turns: one stretch, not a line per client). One atomic
+/// load per accept outside a stretch.
+#[derive(Clone)]
+struct AtLimit {
+    start: tokio::time::Instant,
+    /// When a client last waited, in ms after `start` plus one; 0 outside a
+    /// stretch.
+    last_wait: Arc<AtomicU64>,
+}
+
+impl AtLimit {
+    const QUIET_MS: u64 = 1_000;
+
+    fn new() -> Self {
+        AtLimit {
+            start: tokio::time::Instant::now(),
+            last_wait: Arc::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A client waits for a slot: true when that starts a stretch.
+    fn waited(&self) -> bool {
+        self.waited_at(self.now())
+    }
+
+    fn waited_at(&self, now: u64) -> bool {
+        self.last_wait.swap(now, Ordering::Relaxed) == 0
+    }
+
+    /// A client found a free slot: true when that ends a stretch.
+    fn found_slot(&self) -> bool {
+        self.last_wait.load(Ordering::Relaxed) != 0 && self.found_slot_at(self.now())
+    }
+
+    fn found_slot_at(&self, now: u64) -> bool {
+        let last = self.last_wait.load(Ordering::Relaxed);
+        last != 0
+            && now.saturating_sub(last) >= Self::QUIET_MS
+            && self
+                .last_wait
+                .compare_exchange(last, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// How long tunnels get to close once told to, before the process exits.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -288,6 +375,10 @@ struct Shared {
     settings: Arc<conn::Settings>,
     signals: conn::Signals,
     limit: Arc<Semaphore>,
+    /// The permits of `limit`.
+    max_connections: usize,
+    /// Whether clients wait for a slot, said once per stretch at the limit.
+    at_limit: AtLimit,
     /// Held by each worker while its listener is open.
     listening: mpsc::Sender<()>,
 }
@@ -300,12 +391,8 @@ struct Shared {
 /// runs a small runtime of its own for signals and the demo upstream.
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     init_tracing(&args.log_level)?;
-    // Every connection and tunnel costs file descriptors; raise the soft limit to
-    // the hard one, as Go does at start (many systems default to a soft 1024).
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
-    }
+    // Every connection and tunnel costs file descriptors.
+    let nofile = fds::raise_open_file_limit();
     let workers = args.workers.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -320,6 +407,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
         1
     };
+    let needs = fds::Needs {
+        workers,
+        upstreams: args.upstream.len().max(1),
+        upstream_max_idle: args.upstream_max_idle,
+        admin: args.admin_listen.is_some(),
+        demo: args.upstream.is_empty(),
+    };
+    let (max_connections, why) = connection_limit(args.max_connections, nofile, needs);
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -386,7 +481,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             pressure: conn::Pressure::new(),
             running,
         },
-        limit: Arc::new(Semaphore::new(args.max_connections.max(1))),
+        limit: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        at_limit: AtLimit::new(),
         listening,
     };
     // Metrics are recorded only when someone can read them.
@@ -462,6 +559,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             certificate,
         );
         say!("listening on {scheme}://{local}");
+        say!("max connections {max_connections} ({why})");
         if let Some((listener, handle)) = admin {
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             admin::serve(
@@ -470,9 +568,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                     metrics: handle,
                     upstreams: admin_upstreams,
                     connections: limit.clone(),
-                    max_connections: args.max_connections.max(1),
+                    max_connections,
                     connect_timeout: args.connect_timeout,
                 },
+                args.header_read_timeout,
             );
             say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
         }
@@ -490,7 +589,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         say!(
             "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
             // Every open client connection holds a permit, tunnels included.
-            args.max_connections.max(1) - limit.available_permits(),
+            max_connections - limit.available_permits(),
             open_tunnels()
         );
         let drained = async {
@@ -545,28 +644,37 @@ where
         settings,
         signals,
         limit,
+        max_connections,
+        at_limit,
         listening,
     } = shared;
     let mut stop = signals.shutdown.clone();
     let mut shutdown = std::pin::pin!(conn::shutting_down(&mut stop));
+    // Out of file descriptors and the like: back off, one line per burst.
+    let mut listener = Acceptor::new(listener, "proxy");
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: log, back off a moment.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
         // A client is waiting: take a slot, or make idle connections give theirs
         // up and wait for one.
         let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                if at_limit.found_slot() {
+                    tracing::info!(max_connections, "below the connection limit again");
+                }
+                p
+            }
             Err(_) => {
+                if at_limit.waited() {
+                    tracing::warn!(
+                        max_connections,
+                        "connection limit reached: idle connections close to make room, \
+                         new clients wait for a slot (said once until clients have found \
+                         free slots for a second)"
+                    );
+                }
                 signals.pressure.raise();
                 let p = tokio::select! {
                     p = limit.clone().acquire_owned() => p,
@@ -606,5 +714,27 @@ fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
             "  cargo run --release -p halfclose-proxy -- probe https://HOST:{}/echo --ca CA.pem",
             local.port()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiting clients and clients that find a slot by turns are one
+    /// stretch at the limit; a second of free slots ends it.
+    #[test]
+    fn the_limit_is_said_once_per_stretch() {
+        let at = AtLimit::new();
+        assert!(!at.found_slot_at(5));
+        assert!(at.waited_at(10), "a stretch starts");
+        for ms in (11..900).step_by(2) {
+            assert!(!at.found_slot_at(ms));
+            assert!(!at.waited_at(ms + 1));
+        }
+        assert!(!at.found_slot_at(1_800));
+        assert!(at.found_slot_at(1_901), "a second of free slots ends it");
+        assert!(!at.found_slot_at(1_902));
+        assert!(at.waited_at(2_000), "the next stretch is said again");
     }
 }

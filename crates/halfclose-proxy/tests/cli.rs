@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 mod common;
-use common::{BIN, Proxy, probe, refuses};
+use common::{BIN, Proxy, admin_addr, admin_get, probe, refuses};
 
 /// In front of a test upstream: a request, an upgrade with half-close both ways,
 /// and SIGTERM while the tunnel is open: the tunnel's data still completes, new
@@ -949,28 +949,6 @@ async fn repeated_upstreams_are_balanced() {
     proxy.stop().await;
 }
 
-/// The admin listener's address, from the proxy's stdout.
-async fn admin_addr(proxy: &mut Proxy) -> String {
-    let line = proxy.line_starting("admin on http://").await;
-    line.strip_prefix("admin on http://")
-        .and_then(|l| l.split_whitespace().next())
-        .expect("an address")
-        .to_owned()
-}
-
-/// Fetches `path` from the admin listener: (status, body).
-async fn admin_get(addr: &str, path: &str) -> (u16, String) {
-    let mut cli = TcpStream::connect(addr).await.unwrap();
-    cli.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut cli).await;
-    (
-        status_of(&head),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
 /// The value of a sample of `name` whose labels include `labels`.
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
@@ -1132,6 +1110,69 @@ async fn readyz_fails_without_an_upstream() {
     assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
     assert_eq!(admin_get(&admin, "/readyz").await.0, 503);
     assert_eq!(admin_get(&admin, "/nothing").await.0, 404);
+    proxy.stop().await;
+}
+
+/// The admin listener keeps answering after 100 silent connections: at its
+/// cap of 64, a new connection makes those that never sent a request close,
+/// so `/healthz` answers at once (well before the header-read timeout could
+/// free a slot), and no more than 64 admin connections are ever open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_answers_after_100_silent_connections() {
+    let mut proxy = Proxy::start(&["--admin-listen", "127.0.0.1:0", "--workers", "1"]).await;
+    let admin = admin_addr(&mut proxy).await;
+    assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
+    let pid = proxy.child.id().unwrap();
+    let baseline = open_fds(pid);
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(&admin).await.unwrap());
+    }
+    // The admin header-read timeout is 5 s: only the cap's shedding answers
+    // within 2 s.
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        admin_get(&admin, "/healthz"),
+    )
+    .await
+    .expect("/healthz behind 100 silent connections");
+    assert_eq!(answered, (200, "ok\n".into()));
+    // Connections are accepted in order: all 100 silent ones were taken
+    // before the one that got its answer, and at most 64 are open.
+    let open = open_fds(pid) - baseline;
+    assert!(
+        open <= 64,
+        "{open} admin connections open past the cap of 64"
+    );
+    drop(silent);
+    proxy.stop().await;
+}
+
+/// An admin connection that sends nothing is closed after the header-read
+/// timeout (`--header-read-timeout`, at most 5 s on the admin port): hyper's
+/// timer starts at the connection's first poll.
+#[tokio::test]
+async fn silent_admin_connection_is_closed() {
+    let mut proxy = Proxy::start(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--header-read-timeout",
+        "300ms",
+    ])
+    .await;
+    let admin = admin_addr(&mut proxy).await;
+    let mut silent = TcpStream::connect(&admin).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within(
+        "the admin port to close a silent connection",
+        silent.read_to_end(&mut rest),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
     proxy.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //! recorded and next to nothing is paid. Every name is listed,
 //! with its labels, in `docs/metrics.md`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -78,6 +79,7 @@ pub(crate) struct Upstream {
     connect_failures: metrics::Counter,
     ejections: metrics::Counter,
     tunnels_opened: metrics::Counter,
+    tunnels_open: metrics::Gauge,
 }
 
 impl Upstream {
@@ -90,6 +92,7 @@ impl Upstream {
             connect_failures: metrics::counter!(CONNECT_FAILURES, "upstream" => u()),
             ejections: metrics::counter!(EJECTIONS, "upstream" => u()),
             tunnels_opened: metrics::counter!(TUNNELS_OPENED, "upstream" => u()),
+            tunnels_open: metrics::gauge!(TUNNELS_OPEN),
         }
     }
 
@@ -117,9 +120,22 @@ impl Upstream {
         self.ejections.increment(1);
     }
 
-    pub(crate) fn tunnel_opened(&self) {
+    /// A tunnel opened: counted, and in the gauge of open tunnels until the
+    /// returned guard is dropped, however its task ends (done, panicked, or
+    /// dropped with its runtime).
+    pub(crate) fn tunnel_opened(self: Arc<Self>) -> OpenTunnel {
         self.tunnels_opened.increment(1);
-        metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+        self.tunnels_open.increment(1.0);
+        OpenTunnel(self)
+    }
+}
+
+/// One tunnel in [`TUNNELS_OPEN`]; dropping it takes the tunnel out.
+pub(crate) struct OpenTunnel(Arc<Upstream>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.tunnels_open.decrement(1.0);
     }
 }
 
@@ -131,8 +147,8 @@ pub(crate) struct Ended {
     pub(crate) first_fin: &'static str,
 }
 
+/// How a tunnel ended (the gauge of open tunnels is its [`OpenTunnel`]'s).
 pub(crate) fn tunnel_closed(ended: Ended) {
-    metrics::gauge!(TUNNELS_OPEN).decrement(1.0);
     metrics::counter!(TUNNELS_CLOSED, "how" => ended.how).increment(1);
     metrics::counter!(TUNNEL_BYTES, "direction" => "client_to_upstream")
         .increment(ended.client_to_upstream);

@@ -27,6 +27,21 @@ fn side(s: Side) -> &'static str {
     }
 }
 
+/// The side whose failure ended a tunnel: the source of a direction whose
+/// read failed, the destination of one whose write or shutdown failed, the
+/// side that never sent its FIN when the half-close timeout ran out; `None`
+/// for the idle timeout (both were silent).
+fn failing_side(e: &TunnelError) -> Option<Side> {
+    let direction = e.direction()?;
+    if e.is_write() {
+        Some(direction.destination())
+    } else if e.is_read() || e.is_half_close_timeout() {
+        Some(direction.source())
+    } else {
+        None
+    }
+}
+
 /// The tunnels a proxy has open: a count, a way to wait until none is left,
 /// and a way to end those that are (for graceful shutdown: an upgraded
 /// connection is no longer an HTTP connection the server can track). Cheap to
@@ -198,11 +213,12 @@ pub(crate) fn spawn(
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
     let tunnels = config.tunnels.clone();
-    let metrics = config.metrics.clone();
+    // Counted open until the task's future is dropped, however it ends.
+    let gauge = config.metrics.clone().tunnel_opened();
     tokio::spawn(
         async move {
             let _open = open;
-            metrics.tunnel_opened();
+            let _gauge = gauge;
             let ended = |how, t: Option<&halfclose_io::Transfer>| crate::metrics::Ended {
                 how,
                 client_to_upstream: t.map_or(0, |t| t.a_to_b),
@@ -219,8 +235,10 @@ pub(crate) fn spawn(
             };
             let client = match client.await {
                 Ok(io) => io,
+                // The client went away before its 101: its doing, and one a
+                // client can repeat at will (DEBUG, as refusals are).
                 Err(e) => {
-                    tracing::warn!(error = %e, "client connection could not be upgraded");
+                    tracing::debug!(error = %e, "client connection could not be upgraded");
                     crate::metrics::tunnel_closed(ended("error", None));
                     return;
                 }
@@ -300,10 +318,26 @@ pub(crate) fn spawn(
                     duration_ms = t.duration.as_millis() as u64,
                     "tunnel closed"
                 ),
+                // Ended by the client (a reset, a write it refused): DEBUG, as
+                // other events a client causes at will; by the upstream or a
+                // timeout: WARN.
+                Err(e) if failing_side(&e) == Some(Side::A) => {
+                    let t = e.transfer();
+                    tracing::debug!(
+                        error = %e,
+                        failed = "client",
+                        client_to_upstream = t.a_to_b,
+                        upstream_to_client = t.b_to_a,
+                        first_eof = t.first_eof.map(side),
+                        duration_ms = t.duration.as_millis() as u64,
+                        "tunnel failed"
+                    );
+                }
                 Err(e) => {
                     let t = e.transfer();
                     tracing::warn!(
                         error = %e,
+                        failed = failing_side(&e).map(side),
                         client_to_upstream = t.a_to_b,
                         upstream_to_client = t.b_to_a,
                         first_eof = t.first_eof.map(side),
