@@ -58,6 +58,7 @@ impl Settings {
         header_read_timeout: Duration,
         idle_timeout: Option<Duration>,
         ping_interval: Option<Duration>,
+        max_streams: u32,
     ) -> Self {
         let mut h1 = http1::Builder::new();
         // Each connection gives it a `HeadTimer` of its own.
@@ -69,6 +70,8 @@ impl Settings {
         h2.timer(TokioTimer::new())
             // RFC 8441: WebSockets (and other upgrades) over HTTP/2 streams.
             .enable_connect_protocol()
+            // Each stream can hold an upstream connection (hyper allows 200).
+            .max_concurrent_streams(max_streams)
             .keep_alive_interval(ping_interval)
             .keep_alive_timeout(ping_interval.unwrap_or(Duration::from_secs(20)));
         Settings {

@@ -91,9 +91,34 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     connect_timeout: Duration,
 
-    /// Time allowed for the upstream's response head (504 when exceeded); none by default.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    response_timeout: Option<Duration>,
+    /// Time allowed for the upstream's response head, counted from when the
+    /// whole request has been sent (504 when exceeded; `0`: no limit). A
+    /// client that sends its body slowly does not use it up; an upstream
+    /// that takes none of a request body for this long is a 504 too.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    response_timeout: Duration,
+
+    /// Time allowed between two reads of a response body from the upstream,
+    /// like nginx's proxy_read_timeout (`0`: no limit): past it, the response
+    /// is cut. Streams that are quiet for longer by design (server-sent
+    /// events, gRPC watches) need a longer one; tunnels have their own.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    read_timeout: Duration,
+
+    /// Requests in flight to each upstream at once, at most (`0`: no cap),
+    /// shared out among the workers: each holds one upstream connection (or
+    /// HTTP/2 stream) until its response body ends; a tunnel gives its slot
+    /// back once switched. Past it, a request waits --upstream-queue-timeout,
+    /// then gets 503 (another upstream is tried when there are several).
+    /// Default: the --max-connections figure, so that upstream sockets fit in
+    /// the open file limit as client connections do.
+    #[arg(long, value_name = "N")]
+    upstream_max_connections: Option<usize>,
+
+    /// How long a request waits for a slot under --upstream-max-connections,
+    /// or for a free stream on an HTTP/2 upstream, before it is answered 503.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    upstream_queue_timeout: Duration,
 
     /// Idle upstream connections kept for reuse, at most (shared out among the
     /// workers, at least one each); a burst of clients leaves no more than this
@@ -196,6 +221,12 @@ pub(crate) struct ServeArgs {
     /// they are bounded by this, not by --header-read-timeout.
     #[arg(long, value_parser = parse_duration, default_value = "75s", value_name = "DURATION")]
     idle_timeout: Duration,
+
+    /// Streams an HTTP/2 client connection may have open at once
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS; nginx's default is 128): each can
+    /// hold an upstream connection.
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_streams: u32,
 
     /// Send HTTP/2 keep-alive pings to clients this often, and close the connection
     /// when one goes unanswered for as long (`0`: no pings).

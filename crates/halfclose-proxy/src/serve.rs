@@ -60,6 +60,7 @@ fn build_proxy(
     upstreams: &[String],
     upstream_ca: Option<&[u8]>,
     workers: usize,
+    upstream_max_connections: usize,
 ) -> Result<Upstreams, String> {
     let (first, more) = upstreams.split_first().ok_or("no upstream")?;
     let forwarded = ForwardedHeaders::default()
@@ -85,9 +86,14 @@ fn build_proxy(
         })
         .pool_idle_timeout(nonzero(args.upstream_idle_timeout))
         .upgrade_policy(upgrade_policy(&args.allow_upgrade));
-    if let Some(d) = args.response_timeout {
-        b = b.response_timeout(d);
-    }
+    b = b
+        .response_timeout(nonzero(args.response_timeout))
+        .read_timeout(nonzero(args.read_timeout))
+        // Shared out among the workers' proxies, at least one each.
+        .upstream_max_connections(
+            (upstream_max_connections > 0).then(|| (upstream_max_connections / workers).max(1)),
+        )
+        .queue_timeout(args.upstream_queue_timeout);
     if let Some(d) = nonzero(args.tunnel_idle_timeout) {
         b = b.tunnel_idle_timeout(d);
     }
@@ -415,6 +421,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         demo: args.upstream.is_empty(),
     };
     let (max_connections, why) = connection_limit(args.max_connections, nofile, needs);
+    // Each client connection can need an upstream socket: by default, as
+    // many upstream connections as client connections, per upstream.
+    let upstream_max_connections = args.upstream_max_connections.unwrap_or(max_connections);
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -460,6 +469,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         args.header_read_timeout,
         nonzero(args.idle_timeout),
         nonzero(args.http2_ping_interval),
+        args.http2_max_streams,
     );
     #[cfg(feature = "tls")]
     let settings = match &certificate {
@@ -503,7 +513,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let upstream_uris: Vec<http::Uri> = upstreams.iter().filter_map(|u| u.parse().ok()).collect();
     for (i, socket) in sockets.into_iter().enumerate() {
         // Each worker has its own proxy: its own upstream pool, on its thread.
-        let proxy = build_proxy(&args, &upstreams, upstream_ca.as_deref(), workers)?;
+        let proxy = build_proxy(
+            &args,
+            &upstreams,
+            upstream_ca.as_deref(),
+            workers,
+            upstream_max_connections,
+        )?;
         tunnels.push(proxy.tunnels());
         admin_upstreams.push(proxy.clone());
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -1216,3 +1216,78 @@ async fn health_check_takes_a_failing_upstream_out() {
     .await;
     proxy.stop().await;
 }
+
+/// `--upstream-max-connections` and `--upstream-queue-timeout` as written:
+/// with a cap of 2 and an upstream that holds every request, two requests
+/// reach it on two connections and a third is answered 503 after the wait;
+/// `--http2-max-streams` is what an HTTP/2 client is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cap_and_client_streams_as_written() {
+    let (upstream, mut held) = raw_upstream().await;
+    let mut proxy = Proxy::in_front_of(
+        upstream,
+        &[
+            "--workers",
+            "1",
+            "--upstream-max-connections",
+            "2",
+            "--upstream-queue-timeout",
+            "200ms",
+            "--http2-max-streams",
+            "7",
+        ],
+    )
+    .await;
+    let _ = proxy.line_starting("forwarding to").await;
+    let addr = proxy.addr;
+    let first = tokio::spawn(raw_get(addr, "/1"));
+    let second = tokio::spawn(raw_get(addr, "/2"));
+    let (_, srv1) = within("the first request", held.recv()).await.unwrap();
+    let (_, srv2) = within("the second request", held.recv()).await.unwrap();
+    let (head, _) = within("the third answer", raw_get(addr, "/3")).await;
+    assert_eq!(status_of(&head), 503, "{head}");
+    assert!(held.try_recv().is_err(), "a third upstream connection");
+    drop((srv1, srv2));
+    for held in [first, second] {
+        let (head, _) = within("a held answer", held).await.unwrap();
+        assert_eq!(status_of(&head), 502, "{head}");
+    }
+
+    // An HTTP/2 client learns the stream limit from the proxy's SETTINGS.
+    // hyper's client reads it into its connection handle when a request is
+    // handed over: after a first exchange (the SETTINGS came before its
+    // answer), the second one shows it.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let (seen_tx, seen) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        let _ = std::future::poll_fn(|cx| {
+            let polled = conn.as_mut().poll(cx);
+            seen_tx.send_replace(conn.current_max_send_streams());
+            polled
+        })
+        .await;
+    });
+    for _ in 0..2 {
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = tokio::spawn(sender.send_request(req));
+        let (_, mut srv) = within("the HTTP/2 request", held.recv()).await.unwrap();
+        srv.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let res = within("the HTTP/2 answer", answer).await.unwrap().unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let mut seen = seen;
+    within("the stream limit", seen.wait_for(|n| *n == 7))
+        .await
+        .unwrap();
+}

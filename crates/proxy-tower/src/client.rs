@@ -450,8 +450,10 @@ impl Http2 {
             .timer(TokioTimer::new())
             .handshake(io)
             .await?;
-        // The connection's task reads the peer's stream limit each time it
-        // runs (a SETTINGS frame is read there).
+        // The peer's stream limit, read from the connection handle each time
+        // it is polled: hyper drives the h2 connection in a task of its own
+        // and polls this handle when a request is handed over, so the figure
+        // lags the peer's SETTINGS by at most one request.
         let streams = Arc::new(Streams::default());
         streams.set_max(connection.current_max_send_streams());
         let limit = streams.clone();
