@@ -57,26 +57,26 @@ use crate::{BoxError, RequestBody, UpstreamBody, h1};
 #[derive(Clone)]
 pub struct DefaultClient {
     kind: Kind,
-    /// The cap on requests in flight to the upstream.
-    slots: Option<Slots>,
+    /// The cap on requests in flight to the upstream (one `Arc`: the proxy
+    /// clones its client for every request).
+    slots: Option<Arc<Slots>>,
 }
 
 /// Requests in flight to one upstream, at most, and how long a request
 /// waits for a slot.
-#[derive(Clone)]
 struct Slots {
     permits: Arc<tokio::sync::Semaphore>,
     max: usize,
     wait: std::time::Duration,
-    refusals: Arc<Refusals>,
+    refusals: Refusals,
     upstream: Uri,
 }
 
 impl Slots {
     /// A slot now, or after a wait of up to `wait`, else [`Busy`].
-    async fn acquire(self) -> Result<OwnedSemaphorePermit, BoxError> {
+    async fn acquire(&self) -> Result<OwnedSemaphorePermit, BoxError> {
         let wait = self.wait;
-        match tokio::time::timeout(wait, self.permits.acquire_owned()).await {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 self.refusals
@@ -191,12 +191,14 @@ impl fmt::Debug for DefaultClient {
 
 impl DefaultClient {
     pub(crate) fn new(config: &Config) -> Self {
-        let slots = config.max_connections.map(|max| Slots {
-            permits: Arc::new(tokio::sync::Semaphore::new(max)),
-            max,
-            wait: config.queue_timeout,
-            refusals: Arc::default(),
-            upstream: config.rules.upstream().clone(),
+        let slots = config.max_connections.map(|max| {
+            Arc::new(Slots {
+                permits: Arc::new(tokio::sync::Semaphore::new(max)),
+                max,
+                wait: config.queue_timeout,
+                refusals: Refusals::default(),
+                upstream: config.rules.upstream().clone(),
+            })
         });
         DefaultClient {
             kind: Self::kind(config),

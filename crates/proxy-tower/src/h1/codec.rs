@@ -181,6 +181,7 @@ pub(crate) fn encode_request(
     out
 }
 
+#[inline]
 fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
@@ -411,15 +412,10 @@ fn framing(
             true => BodyKind::Chunked,
             false => BodyKind::Close,
         }
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        let n = content_length(headers)?;
+    } else if let Some((n, values)) = content_length(headers)? {
         // RFC 9110 section 8.6: a list of one repeated value may be accepted,
         // and is then forwarded as a single value.
-        if headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some()
-            || headers
-                .get(CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes().contains(&b','))
-        {
+        if values > 1 {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
         match n {
@@ -436,9 +432,11 @@ fn framing(
 }
 
 /// The value of every `Content-Length` field: 1*DIGIT each (no sign, no
-/// space inside, no hex), all equal (RFC 9110 section 8.6).
-fn content_length(headers: &HeaderMap) -> Result<u64, Error> {
+/// space inside, no hex), all equal (RFC 9110 section 8.6); with how many
+/// values there were. `None` without the field.
+fn content_length(headers: &HeaderMap) -> Result<Option<(u64, usize)>, Error> {
     let mut length = None;
+    let mut values = 0;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
             let part = part.trim_ascii();
@@ -457,9 +455,10 @@ fn content_length(headers: &HeaderMap) -> Result<u64, Error> {
                 return Err(invalid("Content-Length values disagree"));
             }
             length = Some(n);
+            values += 1;
         }
     }
-    length.ok_or_else(|| invalid("empty Content-Length"))
+    Ok(length.map(|n| (n, values)))
 }
 
 /// What the body decoder found in the bytes it was given.
