@@ -171,6 +171,29 @@ async fn trailers_both_ways_with_an_http1_upstream() {
     assert_eq!(body, "request trailer arrived");
 }
 
+/// A small request body of stated length with trailers (an HTTP/2 client
+/// may send both) takes the proxy's own HTTP/1.1 path, which sends the
+/// trailers with the body chunked: none are dropped, announced or not.
+#[tokio::test]
+async fn request_trailers_of_a_small_body_are_not_dropped() {
+    let upstream = trailer_upstream().await;
+    let proxy = serve(ReverseProxy::new(&format!("http://{upstream}")).unwrap()).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::post(format!("http://{proxy}/t"))
+        .header("content-length", "7")
+        .body(body_with_trailers(
+            b"payload",
+            trailers("x-req-trailer", "1"),
+        ))
+        .unwrap();
+    let res = within("response", client.request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = within("body", res.into_body().collect()).await.unwrap();
+    assert_eq!(body.to_bytes(), "request trailer arrived");
+}
+
 #[test]
 fn bad_upstreams_are_configuration_errors() {
     for bad in ["not a uri", "/relative", "ftp://host/"] {
