@@ -212,15 +212,3 @@ fn bad_upstreams_are_configuration_errors() {
             .is_ok()
     );
 }
-
-/// The names that changed before 0.1 still compile, deprecated, so programs
-/// written against them keep building.
-#[test]
-#[allow(deprecated)]
-fn former_names_still_compile() {
-    let handle: proxy_tower::AbortHandle = proxy_tower::ResetHandle::default();
-    handle.abort();
-    assert!(handle.is_aborted());
-    fn _service(_: proxy_tower::WithReverseProxy<()>) {}
-    fn _future(_: proxy_tower::WithReverseProxyFuture<std::future::Ready<()>, Empty<Bytes>>) {}
-}

@@ -96,78 +96,48 @@
 
 #![deny(missing_docs)]
 
-mod abort;
-mod balance;
-mod body;
-mod client;
-mod config;
-mod connect;
-mod h1;
-mod io;
+// The layout, from the top down: each module imports only the ones below
+// it (its module doc says which). `layer` and `balance` are built on
+// `proxy`; `proxy` on `client` and `tunnel`; those on `body`, `io`,
+// `settings` and the plain values at the bottom (`tunnels`, `sent`,
+// `origin`, `reset`, `tls`, `metrics`).
 mod layer;
-pub mod metrics;
+
+mod balance;
+
 mod proxy;
-mod sent;
+
+mod client;
 mod tunnel;
 
-pub use abort::{ResetHandle, ResetOnAbort};
+mod body;
+mod io;
+mod settings;
+
+pub mod metrics;
+mod origin;
+mod reset;
+mod sent;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod tunnels;
+
 pub use balance::{
-    BASE_EJECTION, BalancedProxy, DEFAULT_EJECT_AFTER, MAX_EJECTION, UpstreamStatus,
+    BalancedProxy, DEFAULT_BASE_EJECTION, DEFAULT_EJECT_AFTER, MAX_EJECTION, UpstreamStatus,
 };
-pub use body::{ProxyBody, RequestBody, UpstreamBody};
-pub use client::{DefaultClient, DefaultClientFuture};
-pub use config::{
-    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
+pub use body::{ProxyBody, RequestBody};
+pub use client::{DefaultClient, DefaultClientFuture, UpstreamBody};
+pub use io::ClientIo;
+pub use layer::{ProxyOr, ProxyOrFuture, ReverseProxyLayer};
+pub use proxy::{Builder, ResponseFuture, ReverseProxy};
+pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
+pub use reset::{ResetHandle, ResetOnAbort};
+pub use settings::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
     DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_UPSTREAM_MAX_CONNECTIONS,
 };
-pub use io::ClientIo;
-pub use layer::{ProxyOr, ProxyOrFuture, ReverseProxyLayer};
-pub use proxy::{ResponseFuture, ReverseProxy};
-pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
-pub use tunnel::Tunnels;
-
-/// Former name of [`ResetHandle`] (it collided with tokio's `AbortHandle`,
-/// which means something else).
-#[deprecated(since = "0.1.0", note = "renamed to `ResetHandle`")]
-pub type AbortHandle = ResetHandle;
-
-/// Former name of [`ProxyOr`].
-#[deprecated(since = "0.1.0", note = "renamed to `ProxyOr`")]
-pub type WithReverseProxy<S, C = DefaultClient> = ProxyOr<S, C>;
-
-/// Former name of [`ProxyOrFuture`].
-#[deprecated(since = "0.1.0", note = "renamed to `ProxyOrFuture`")]
-pub type WithReverseProxyFuture<F, CB> = ProxyOrFuture<F, CB>;
-
-/// TLS as the [`DefaultClient`] speaks it to `https` upstreams, for programs
-/// that open TLS connections of their own to the same servers (a health
-/// prober, a custom connector) and should trust exactly what the proxy trusts.
-#[cfg(feature = "tls")]
-pub mod tls {
-    use std::sync::Arc;
-
-    use crate::ProxyError;
-
-    /// A rustls client config trusting the CA certificates in `ca_pem` (a PEM
-    /// bundle; the upstream's own certificate in it is trusted even when
-    /// marked as a CA, see [`Builder::upstream_ca_pem`](crate::Builder::upstream_ca_pem)),
-    /// or the bundled web PKI roots without it; offering `alpn`. It uses the
-    /// ring provider, whatever the process default.
-    ///
-    /// ```
-    /// let config = proxy_tower::tls::client_config(None, &[b"http/1.1"])?;
-    /// let connector = tokio_rustls::TlsConnector::from(config);
-    /// # let _ = connector; Ok::<(), proxy_tower::ProxyError>(())
-    /// ```
-    pub fn client_config(
-        ca_pem: Option<&[u8]>,
-        alpn: &[&[u8]],
-    ) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
-        let ca = ca_pem.map(crate::connect::tls::ca_from_pem).transpose()?;
-        Ok(crate::connect::tls::client_config(ca.as_ref(), alpn))
-    }
-}
+pub use tunnels::Tunnels;
 
 /// The boxed error type of bodies and clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

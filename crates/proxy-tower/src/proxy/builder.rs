@@ -1,173 +1,22 @@
-//! Options of a reverse proxy, and the builder that sets them.
+//! [`Builder`]: the options of a [`ReverseProxy`] set one by one, then
+//! built. The type and its builder share the `proxy` module (as hyper's and
+//! tower-http's do); `build_balanced` and `build_discovered` live beside
+//! [`BalancedProxy`](crate::BalancedProxy) in `balance`, so that nothing
+//! here knows the balancer.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use halfclose_io::Tunnel;
 use http::{Response, request, response};
 use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, ProxyRules, UpgradePolicy};
 
-use crate::{BalancedProxy, DefaultClient, ReverseProxy, Tunnels};
-
-pub(crate) type ErrorHandler = Arc<dyn Fn(&ProxyError) -> Response<Bytes> + Send + Sync>;
-pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
-pub(crate) type ModifyResponse = Arc<dyn Fn(&mut response::Parts) + Send + Sync>;
-pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send + Sync>;
-
-/// Idle upstream connections kept for reuse, at most (nginx's `keepalive`).
-/// Past this many concurrent requests, connections are closed after their
-/// response and opened again for the next: 64 cost 25% to 45% of the
-/// requests per second at 256 concurrent clients (docs/benchmarks.md). 512
-/// is nginx's `keepalive 256` on each of two workers.
-pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
-/// How long an idle upstream connection is kept (nginx's upstream
-/// `keepalive_timeout` is 60 s).
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time allowed to connect to the upstream, TLS handshake included (Envoy's
-/// default is 5 s, Go's `DefaultTransport` 30 s).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for the response head once the whole request has been sent
-/// (nginx's `proxy_read_timeout` is 60 s).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time allowed between two reads of a response body (nginx's
-/// `proxy_read_timeout`: not the whole body, the silence in it).
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests in flight to one upstream, at most: each holds an HTTP/1.1
-/// connection (or an HTTP/2 stream) until its response body ends (Envoy's
-/// circuit breakers default to 1024 connections and requests).
-pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
-/// How long a request waits for a connection slot (or an HTTP/2 stream)
-/// before it is answered 503.
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Everything a running proxy needs, shared by its clones.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) rules: ProxyRules,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) response_timeout: Option<Duration>,
-    pub(crate) read_timeout: Option<Duration>,
-    /// Requests in flight to the upstream, at most (`None`: no cap).
-    pub(crate) max_connections: Option<usize>,
-    pub(crate) queue_timeout: Duration,
-    pub(crate) http2_only: bool,
-    pub(crate) pool_max_idle: usize,
-    pub(crate) pool_idle_timeout: Option<Duration>,
-    pub(crate) tunnel: Tunnel,
-    pub(crate) error_handler: Option<ErrorHandler>,
-    pub(crate) rewrite: Option<Rewrite>,
-    pub(crate) modify_response: Option<ModifyResponse>,
-    pub(crate) client_info: Option<ClientInfoFn>,
-    pub(crate) tunnels: Tunnels,
-    /// More upstreams, for [`Builder::build_balanced`].
-    pub(crate) more_upstreams: Vec<http::Uri>,
-    /// Passive health of balanced upstreams: consecutive failures before an
-    /// ejection, and the first ejection's length.
-    pub(crate) eject_after: u32,
-    pub(crate) base_ejection: Duration,
-    /// One upstream of a [`BalancedProxy`].
-    pub(crate) balanced: bool,
-    /// This proxy's metrics handles (label `upstream`: its URI).
-    pub(crate) metrics: Arc<crate::metrics::Upstream>,
-    /// Trust anchors for an `https` upstream instead of the bundled roots.
-    #[cfg(feature = "tls")]
-    pub(crate) upstream_ca: Option<Arc<crate::connect::tls::CustomCa>>,
-}
-
-/// The upstream's URI, as a metrics label.
-fn rules_label(rules: &ProxyRules) -> String {
-    rules.upstream().to_string()
-}
-
-impl Config {
-    /// The same options for other rules (another upstream of a balancer).
-    pub(crate) fn with_rules(&self, rules: ProxyRules) -> Self {
-        let label = metrics::SharedString::from(rules_label(&rules));
-        Config {
-            metrics: Arc::new(crate::metrics::Upstream::new(&label)),
-            rules,
-            ..self.clone()
-        }
-    }
-
-    fn new(rules: ProxyRules) -> Self {
-        crate::metrics::describe();
-        let label = metrics::SharedString::from(rules_label(&rules));
-        Config {
-            metrics: Arc::new(crate::metrics::Upstream::new(&label)),
-            rules,
-            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
-            response_timeout: Some(DEFAULT_RESPONSE_TIMEOUT),
-            read_timeout: Some(DEFAULT_READ_TIMEOUT),
-            max_connections: Some(DEFAULT_UPSTREAM_MAX_CONNECTIONS),
-            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            http2_only: false,
-            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
-            pool_idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
-            tunnel: Tunnel::new(),
-            error_handler: None,
-            rewrite: None,
-            modify_response: None,
-            client_info: None,
-            tunnels: Tunnels::default(),
-            more_upstreams: Vec::new(),
-            eject_after: crate::DEFAULT_EJECT_AFTER,
-            base_ejection: crate::BASE_EJECTION,
-            balanced: false,
-            #[cfg(feature = "tls")]
-            upstream_ca: None,
-        }
-    }
-
-    /// The options of a proxy to one upstream: an error if more were added
-    /// (they would be dropped without a word).
-    fn single(self) -> Result<Self, ProxyError> {
-        match self.more_upstreams.len() {
-            0 => Ok(self),
-            n => Err(ProxyError::invalid_upstream(format!(
-                "{n} more upstream(s) added with `Builder::upstream`: a single proxy would drop them; build with `build_balanced`"
-            ))),
-        }
-    }
-
-    /// The client's address, from the hook or the request's [`ClientInfo`]
-    /// extension.
-    pub(crate) fn client_info(&self, parts: &request::Parts) -> ClientInfo {
-        match &self.client_info {
-            Some(f) => f(parts),
-            None => parts
-                .extensions
-                .get::<ClientInfo>()
-                .copied()
-                .unwrap_or_else(ClientInfo::unknown),
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("rules", &self.rules)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("http2_only", &self.http2_only)
-            .field("pool_max_idle", &self.pool_max_idle)
-            .field("pool_idle_timeout", &self.pool_idle_timeout)
-            .field("tunnel", &self.tunnel)
-            .field("error_handler", &self.error_handler.is_some())
-            .field("rewrite", &self.rewrite.is_some())
-            .field("modify_response", &self.modify_response.is_some())
-            .finish()
-    }
-}
+use super::ReverseProxy;
+use crate::DefaultClient;
+use crate::settings::Config;
 
 /// The default client speaks `http`, and `https` with the `tls` feature.
-fn check_scheme(uri: &http::Uri) -> Result<(), ProxyError> {
+pub(crate) fn check_scheme(uri: &http::Uri) -> Result<(), ProxyError> {
     let scheme = uri.scheme();
     let supported = scheme == Some(&http::uri::Scheme::HTTP)
         || (cfg!(feature = "tls") && scheme == Some(&http::uri::Scheme::HTTPS));
@@ -211,6 +60,11 @@ impl Builder {
         }
     }
 
+    /// The options set, or the first error met setting them.
+    pub(crate) fn into_config(self) -> Result<Config, ProxyError> {
+        self.config
+    }
+
     fn map(mut self, f: impl FnOnce(&mut Config)) -> Self {
         if let Ok(c) = &mut self.config {
             f(c);
@@ -219,7 +73,7 @@ impl Builder {
     }
 
     /// Time allowed to connect to the upstream, TCP and TLS handshakes
-    /// together (default [`DEFAULT_CONNECT_TIMEOUT`]; `None`: no limit).
+    /// together (default [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT); `None`: no limit).
     /// Failing it is a 502, and counts against a balanced upstream's health.
     pub fn connect_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into();
@@ -227,7 +81,7 @@ impl Builder {
     }
 
     /// Time allowed for the upstream's response head, counted from when the
-    /// whole request has been sent (default [`DEFAULT_RESPONSE_TIMEOUT`];
+    /// whole request has been sent (default [`DEFAULT_RESPONSE_TIMEOUT`](crate::DEFAULT_RESPONSE_TIMEOUT);
     /// `None`: no limit). Failing it is a 504. A client that sends its body
     /// slowly does not use it up; an upstream that takes none of a request
     /// body for this long is a 504 too.
@@ -237,7 +91,7 @@ impl Builder {
     }
 
     /// Time allowed between two reads of a response body from the upstream,
-    /// like nginx's `proxy_read_timeout` (default [`DEFAULT_READ_TIMEOUT`];
+    /// like nginx's `proxy_read_timeout` (default [`DEFAULT_READ_TIMEOUT`](crate::DEFAULT_READ_TIMEOUT);
     /// `None`: no limit). Past it, the body ends with an error: the client
     /// sees its response cut (a reset stream, or an HTTP/1.1 connection
     /// closed before the body's end). Streams that are quiet for longer by
@@ -249,7 +103,7 @@ impl Builder {
     }
 
     /// Requests in flight to the upstream at once, at most (default
-    /// [`DEFAULT_UPSTREAM_MAX_CONNECTIONS`]; `None`: no cap), like nginx's
+    /// [`DEFAULT_UPSTREAM_MAX_CONNECTIONS`](crate::DEFAULT_UPSTREAM_MAX_CONNECTIONS); `None`: no cap), like nginx's
     /// `max_conns` or Envoy's circuit breakers. Each request holds one
     /// HTTP/1.1 connection (or, with [`http2_only`](Builder::http2_only),
     /// one stream) from the call until its response body ends; a tunnel
@@ -267,7 +121,7 @@ impl Builder {
     /// How long a request waits for a connection slot under
     /// [`upstream_max_connections`](Builder::upstream_max_connections), or
     /// for a free stream on an HTTP/2 upstream, before it is answered 503
-    /// (default [`DEFAULT_QUEUE_TIMEOUT`]). Applies to the default client
+    /// (default [`DEFAULT_QUEUE_TIMEOUT`](crate::DEFAULT_QUEUE_TIMEOUT)). Applies to the default client
     /// only.
     pub fn queue_timeout(self, timeout: Duration) -> Self {
         self.map(|c| c.queue_timeout = timeout)
@@ -280,7 +134,7 @@ impl Builder {
     }
 
     /// Keep at most `max` idle upstream connections for reuse (default
-    /// [`DEFAULT_POOL_MAX_IDLE`]); a burst of clients leaves no more than this
+    /// [`DEFAULT_POOL_MAX_IDLE`](crate::DEFAULT_POOL_MAX_IDLE)); a burst of clients leaves no more than this
     /// many open once it is over. `0` keeps none: every request opens a new
     /// connection. Applies to the default client only, whose two pools (the
     /// HTTP/1.1 fast path for requests with no body or a small one,
@@ -290,7 +144,7 @@ impl Builder {
     }
 
     /// Close an idle upstream connection after `timeout` (default
-    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]; `None`: keep it until the upstream closes
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::DEFAULT_POOL_IDLE_TIMEOUT); `None`: keep it until the upstream closes
     /// it). Applies to the default client only.
     pub fn pool_idle_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into();
@@ -317,7 +171,7 @@ impl Builder {
     #[cfg(feature = "tls")]
     pub fn upstream_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
         if let Ok(c) = &mut self.config {
-            match crate::connect::tls::ca_from_pem(pem.as_ref()) {
+            match crate::tls::ca_from_pem(pem.as_ref()) {
                 Ok(ca) => c.upstream_ca = Some(Arc::new(ca)),
                 Err(e) => self.config = Err(e),
             }
@@ -439,41 +293,12 @@ impl Builder {
     /// out, response timeout), an upstream is ejected for `base_ejection`,
     /// doubled for each ejection in a row up to [`MAX_EJECTION`](crate::MAX_EJECTION)
     /// (defaults: [`DEFAULT_EJECT_AFTER`](crate::DEFAULT_EJECT_AFTER) and
-    /// [`BASE_EJECTION`](crate::BASE_EJECTION)). `0` failures turns ejection off.
+    /// [`DEFAULT_BASE_EJECTION`](crate::DEFAULT_BASE_EJECTION)). `0` failures turns ejection off.
     pub fn outlier_detection(self, consecutive_failures: u32, base_ejection: Duration) -> Self {
         self.map(|c| {
             c.eject_after = consecutive_failures;
             c.base_ejection = base_ejection;
         })
-    }
-
-    /// Builds a [`BalancedProxy`] over the builder's upstream and those added
-    /// with [`upstream`](Builder::upstream), with the default client for each.
-    pub fn build_balanced(self) -> Result<BalancedProxy, ProxyError> {
-        let mut config = self.config?;
-        let mut uris = vec![config.rules.upstream().clone()];
-        uris.append(&mut config.more_upstreams);
-        for uri in &uris {
-            check_scheme(uri)?;
-            config.rules.for_upstream(uri.clone())?;
-        }
-        Ok(BalancedProxy::new(config, crate::balance::fixed(uris)))
-    }
-
-    /// Builds a [`BalancedProxy`] over the upstream URIs `discover` yields
-    /// (any `tower::discover::Discover` whose services are `Uri`s: a stream of
-    /// `Change::Insert(key, uri)` and `Change::Remove(key)`, from DNS, Consul
-    /// or Kubernetes). The builder's own upstream URI only serves to check the
-    /// options; requests go where `discover` says. A URI that cannot be used
-    /// is logged and skipped.
-    pub fn build_discovered<D>(self, discover: D) -> Result<BalancedProxy, ProxyError>
-    where
-        D: tower::discover::Discover<Service = http::Uri> + Send + 'static,
-        D::Key: std::hash::Hash + Eq + Clone + Send,
-        D::Error: Into<crate::BoxError>,
-    {
-        let config = self.config?;
-        Ok(BalancedProxy::new(config, discover))
     }
 
     /// Builds the proxy over `client`, any tower `Service` that sends a request to

@@ -1,6 +1,17 @@
 //! Several upstreams behind one proxy: power of two choices spreads requests,
 //! failing upstreams are ejected for a while, and a request that could not be
 //! sent at all is retried once on another upstream.
+//!
+//! By concern: this module is the service and the pick; `endpoints` the
+//! list of upstreams (from any `Discover`), each its own `ReverseProxy`;
+//! `health` the passive health of one. It may import the proxy (and its
+//! builder, to add `build_balanced` and `build_discovered` to it), the
+//! settings and the bodies; nothing below imports it.
+
+mod endpoints;
+mod health;
+
+pub use health::{DEFAULT_BASE_EJECTION, DEFAULT_EJECT_AFTER, MAX_EJECTION};
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -8,33 +19,24 @@ use std::convert::Infallible;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
-use tokio::time::Instant;
-use tower::discover::{Change, Discover};
+use proxy_core::ProxyError;
+use tower::discover::Discover;
 use tower_service::Service;
 
 use crate::body::ProxyBody;
-use crate::config::Config;
-use crate::proxy::{ResponseFuture, Unsent, Verdict};
-use crate::{BoxError, RequestBody, ReverseProxy, Tunnels, UpstreamBody};
-
-/// Consecutive failures (connection refused or timed out, response timeout)
-/// after which an upstream is ejected.
-pub const DEFAULT_EJECT_AFTER: u32 = 3;
-/// How long the first ejection lasts; each further one in a row doubles it,
-/// up to [`MAX_EJECTION`].
-pub const BASE_EJECTION: Duration = Duration::from_secs(5);
-/// The longest ejection.
-pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+use crate::proxy::{ResponseFuture, Unsent};
+use crate::settings::Config;
+use crate::{BoxError, RequestBody, Tunnels, UpstreamBody};
+use endpoints::{Endpoint, Endpoints};
 
 /// A reverse proxy over several upstreams. Made by
 /// [`Builder::build_balanced`](crate::Builder::build_balanced) (a fixed list)
@@ -47,7 +49,7 @@ pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 ///   its 101: its tunnel is that upstream's connection.
 /// - Passive health: an upstream whose connections are refused or time out, or
 ///   that lets the response timeout pass, [`DEFAULT_EJECT_AFTER`] times in a
-///   row is ejected for [`BASE_EJECTION`], doubled for each ejection in a row
+///   row is ejected for [`DEFAULT_BASE_EJECTION`], doubled for each ejection in a row
 ///   (up to [`MAX_EJECTION`]; Envoy's outlier detection). When every upstream
 ///   is ejected, the proxy tries them anyway rather than failing everything.
 /// - A request that could not be sent at all (no connection) is retried once
@@ -367,11 +369,11 @@ where
             // Kept only while a retry is possible at all.
             let replay = others.then(|| Replay::of(&req)).flatten();
             let res = first.send(req).await;
-            let Some(Unsent(failed)) = res.extensions().get::<Unsent>().copied() else {
+            if res.extensions().get::<Unsent>().is_none() {
                 return res;
-            };
+            }
             // Not a byte went out: once more, on another upstream.
-            let (Some(replay), Some(other)) = (replay, this.any_other(failed)) else {
+            let (Some(replay), Some(other)) = (replay, this.any_other(Some(first.id))) else {
                 tracing::warn!(
                     status = res.status().as_u16(),
                     "request not sent: its upstream took no connection, and it cannot be sent again (a body, an upgrade, or no other upstream)"
@@ -388,255 +390,35 @@ where
     }
 }
 
-/// Turns the user's stream of upstream URIs into the balancer's endpoints,
-/// and keeps the list of them.
-struct Endpoints<D: Discover> {
-    discover: Pin<Box<D>>,
-    config: Config,
-    ids: HashMap<D::Key, u64>,
-    next_id: u64,
-    known: Arc<Mutex<Vec<Arc<Endpoint>>>>,
-}
-
-// Nothing in it is pinned in place: the discover stream is boxed.
-impl<D: Discover> Unpin for Endpoints<D> {}
-
-impl<D> Stream for Endpoints<D>
-where
-    D: Discover<Service = Uri>,
-    D::Key: Hash + Eq + Clone,
-    D::Error: Into<BoxError>,
-{
-    type Item = Result<(), BoxError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            let change = match this.discover.as_mut().poll_discover(cx) {
-                Poll::Ready(Some(Ok(c))) => c,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            };
-            match change {
-                Change::Insert(key, uri) => {
-                    let config = match this.config.rules.for_upstream(uri.clone()) {
-                        Ok(rules) => Config {
-                            balanced: true,
-                            ..this.config.with_rules(rules)
-                        },
-                        Err(e) => {
-                            tracing::warn!(%uri, error = %e, "upstream ignored");
-                            continue;
-                        }
-                    };
-                    let id = this.next_id;
-                    this.next_id += 1;
-                    if let Some(old) = this.ids.insert(key, id) {
-                        lock(&this.known).retain(|e| e.id != old);
-                    }
-                    let health = Health::new(
-                        config.eject_after,
-                        config.base_ejection,
-                        config.metrics.clone(),
-                    );
-                    let endpoint = Endpoint {
-                        id,
-                        uri,
-                        proxy: ReverseProxy::from_config(config),
-                        health,
-                        in_flight: AtomicUsize::new(0),
-                    };
-                    lock(&this.known).push(Arc::new(endpoint));
-                    return Poll::Ready(Some(Ok(())));
-                }
-                Change::Remove(key) => {
-                    let Some(id) = this.ids.remove(&key) else {
-                        continue;
-                    };
-                    lock(&this.known).retain(|e| e.id != id);
-                    return Poll::Ready(Some(Ok(())));
-                }
-            }
+impl crate::Builder {
+    /// Builds a [`BalancedProxy`] over the builder's upstream and those added
+    /// with [`upstream`](Builder::upstream), with the default client for each.
+    pub fn build_balanced(self) -> Result<BalancedProxy, ProxyError> {
+        let mut config = self.into_config()?;
+        let mut uris = vec![config.rules.upstream().clone()];
+        uris.append(&mut config.more_upstreams);
+        for uri in &uris {
+            crate::proxy::check_scheme(uri)?;
+            config.rules.for_upstream(uri.clone())?;
         }
-    }
-}
-
-/// One upstream: its proxy, its health, its load.
-struct Endpoint {
-    id: u64,
-    uri: Uri,
-    proxy: ReverseProxy,
-    health: Health,
-    /// Requests in flight (until their response heads): the load.
-    in_flight: AtomicUsize,
-}
-
-impl Endpoint {
-    fn load(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        Ok(BalancedProxy::new(config, endpoints::fixed(uris)))
     }
 
-    /// Sends `req` to this upstream whether or not it is ejected, and counts
-    /// the outcome in its health. A response the upstream never got (no
-    /// connection) says which upstream it was, for the retry.
-    async fn send(&self, req: Request<RequestBody>) -> Response<ProxyBody<UpstreamBody>> {
-        let in_flight = InFlight::start(&self.in_flight);
-        let mut proxy = self.proxy.clone();
-        let mut res = match Service::<Request<RequestBody>>::call(&mut proxy, req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-        drop(in_flight);
-        // Only what the proxy observed of the upstream counts: its own
-        // answers (a 504 it sent included) are successes, and failures the
-        // client caused (a slow or broken body) count for nothing.
-        match res.extensions().get::<Verdict>() {
-            None => self.health.success(),
-            Some(Verdict::Failed) => self.health.failure(&self.uri),
-            Some(Verdict::NotJudged) => {}
-        }
-        let unsent = res.extensions().get::<Unsent>().is_some();
-        if unsent {
-            res.extensions_mut().insert(Unsent(Some(self.id)));
-        }
-        res
+    /// Builds a [`BalancedProxy`] over the upstream URIs `discover` yields
+    /// (any `tower::discover::Discover` whose services are `Uri`s: a stream of
+    /// `Change::Insert(key, uri)` and `Change::Remove(key)`, from DNS, Consul
+    /// or Kubernetes). The builder's own upstream URI only serves to check the
+    /// options; requests go where `discover` says. A URI that cannot be used
+    /// is logged and skipped.
+    pub fn build_discovered<D>(self, discover: D) -> Result<BalancedProxy, ProxyError>
+    where
+        D: tower::discover::Discover<Service = http::Uri> + Send + 'static,
+        D::Key: std::hash::Hash + Eq + Clone + Send,
+        D::Error: Into<crate::BoxError>,
+    {
+        let config = self.into_config()?;
+        Ok(BalancedProxy::new(config, discover))
     }
-}
-
-/// One request in flight to an upstream (its load), until its response head.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn start(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        InFlight(count)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Passive health of one upstream (outlier detection).
-struct Health {
-    metrics: Arc<crate::metrics::Upstream>,
-    eject_after: u32,
-    base_ejection: Duration,
-    failures: AtomicU32,
-    /// Ejections in a row (reset by a success), for the growing cool-down.
-    ejections: AtomicU32,
-    /// When the current ejection ends, in nanoseconds after `EPOCH`; 0: none.
-    ejected_until: AtomicU64,
-}
-
-/// The reference point of `Health::ejected_until`.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
-}
-
-impl Health {
-    fn new(
-        eject_after: u32,
-        base_ejection: Duration,
-        metrics: Arc<crate::metrics::Upstream>,
-    ) -> Self {
-        Health {
-            metrics,
-            eject_after,
-            base_ejection,
-            failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-        }
-    }
-
-    fn ejected_until(&self) -> Option<Instant> {
-        match self.ejected_until.load(Ordering::Acquire) {
-            0 => None,
-            n => {
-                let until = epoch() + Duration::from_nanos(n);
-                (until > Instant::now()).then_some(until)
-            }
-        }
-    }
-
-    fn is_ejected(&self) -> bool {
-        self.ejected_until().is_some()
-    }
-
-    /// An active check's verdict: a failure ejects now, a success ends any
-    /// ejection.
-    fn report(&self, healthy: bool, uri: &Uri) {
-        if healthy {
-            if self.is_ejected() {
-                tracing::info!(upstream = %uri, "upstream passed its health check; back in");
-            }
-            self.ejected_until.store(0, Ordering::Release);
-            self.success();
-        } else if !self.is_ejected() {
-            self.eject(uri, "failed its health check");
-        }
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.ejections.store(0, Ordering::Release);
-    }
-
-    fn failure(&self, uri: &Uri) {
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.eject_after == 0 || n < self.eject_after || self.is_ejected() {
-            return;
-        }
-        self.eject(uri, "failed in a row");
-    }
-
-    /// Ejects the upstream unless it is ejected already: of failures that
-    /// reach the bound at the same time, one ejects.
-    fn eject(&self, uri: &Uri, why: &'static str) {
-        let now = Instant::now();
-        let mut current = self.ejected_until.load(Ordering::Acquire);
-        let cool_down = loop {
-            if current != 0 && epoch() + Duration::from_nanos(current) > now {
-                return;
-            }
-            let k = self.ejections.load(Ordering::Acquire);
-            let cool_down = self
-                .base_ejection
-                .saturating_mul(1u32 << k.min(16))
-                .min(MAX_EJECTION);
-            let until = (now + cool_down - epoch()).as_nanos().max(1) as u64;
-            match self.ejected_until.compare_exchange(
-                current,
-                until,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break cool_down,
-                Err(other) => current = other,
-            }
-        };
-        self.ejections.fetch_add(1, Ordering::AcqRel);
-        self.failures.store(0, Ordering::Release);
-        tracing::warn!(upstream = %uri, why, ?cool_down, "upstream ejected");
-        self.metrics.ejection();
-    }
-}
-
-/// Upstream URIs that never change, as a `Discover`.
-pub(crate) fn fixed(
-    uris: Vec<Uri>,
-) -> impl Discover<Service = Uri, Key = usize, Error = Infallible> {
-    futures_util::stream::iter(
-        uris.into_iter()
-            .enumerate()
-            .map(|(i, uri)| Ok::<_, Infallible>(Change::Insert(i, uri))),
-    )
-    .chain(futures_util::stream::pending())
 }
 
 #[cfg(test)]
@@ -666,29 +448,6 @@ mod tests {
         }
         assert_eq!(picked[0], 0, "{picked:?}");
         assert!(picked[1] > 50 && picked[2] > 50, "{picked:?}");
-    }
-
-    /// Failures that reach the bound at the same time eject once: one
-    /// ejection counted, the cool-down not doubled.
-    #[test]
-    fn concurrent_failures_eject_once() {
-        let proxy = three();
-        let known = lock(&proxy.shared.known).clone();
-        let target = known[0].clone();
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                let target = target.clone();
-                s.spawn(move || {
-                    for _ in 0..DEFAULT_EJECT_AFTER {
-                        target.health.failure(&target.uri);
-                    }
-                });
-            }
-        });
-        assert!(target.health.is_ejected());
-        assert_eq!(target.health.ejections.load(Ordering::Acquire), 1);
-        let until = target.health.ejected_until().unwrap();
-        assert!(until <= Instant::now() + BASE_EJECTION, "cool-down doubled");
     }
 
     /// An ejected upstream is left out while others are healthy, and tried

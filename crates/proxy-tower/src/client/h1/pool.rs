@@ -24,7 +24,7 @@ use tower_service::Service as _;
 
 use super::ConnectError;
 use crate::BoxError;
-use crate::connect::{Connector, UpstreamIo};
+use crate::client::connect::{Connector, UpstreamIo};
 
 /// Buffer space reserved before each read.
 const READ_SIZE: usize = 16 * 1024;

@@ -1,0 +1,254 @@
+//! The one task per upgrade: it waits for both connections to be upgraded,
+//! relays bytes between them with half-close (`halfclose_io`), passes a
+//! reset on as a reset, obeys [`Tunnels`](crate::Tunnels)' shutdown and
+//! reset, and reports how the tunnel ended (log line, metrics).
+//!
+//! `io` holds the two ends as the task sees them. May import the settings,
+//! `tunnels`, `origin`, `metrics` and the crate's IO types; never the proxy
+//! that spawns it.
+
+mod io;
+
+use std::task::Poll;
+
+use futures_util::future::Either;
+use halfclose_io::{Side, Tunnel, TunnelError};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use crate::ResetHandle;
+use crate::origin::Origin;
+use crate::settings::Config;
+use crate::tunnels::Closing;
+use io::{H2Stream, TunnelIo};
+
+fn side(s: Side) -> &'static str {
+    match s {
+        Side::A => "client",
+        Side::B => "upstream",
+    }
+}
+
+/// The side whose failure ended a tunnel: the source of a direction whose
+/// read failed, the destination of one whose write or shutdown failed, the
+/// side that never sent its FIN when the half-close timeout ran out; `None`
+/// for the idle timeout (both were silent).
+fn failing_side(e: &TunnelError) -> Option<Side> {
+    let direction = e.direction()?;
+    if e.is_write() {
+        Some(direction.destination())
+    } else if e.is_read() || e.is_half_close_timeout() {
+        Some(direction.source())
+    } else {
+        None
+    }
+}
+
+/// What the client end of a tunnel is.
+pub(crate) enum ClientSide {
+    /// A connection upgraded from HTTP/1.1, and the server's abort handle for
+    /// it, if any.
+    Connection(Option<ResetHandle>),
+    /// An HTTP/2 stream opened by extended CONNECT.
+    H2Stream,
+}
+
+/// What the upstream end of a tunnel is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamSide {
+    /// A connection upgraded from HTTP/1.1.
+    Connection,
+    /// An HTTP/2 stream opened by extended CONNECT.
+    H2Stream,
+}
+
+/// Spawns one task that waits for both connections to be upgraded, then relays
+/// bytes between them with half-close, and reports how it ended.
+pub(crate) fn spawn(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    client_side: ClientSide,
+    upstream_side: UpstreamSide,
+    config: &Config,
+    origin: &Origin,
+) {
+    let span = tracing::info_span!(
+        "tunnel",
+        method = %origin.method,
+        path = origin.uri.path(),
+        request_id = tracing::field::Empty,
+        upstream = %config.rules.upstream(),
+    );
+    if let Some(id) = origin.request_id() {
+        span.record("request_id", id);
+    }
+    let tunnel: Tunnel = config.tunnel;
+    let open = config.tunnels.enter();
+    let tunnels = config.tunnels.clone();
+    // Counted open until the task's future is dropped, however it ends.
+    let gauge = config.metrics.clone().tunnel_opened();
+    tokio::spawn(
+        async move {
+            let _open = open;
+            let _gauge = gauge;
+            let ended = |how, t: Option<&halfclose_io::Transfer>| crate::metrics::Ended {
+                how,
+                client_to_upstream: t.map_or(0, |t| t.a_to_b),
+                upstream_to_client: t.map_or(0, |t| t.b_to_a),
+                first_fin: t.and_then(|t| t.first_eof).map_or("none", side),
+            };
+            let upstream = match upstream.await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream connection could not be upgraded");
+                    crate::metrics::tunnel_closed(ended("error", None));
+                    return;
+                }
+            };
+            let client = match client.await {
+                Ok(io) => io,
+                // The client went away before its 101: its doing, and one a
+                // client can repeat at will (DEBUG, as refusals are).
+                Err(e) => {
+                    tracing::debug!(error = %e, "client connection could not be upgraded");
+                    crate::metrics::tunnel_closed(ended("error", None));
+                    return;
+                }
+            };
+            let (mut a, client_abort) = match client_side {
+                ClientSide::Connection(abort) => (TunnelIo::client(client), abort),
+                ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
+            };
+            let mut b = match upstream_side {
+                UpstreamSide::Connection => TunnelIo::upstream(upstream),
+                UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
+            };
+            // This state is what every idle tunnel holds: keep it small (the
+            // copy is a plain future, not an `async` block around one).
+            // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
+            // side are written first by the generic path.
+            let result = {
+                let copy = match (a.bare_tcp(), b.bare_tcp()) {
+                    (Some(a), Some(b)) => Either::Left(tunnel.copy_tcp(a, b)),
+                    _ => Either::Right(tunnel.copy(&mut a, &mut b)),
+                };
+                let closed = tunnels.closed();
+                let (mut copy, mut closed) = (std::pin::pin!(copy), std::pin::pin!(closed));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = copy.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(r));
+                    }
+                    closed.as_mut().poll(cx).map(Err)
+                })
+                .await
+            };
+            let result = match result {
+                Ok(r) => r,
+                Err(how) => {
+                    close_both(&mut a, &mut b, client_abort.as_ref(), how).await;
+                    tracing::info!(how = ?how, "tunnel closed by the proxy");
+                    crate::metrics::tunnel_closed(ended("closed_by_proxy", None));
+                    return;
+                }
+            };
+            // Pass an abortive close on as one: reset, not FIN.
+            match result.as_ref().err().and_then(TunnelError::reset_side) {
+                Some(Side::A) if b.reset_on_drop() => {
+                    crate::metrics::reset_passed("upstream");
+                }
+                Some(Side::B) if a.reset_on_drop() => {
+                    crate::metrics::reset_passed("client");
+                }
+                Some(Side::B) => {
+                    if let Some(abort) = &client_abort {
+                        abort.abort();
+                        crate::metrics::reset_passed("client");
+                    }
+                }
+                _ => {}
+            }
+            crate::metrics::tunnel_closed(match &result {
+                Ok(t) => ended("clean", Some(t)),
+                Err(e) => ended(
+                    if e.is_idle_timeout() {
+                        "idle_timeout"
+                    } else if e.is_half_close_timeout() {
+                        "half_close_timeout"
+                    } else if e.is_reset() {
+                        "reset"
+                    } else {
+                        "error"
+                    },
+                    Some(e.transfer()),
+                ),
+            });
+            match result {
+                Ok(t) => tracing::info!(
+                    client_to_upstream = t.a_to_b,
+                    upstream_to_client = t.b_to_a,
+                    first_eof = t.first_eof.map(side),
+                    duration_ms = t.duration.as_millis() as u64,
+                    "tunnel closed"
+                ),
+                // Ended by the client (a reset, a write it refused): DEBUG, as
+                // other events a client causes at will; by the upstream or a
+                // timeout: WARN.
+                Err(e) if failing_side(&e) == Some(Side::A) => {
+                    let t = e.transfer();
+                    tracing::debug!(
+                        error = %e,
+                        failed = "client",
+                        client_to_upstream = t.a_to_b,
+                        upstream_to_client = t.b_to_a,
+                        first_eof = t.first_eof.map(side),
+                        duration_ms = t.duration.as_millis() as u64,
+                        "tunnel failed"
+                    );
+                }
+                Err(e) => {
+                    let t = e.transfer();
+                    tracing::warn!(
+                        error = %e,
+                        failed = failing_side(&e).map(side),
+                        client_to_upstream = t.a_to_b,
+                        upstream_to_client = t.b_to_a,
+                        first_eof = t.first_eof.map(side),
+                        duration_ms = t.duration.as_millis() as u64,
+                        "tunnel failed"
+                    );
+                }
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// How long a FIN may take to be written when the proxy closes a tunnel.
+const CLOSE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends both sides of a tunnel the proxy closes (each FIN bounded by
+/// [`CLOSE_WRITE_LIMIT`], for a peer that stopped reading).
+async fn close_both(
+    a: &mut TunnelIo,
+    b: &mut TunnelIo,
+    client_abort: Option<&ResetHandle>,
+    how: Closing,
+) {
+    use tokio::io::AsyncWriteExt;
+    match how {
+        Closing::Shutdown => {
+            for side in [a, b] {
+                let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, side.shutdown()).await;
+            }
+        }
+        Closing::Abort => {
+            if !a.reset_on_drop() {
+                if let Some(abort) = client_abort {
+                    abort.abort();
+                }
+            }
+            b.reset_on_drop();
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! [`Tunnels`]: the count of a proxy's open tunnels, a way to wait until
+//! none is left, and the state every tunnel obeys when the proxy ends them
+//! (a FIN each way, or a reset). A plain shared value at the bottom of the
+//! crate: it imports nothing of it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+/// The tunnels a proxy has open: a count, a way to wait until none is left,
+/// and a way to end those that are (for graceful shutdown: an upgraded
+/// connection is no longer an HTTP connection the server can track). Cheap to
+/// clone; clones share the tunnels.
+///
+/// ```
+/// # async fn run() -> Result<(), proxy_tower::ProxyError> {
+/// use std::time::Duration;
+///
+/// let proxy = proxy_tower::ReverseProxy::new("http://127.0.0.1:3000")?;
+/// let tunnels = proxy.tunnels();
+/// // ... serve `proxy`; on shutdown, stop accepting, then give the tunnels
+/// // a grace period, and end the rest with a FIN each way:
+/// if tokio::time::timeout(Duration::from_secs(10), tunnels.wait_idle()).await.is_err() {
+///     tunnels.shutdown();
+///     tokio::time::timeout(Duration::from_secs(1), tunnels.wait_idle()).await.ok();
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Tunnels {
+    inner: Arc<Count>,
+}
+
+#[derive(Debug, Default)]
+struct Count {
+    active: AtomicUsize,
+    idle: tokio::sync::Notify,
+    /// `NOT_CLOSING`, or a [`Closing`] set by `shutdown` or `abort`; every
+    /// tunnel, open or to come, obeys. It only ever grows.
+    closing: AtomicU8,
+    /// Wakes the open tunnels when `closing` grows.
+    close: tokio::sync::Notify,
+}
+
+const NOT_CLOSING: u8 = 0;
+
+/// How [`Tunnels`] ends the tunnels that are left (ordered: an abort overrides
+/// a shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Closing {
+    /// FIN to both sides.
+    Shutdown = 1,
+    /// Reset both sides where the sockets are reachable.
+    Abort = 2,
+}
+
+impl Tunnels {
+    /// Tunnels open now (including those waiting for both sides to be upgraded).
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Completes when no tunnel is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends every open tunnel, and every tunnel opened from now on, cleanly:
+    /// each side gets a FIN (`close_notify` first over TLS, END_STREAM on an
+    /// HTTP/2 stream), after the bytes already relayed. Returns at once; await
+    /// [`wait_idle`](Tunnels::wait_idle) to know they are gone.
+    pub fn shutdown(&self) {
+        self.close(Closing::Shutdown);
+    }
+
+    /// Ends every open tunnel, and every tunnel opened from now on, at once:
+    /// each side gets a reset (RST) where its socket is reachable, else the
+    /// connection is dropped. Returns at once.
+    pub fn abort(&self) {
+        self.close(Closing::Abort);
+    }
+
+    fn close(&self, how: Closing) {
+        // It only grows: an abort after a shutdown still aborts, a shutdown
+        // after an abort changes nothing.
+        let before = self.inner.closing.fetch_max(how as u8, Ordering::AcqRel);
+        if before < how as u8 {
+            self.inner.close.notify_waiters();
+        }
+    }
+
+    pub(crate) fn closing(&self) -> Option<Closing> {
+        match self.inner.closing.load(Ordering::Acquire) {
+            NOT_CLOSING => None,
+            n if n == Closing::Shutdown as u8 => Some(Closing::Shutdown),
+            _ => Some(Closing::Abort),
+        }
+    }
+
+    /// Completes with the first [`Closing`] seen: one set before or while
+    /// polled.
+    pub(crate) async fn closed(&self) -> Closing {
+        loop {
+            let notified = self.inner.close.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(how) = self.closing() {
+                return how;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn enter(&self) -> Open {
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+}
+
+/// One open tunnel; dropping it updates the count.
+pub(crate) struct Open(Tunnels);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.inner.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.inner.idle.notify_waiters();
+        }
+    }
+}
