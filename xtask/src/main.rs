@@ -228,7 +228,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         "-p",
         "proxy-tower",
         "--lib",
-        "h1::codec::differential",
+        "client::h1::codec::differential",
         "--",
         // The figures (cases compared, refused) are printed by the test.
         "--nocapture",

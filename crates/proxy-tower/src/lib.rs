@@ -122,9 +122,7 @@ mod sent;
 pub mod tls;
 mod tunnels;
 
-pub use balance::{
-    BalancedProxy, DEFAULT_BASE_EJECTION, DEFAULT_EJECT_AFTER, MAX_EJECTION, UpstreamStatus,
-};
+pub use balance::{BalancedProxy, MAX_EJECTION, UpstreamStatus};
 pub use body::{ProxyBody, RequestBody};
 pub use client::{DefaultClient, DefaultClientFuture, UpstreamBody};
 pub use io::ClientIo;
@@ -133,8 +131,8 @@ pub use proxy::{Builder, ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
 pub use reset::{ResetHandle, ResetOnAbort};
 pub use settings::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
-    DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_BASE_EJECTION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EJECT_AFTER, DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_POOL_MAX_IDLE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_UPSTREAM_MAX_CONNECTIONS,
 };
 pub use tunnels::Tunnels;

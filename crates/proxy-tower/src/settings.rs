@@ -31,6 +31,13 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 512;
 /// How long an idle upstream connection is kept (nginx's upstream
 /// `keepalive_timeout` is 60 s).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Consecutive failures of a balanced upstream (connection refused or timed
+/// out, closed before its answer, response timeout) after which it is
+/// ejected.
+pub const DEFAULT_EJECT_AFTER: u32 = 3;
+/// How long the first ejection lasts; each further one in a row doubles it,
+/// up to [`MAX_EJECTION`](crate::MAX_EJECTION).
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
 /// Time allowed to connect to the upstream, TLS handshake included (Envoy's
 /// default is 5 s, Go's `DefaultTransport` 30 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,8 +126,8 @@ impl Config {
             client_info: None,
             tunnels: Tunnels::default(),
             more_upstreams: Vec::new(),
-            eject_after: crate::DEFAULT_EJECT_AFTER,
-            base_ejection: crate::DEFAULT_BASE_EJECTION,
+            eject_after: DEFAULT_EJECT_AFTER,
+            base_ejection: DEFAULT_BASE_EJECTION,
             balanced: false,
             #[cfg(feature = "tls")]
             upstream_ca: None,

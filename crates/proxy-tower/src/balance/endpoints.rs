@@ -19,7 +19,6 @@ use tower::discover::{Change, Discover};
 use tower_service::Service;
 
 use super::health::Health;
-use super::lock;
 use crate::proxy::Verdict;
 use crate::settings::Config;
 use crate::{BoxError, ProxyBody, RequestBody, ReverseProxy, UpstreamBody};
@@ -164,4 +163,10 @@ pub(crate) fn fixed(
             .map(|(i, uri)| Ok::<_, Infallible>(Change::Insert(i, uri))),
     )
     .chain(futures_util::stream::pending())
+}
+
+/// The endpoint list's lock (a poisoned one is still good: no invariant
+/// spans a panic).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -12,12 +12,6 @@ use std::time::Duration;
 use http::Uri;
 use tokio::time::Instant;
 
-/// Consecutive failures (connection refused or timed out, response timeout)
-/// after which an upstream is ejected.
-pub const DEFAULT_EJECT_AFTER: u32 = 3;
-/// How long the first ejection lasts; each further one in a row doubles it,
-/// up to [`MAX_EJECTION`].
-pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(5);
 /// The longest ejection.
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
@@ -131,6 +125,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{DEFAULT_BASE_EJECTION, DEFAULT_EJECT_AFTER};
 
     fn health() -> Health {
         let label = metrics::SharedString::from("http://test/");

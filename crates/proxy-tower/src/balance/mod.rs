@@ -11,7 +11,7 @@
 mod endpoints;
 mod health;
 
-pub use health::{DEFAULT_BASE_EJECTION, DEFAULT_EJECT_AFTER, MAX_EJECTION};
+pub use health::MAX_EJECTION;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ use crate::body::ProxyBody;
 use crate::proxy::{ResponseFuture, Unsent};
 use crate::settings::Config;
 use crate::{BoxError, RequestBody, Tunnels, UpstreamBody};
-use endpoints::{Endpoint, Endpoints};
+use endpoints::{Endpoint, Endpoints, lock};
 
 /// A reverse proxy over several upstreams. Made by
 /// [`Builder::build_balanced`](crate::Builder::build_balanced) (a fixed list)
@@ -48,8 +48,8 @@ use endpoints::{Endpoint, Endpoints};
 ///   flight wins. An upgraded connection stays on the upstream that answered
 ///   its 101: its tunnel is that upstream's connection.
 /// - Passive health: an upstream whose connections are refused or time out, or
-///   that lets the response timeout pass, [`DEFAULT_EJECT_AFTER`] times in a
-///   row is ejected for [`DEFAULT_BASE_EJECTION`], doubled for each ejection in a row
+///   that lets the response timeout pass, [`DEFAULT_EJECT_AFTER`](crate::DEFAULT_EJECT_AFTER) times in a
+///   row is ejected for [`DEFAULT_BASE_EJECTION`](crate::DEFAULT_BASE_EJECTION), doubled for each ejection in a row
 ///   (up to [`MAX_EJECTION`]; Envoy's outlier detection). When every upstream
 ///   is ejected, the proxy tries them anyway rather than failing everything.
 /// - A request that could not be sent at all (no connection) is retried once
@@ -295,10 +295,6 @@ fn random() -> u64 {
         s.set(x);
         x
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn no_upstream(why: &str) -> Response<ProxyBody<UpstreamBody>> {

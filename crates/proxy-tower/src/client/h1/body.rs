@@ -10,8 +10,8 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use super::Error;
 use super::codec::{BodyDecoder, Event};
+use super::error::Error;
 use super::pool::{Conn, Pool};
 use crate::BoxError;
 

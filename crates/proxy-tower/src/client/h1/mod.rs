@@ -23,8 +23,6 @@
 //! the exchange that ties them (write, read the head, retry a stale
 //! connection once).
 
-use std::fmt;
-use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,10 +33,12 @@ use crate::{BoxError, RequestBody};
 
 mod body;
 pub(crate) mod codec;
+mod error;
 mod pool;
 
 pub(crate) use body::Body;
 use codec::{BodyDecoder, ResponseReader};
+pub(crate) use error::{ConnectError, Error};
 use pool::Conn;
 pub(crate) use pool::Pool;
 
@@ -176,59 +176,4 @@ fn is_idempotent(parts: &http::request::Parts) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) || parts.headers.contains_key("idempotency-key")
         || parts.headers.contains_key("x-idempotency-key")
-}
-
-/// Why the fast path failed.
-#[derive(Debug)]
-pub(crate) enum Error {
-    /// Reading or writing the connection failed.
-    Io(&'static str, io::Error),
-    /// The upstream's bytes are not a valid response, or the connection
-    /// ended inside one.
-    Codec(codec::Error),
-}
-
-impl Error {
-    /// The upstream answered, but not with a valid response (as opposed to
-    /// failing: a reset, a connection closed before the answer was whole).
-    pub(crate) fn is_invalid_answer(&self) -> bool {
-        matches!(
-            self,
-            Error::Codec(codec::Error::Invalid(_) | codec::Error::TooLarge(_))
-        )
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io(doing, e) => write!(f, "{doing}: {e}"),
-            Error::Codec(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io(_, e) => Some(e),
-            Error::Codec(_) => None,
-        }
-    }
-}
-
-/// The upstream could not be reached: nothing was sent.
-#[derive(Debug)]
-pub(crate) struct ConnectError(pub(crate) BoxError);
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "connecting to the upstream: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
-    }
 }

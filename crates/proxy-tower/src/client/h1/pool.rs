@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use tower_service::Service as _;
 
-use super::ConnectError;
+use super::error::ConnectError;
 use crate::BoxError;
 use crate::client::connect::{Connector, UpstreamIo};
 

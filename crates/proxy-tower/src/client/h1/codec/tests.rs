@@ -2,6 +2,9 @@
 //! 7, and per reuse rule, on byte slices. The differential test against
 //! hyper's client is in `codec_differential.rs`.
 
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, Method, Version};
+
 use super::*;
 
 /// What a response decodes to, in a form two parsers can be compared on.
