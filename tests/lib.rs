@@ -11,7 +11,7 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_tower::{BoxError, ClientInfo, ResetOnAbort};
+use proxy_tower::{BoxError, ClientInfo, ResettableIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ pub async fn listener() -> (TcpListener, SocketAddr) {
 
 /// Serves a tower service over HTTP/1.1 and h2c with hyper-util (upgrades on),
 /// inserting each connection's [`ClientInfo`] and [`proxy_tower::ResetHandle`]
-/// (the socket is a [`ResetOnAbort`]). Returns the bound address.
+/// (the socket is a [`ResettableIo`]). Returns the bound address.
 pub async fn serve<S, B>(svc: S) -> SocketAddr
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -54,7 +54,7 @@ where
         while let Ok((tcp, peer)) = listener.accept().await {
             let svc = svc.clone();
             tokio::spawn(async move {
-                let (io, abort) = ResetOnAbort::new(tcp);
+                let (io, abort) = ResettableIo::new(tcp);
                 serve_connection(io, peer, Some(abort), svc).await;
             });
         }

@@ -123,8 +123,8 @@ async fn requests_spread_over_the_upstreams() {
         Upstream::start("c").await,
     ];
     let proxy = ReverseProxy::builder(&format!("http://{}", ups[0].addr))
-        .upstream(&format!("http://{}", ups[1].addr))
-        .upstream(&format!("http://{}", ups[2].addr))
+        .add_upstream(&format!("http://{}", ups[1].addr))
+        .add_upstream(&format!("http://{}", ups[2].addr))
         .build_balanced()
         .unwrap();
     let addr = serve(proxy.clone()).await;
@@ -149,7 +149,7 @@ async fn requests_spread_over_the_upstreams() {
 async fn a_dead_upstream_is_ejected_and_comes_back() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let proxy = ReverseProxy::builder(&format!("http://{}", a.addr))
-        .upstream(&format!("http://{}", b.addr))
+        .add_upstream(&format!("http://{}", b.addr))
         .outlier_detection(3, Duration::from_millis(300))
         .build_balanced()
         .unwrap();
@@ -188,7 +188,7 @@ async fn a_dead_upstream_is_ejected_and_comes_back() {
 async fn all_ejected_are_tried_anyway() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let proxy = ReverseProxy::builder(&format!("http://{}", a.addr))
-        .upstream(&format!("http://{}", b.addr))
+        .add_upstream(&format!("http://{}", b.addr))
         .outlier_detection(1, Duration::from_secs(3600))
         .build_balanced()
         .unwrap();
@@ -211,7 +211,7 @@ async fn tunnels_stay_on_their_upstream() {
     let (up1, mut heads1) = raw_upstream().await;
     let (up2, mut heads2) = raw_upstream().await;
     let proxy = ReverseProxy::builder(&format!("http://{up1}"))
-        .upstream(&format!("http://{up2}"))
+        .add_upstream(&format!("http://{up2}"))
         .build_balanced()
         .unwrap();
     let addr = serve(proxy).await;
@@ -272,7 +272,7 @@ async fn active_health_check_ejects_and_restores() {
     })
     .await;
     let proxy = ReverseProxy::builder(&format!("http://{a}"))
-        .upstream(&format!("http://{b}"))
+        .add_upstream(&format!("http://{b}"))
         .build_balanced()
         .unwrap();
     let addr = serve(proxy.clone()).await;
@@ -333,7 +333,7 @@ async fn discovered_upstreams_come_and_go() {
 fn added_upstreams_are_never_dropped() {
     let builder = || {
         ReverseProxy::builder("http://127.0.0.1:1")
-            .upstream("http://127.0.0.1:2")
+            .add_upstream("http://127.0.0.1:2")
             .outlier_detection(1, Duration::from_secs(1))
     };
     let err = builder().build().unwrap_err();
@@ -387,7 +387,7 @@ async fn slow_post(addr: SocketAddr, parts: usize, gap: Duration, chunked: bool)
 async fn a_slow_client_body_ejects_nothing() {
     let (a, b) = (reads_then_answers("a").await, reads_then_answers("b").await);
     let proxy = ReverseProxy::builder(&format!("http://{a}"))
-        .upstream(&format!("http://{b}"))
+        .add_upstream(&format!("http://{b}"))
         .response_timeout(Duration::from_millis(300))
         .outlier_detection(1, Duration::from_secs(3600))
         .build_balanced()
@@ -419,7 +419,7 @@ async fn an_upstream_answering_504_is_not_ejected() {
     .await;
     let ok = Upstream::start("ok").await;
     let proxy = ReverseProxy::builder(&format!("http://{gateway_timeout}"))
-        .upstream(&format!("http://{}", ok.addr))
+        .add_upstream(&format!("http://{}", ok.addr))
         .outlier_detection(1, Duration::from_secs(3600))
         .build_balanced()
         .unwrap();
@@ -453,7 +453,7 @@ async fn upstreams_that_fail_after_the_request_are_ejected() {
         });
         let ok = Upstream::start("ok").await;
         let proxy = ReverseProxy::builder(&format!("http://{dead}"))
-            .upstream(&format!("http://{}", ok.addr))
+            .add_upstream(&format!("http://{}", ok.addr))
             .response_timeout(Duration::from_millis(200))
             .outlier_detection(2, Duration::from_secs(3600))
             .error_handler(|_| Response::new(Bytes::from_static(b"sorry")))

@@ -277,7 +277,7 @@ async fn bytes_behind_the_101_are_not_lost() {
 }
 
 /// And the other way: an upstream's reset reaches the client as a reset, when the
-/// server wraps its sockets in `ResetOnAbort` (the test server does; the binary
+/// server wraps its sockets in `ResettableIo` (the test server does; the binary
 /// serves `ClientIo`, see its own test).
 #[tokio::test]
 async fn upstream_reset_reaches_the_client_as_a_reset() {
@@ -314,7 +314,7 @@ async fn tunnels_shutdown_sends_fin_both_ways() {
     must_read_eof(&mut cli).await;
 }
 
-/// `Tunnels::abort` resets both sides.
+/// `Tunnels::reset` resets both sides.
 #[tokio::test]
 async fn tunnels_abort_resets_both_sides() {
     let (upstream, mut heads) = raw_upstream().await;
@@ -322,7 +322,7 @@ async fn tunnels_abort_resets_both_sides() {
     let tunnels = proxy.tunnels();
     let addr = serve(proxy).await;
     let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
-    tunnels.abort();
+    tunnels.reset();
     for (side, conn) in [("upstream", &mut srv), ("client", &mut cli)] {
         let mut b = [0u8; 8];
         match within("a reset", conn.read(&mut b)).await {

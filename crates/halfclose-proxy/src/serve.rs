@@ -113,7 +113,7 @@ fn build_proxy(
         return b.build().map(Upstreams::One).map_err(|e| e.to_string());
     }
     for u in more {
-        b = b.upstream(u);
+        b = b.add_upstream(u);
     }
     b.build_balanced()
         .map(Upstreams::Many)
@@ -631,7 +631,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             },
             _ = second_signal => {
                 say!("second signal: closing {} tunnel(s) now", open_tunnels());
-                tunnels.iter().for_each(proxy_tower::Tunnels::abort);
+                tunnels.iter().for_each(proxy_tower::Tunnels::reset);
                 let _ = tokio::time::timeout(CLOSE_LIMIT, all_idle()).await;
             }
         }

@@ -1070,7 +1070,7 @@ async fn admin_endpoints_report_what_happened() {
         1.0
     );
     assert_eq!(
-        sample(&scrape, "proxy_resets_passed_total", &[("to", "client")]),
+        sample(&scrape, "proxy_resets_passed_total", &[("side", "client")]),
         1.0
     );
     assert_eq!(
@@ -1092,7 +1092,7 @@ async fn admin_endpoints_report_what_happened() {
     assert_eq!(
         sample(
             &scrape,
-            "proxy_tunnel_first_fin_total",
+            "proxy_tunnel_first_eof_total",
             &[("side", "client")]
         ),
         2.0

@@ -5,15 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderValue;
-use http::header::HeaderName;
 use sha1::{Digest, Sha1};
-
-/// `Sec-WebSocket-Key` (RFC 6455 section 11.3.1).
-pub const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
-/// `Sec-WebSocket-Accept` (RFC 6455 section 11.3.3).
-pub const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
-/// `Sec-WebSocket-Version` (RFC 6455 section 11.3.5).
-pub const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
 /// RFC 6455 section 1.3: the GUID a server appends to the key.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

@@ -44,9 +44,7 @@ mod rules;
 mod target;
 mod upgrade;
 
-pub use connect::{
-    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, websocket_accept, websocket_key,
-};
+pub use connect::{websocket_accept, websocket_key};
 pub use error::ProxyError;
 pub use forwarded::{
     ClientInfo, ForwardedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,

@@ -1,13 +1,12 @@
 //! The whole pipeline, in order, for a request and for its response.
 
-use http::header::{self, HeaderValue};
+use http::header::{
+    self, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+};
 use http::{Method, StatusCode, Uri, request, response};
 
 use crate::ProxyError;
-use crate::connect::{
-    Connect, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, websocket_accept,
-    websocket_key,
-};
+use crate::connect::{Connect, websocket_accept, websocket_key};
 use crate::forwarded::{ClientInfo, ForwardedHeaders};
 use crate::hop::{UPGRADE, has_token, remove_hop_by_hop};
 use crate::target::Target;

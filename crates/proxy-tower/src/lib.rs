@@ -129,7 +129,7 @@ pub use io::ClientIo;
 pub use layer::{ProxyOr, ProxyOrFuture, ReverseProxyLayer};
 pub use proxy::{Builder, ResponseFuture, ReverseProxy};
 pub use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, UpgradePolicy};
-pub use reset::{ResetHandle, ResetOnAbort};
+pub use reset::{ResetHandle, ResettableIo};
 pub use settings::{
     DEFAULT_BASE_EJECTION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EJECT_AFTER, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_POOL_MAX_IDLE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,

@@ -27,8 +27,9 @@ pub const TUNNELS_OPEN: &str = "proxy_tunnels_open";
 pub const TUNNELS_CLOSED: &str = "proxy_tunnels_closed_total";
 /// Bytes relayed by tunnels, by direction.
 pub const TUNNEL_BYTES: &str = "proxy_tunnel_bytes_total";
-/// Which side of a tunnel sent FIN first: `client`, `upstream`, `none`.
-pub const TUNNEL_FIRST_FIN: &str = "proxy_tunnel_first_fin_total";
+/// Which side of a tunnel reached EOF first (sent its FIN): `client`,
+/// `upstream`, `none`.
+pub const TUNNEL_FIRST_EOF: &str = "proxy_tunnel_first_eof_total";
 /// Resets passed on, by the side that got them: `client`, `upstream`.
 pub const RESETS_PASSED: &str = "proxy_resets_passed_total";
 
@@ -63,7 +64,10 @@ pub(crate) fn describe() {
             Unit::Bytes,
             "Bytes relayed by tunnels, by direction."
         );
-        describe_counter!(TUNNEL_FIRST_FIN, "Which side of a tunnel sent FIN first.");
+        describe_counter!(
+            TUNNEL_FIRST_EOF,
+            "Which side of a tunnel reached EOF first (sent its FIN)."
+        );
         describe_counter!(
             RESETS_PASSED,
             "Resets passed on, by the side that got them."
@@ -144,7 +148,7 @@ pub(crate) struct Ended {
     pub(crate) how: &'static str,
     pub(crate) client_to_upstream: u64,
     pub(crate) upstream_to_client: u64,
-    pub(crate) first_fin: &'static str,
+    pub(crate) first_eof: &'static str,
 }
 
 /// How a tunnel ended (the gauge of open tunnels is its [`OpenTunnel`]'s).
@@ -154,9 +158,9 @@ pub(crate) fn tunnel_closed(ended: Ended) {
         .increment(ended.client_to_upstream);
     metrics::counter!(TUNNEL_BYTES, "direction" => "upstream_to_client")
         .increment(ended.upstream_to_client);
-    metrics::counter!(TUNNEL_FIRST_FIN, "side" => ended.first_fin).increment(1);
+    metrics::counter!(TUNNEL_FIRST_EOF, "side" => ended.first_eof).increment(1);
 }
 
-pub(crate) fn reset_passed(to: &'static str) {
-    metrics::counter!(RESETS_PASSED, "to" => to).increment(1);
+pub(crate) fn reset_passed(side: &'static str) {
+    metrics::counter!(RESETS_PASSED, "side" => side).increment(1);
 }

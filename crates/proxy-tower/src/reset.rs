@@ -15,60 +15,60 @@ use tokio::net::TcpStream;
 ///
 /// ```no_run
 /// use hyper_util::rt::TokioIo;
-/// use proxy_tower::ResetOnAbort;
+/// use proxy_tower::ResettableIo;
 ///
 /// # async fn run(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 /// let (tcp, _) = listener.accept().await?;
-/// let (io, abort) = ResetOnAbort::new(tcp);
-/// // serve TokioIo::new(io) with hyper, inserting `abort.clone()` into each
+/// let (io, reset) = ResettableIo::new(tcp);
+/// // serve TokioIo::new(io) with hyper, inserting `reset.clone()` into each
 /// // request's extensions.
-/// # let _ = (TokioIo::new(io), abort); Ok(()) }
+/// # let _ = (TokioIo::new(io), reset); Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct ResetOnAbort {
+pub struct ResettableIo {
     stream: TcpStream,
-    abort: ResetHandle,
+    reset: ResetHandle,
 }
 
-/// Asks a [`ResetOnAbort`] connection to reset when it is dropped. Cheap to clone.
+/// Asks a [`ResettableIo`] connection to reset when it is dropped. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ResetHandle(Arc<AtomicBool>);
 
 impl ResetHandle {
     /// Makes the connection reset (RST) when it is dropped.
-    pub fn abort(&self) {
+    pub fn reset(&self) {
         self.0.store(true, Ordering::Release);
     }
 
-    /// True once [`abort`](ResetHandle::abort) was called.
-    pub fn is_aborted(&self) -> bool {
+    /// True once [`reset`](ResetHandle::reset) was called.
+    pub fn is_reset(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
 
-impl ResetOnAbort {
+impl ResettableIo {
     /// Wraps `stream`; the handle goes into the extensions of its requests.
     pub fn new(stream: TcpStream) -> (Self, ResetHandle) {
-        let abort = ResetHandle::default();
+        let reset = ResetHandle::default();
         (
-            ResetOnAbort {
+            ResettableIo {
                 stream,
-                abort: abort.clone(),
+                reset: reset.clone(),
             },
-            abort,
+            reset,
         )
     }
 }
 
-impl Drop for ResetOnAbort {
+impl Drop for ResettableIo {
     fn drop(&mut self) {
-        if self.abort.is_aborted() {
+        if self.reset.is_reset() {
             let _ = self.stream.set_zero_linger();
         }
     }
 }
 
-impl crate::io::Forward for ResetOnAbort {
+impl crate::io::Forward for ResettableIo {
     fn stream(&mut self) -> &mut dyn crate::io::Stream {
         &mut self.stream
     }
@@ -78,4 +78,4 @@ impl crate::io::Forward for ResetOnAbort {
     }
 }
 
-crate::io::forward_io!(ResetOnAbort);
+crate::io::forward_io!(ResettableIo);

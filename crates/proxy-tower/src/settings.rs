@@ -140,7 +140,7 @@ impl Config {
         match self.more_upstreams.len() {
             0 => Ok(self),
             n => Err(ProxyError::invalid_upstream(format!(
-                "{n} more upstream(s) added with `Builder::upstream`: a single proxy would drop them; build with `build_balanced`"
+                "{n} more upstream(s) added with `Builder::add_upstream`: a single proxy would drop them; build with `build_balanced`"
             ))),
         }
     }

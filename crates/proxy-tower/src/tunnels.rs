@@ -34,7 +34,7 @@ pub struct Tunnels {
 struct Count {
     active: AtomicUsize,
     idle: tokio::sync::Notify,
-    /// `NOT_CLOSING`, or a [`Closing`] set by `shutdown` or `abort`; every
+    /// `NOT_CLOSING`, or a [`Closing`] set by `shutdown` or `reset`; every
     /// tunnel, open or to come, obeys. It only ever grows.
     closing: AtomicU8,
     /// Wakes the open tunnels when `closing` grows.
@@ -43,7 +43,7 @@ struct Count {
 
 const NOT_CLOSING: u8 = 0;
 
-/// How [`Tunnels`] ends the tunnels that are left (ordered: an abort overrides
+/// How [`Tunnels`] ends the tunnels that are left (ordered: a reset overrides
 /// a shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -51,7 +51,7 @@ pub(crate) enum Closing {
     /// FIN to both sides.
     Shutdown = 1,
     /// Reset both sides where the sockets are reachable.
-    Abort = 2,
+    Reset = 2,
 }
 
 impl Tunnels {
@@ -84,13 +84,13 @@ impl Tunnels {
     /// Ends every open tunnel, and every tunnel opened from now on, at once:
     /// each side gets a reset (RST) where its socket is reachable, else the
     /// connection is dropped. Returns at once.
-    pub fn abort(&self) {
-        self.close(Closing::Abort);
+    pub fn reset(&self) {
+        self.close(Closing::Reset);
     }
 
     fn close(&self, how: Closing) {
-        // It only grows: an abort after a shutdown still aborts, a shutdown
-        // after an abort changes nothing.
+        // It only grows: a reset after a shutdown still resets, a shutdown
+        // after a reset changes nothing.
         let before = self.inner.closing.fetch_max(how as u8, Ordering::AcqRel);
         if before < how as u8 {
             self.inner.close.notify_waiters();
@@ -101,7 +101,7 @@ impl Tunnels {
         match self.inner.closing.load(Ordering::Acquire) {
             NOT_CLOSING => None,
             n if n == Closing::Shutdown as u8 => Some(Closing::Shutdown),
-            _ => Some(Closing::Abort),
+            _ => Some(Closing::Reset),
         }
     }
 

@@ -64,8 +64,8 @@ use endpoints::{Endpoint, Endpoints, lock};
 /// use std::time::Duration;
 ///
 /// let proxy = proxy_tower::ReverseProxy::builder("http://10.0.0.1:3000")
-///     .upstream("http://10.0.0.2:3000")
-///     .upstream("http://10.0.0.3:3000")
+///     .add_upstream("http://10.0.0.2:3000")
+///     .add_upstream("http://10.0.0.3:3000")
 ///     .connect_timeout(Duration::from_secs(1))
 ///     .build_balanced()?;
 /// # let _ = proxy; Ok(()) }
@@ -388,7 +388,7 @@ where
 
 impl crate::Builder {
     /// Builds a [`BalancedProxy`] over the builder's upstream and those added
-    /// with [`upstream`](Builder::upstream), with the default client for each.
+    /// with [`add_upstream`](Builder::add_upstream), with the default client for each.
     pub fn build_balanced(self) -> Result<BalancedProxy, ProxyError> {
         let mut config = self.into_config()?;
         let mut uris = vec![config.rules.upstream().clone()];
@@ -423,8 +423,8 @@ mod tests {
 
     fn three() -> BalancedProxy {
         crate::ReverseProxy::builder("http://127.0.0.1:1")
-            .upstream("http://127.0.0.1:2")
-            .upstream("http://127.0.0.1:3")
+            .add_upstream("http://127.0.0.1:2")
+            .add_upstream("http://127.0.0.1:3")
             .build_balanced()
             .unwrap()
     }

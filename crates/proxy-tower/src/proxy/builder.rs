@@ -264,7 +264,7 @@ impl Builder {
     /// Builds the proxy with the [`DefaultClient`]: pooled connections over TCP,
     /// with TLS for `https` upstreams (cargo feature `tls`, on by default).
     ///
-    /// Fails if more upstreams were added with [`upstream`](Builder::upstream):
+    /// Fails if more upstreams were added with [`add_upstream`](Builder::add_upstream):
     /// a single proxy would drop them; [`build_balanced`](Builder::build_balanced)
     /// uses them.
     pub fn build(self) -> Result<ReverseProxy<DefaultClient>, ProxyError> {
@@ -276,7 +276,7 @@ impl Builder {
     /// Adds another upstream, for [`build_balanced`](Builder::build_balanced):
     /// the proxy then spreads requests over the first one and those added. An
     /// invalid URI makes the build fail.
-    pub fn upstream(mut self, upstream: &str) -> Self {
+    pub fn add_upstream(mut self, upstream: &str) -> Self {
         if let Ok(c) = &mut self.config {
             match upstream.parse::<http::Uri>() {
                 Ok(uri) => c.more_upstreams.push(uri),

@@ -83,8 +83,8 @@ where
         Err(e) => return error_response(config, &origin, e),
     };
     // The client connection's upgrade handle (dropping it leaves the client
-    // connection speaking HTTP) and, if the server gave one, its abort handle.
-    let (client_upgrade, client_abort) = if prepared.is_upgrade() {
+    // connection speaking HTTP) and, if the server gave one, its reset handle.
+    let (client_upgrade, client_reset) = if prepared.is_upgrade() {
         (
             parts.extensions.remove::<OnUpgrade>(),
             parts.extensions.get::<crate::ResetHandle>().cloned(),
@@ -223,7 +223,7 @@ where
         }
         let client_side = match protocol {
             Some(_) => tunnel::ClientSide::H2Stream,
-            None => tunnel::ClientSide::Connection(client_abort),
+            None => tunnel::ClientSide::Connection(client_reset),
         };
         let upstream_side = match protocol.is_some() && config.http2_only {
             true => tunnel::UpstreamSide::H2Stream,

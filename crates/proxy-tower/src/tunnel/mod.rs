@@ -47,7 +47,7 @@ fn failing_side(e: &TunnelError) -> Option<Side> {
 
 /// What the client end of a tunnel is.
 pub(crate) enum ClientSide {
-    /// A connection upgraded from HTTP/1.1, and the server's abort handle for
+    /// A connection upgraded from HTTP/1.1, and the server's reset handle for
     /// it, if any.
     Connection(Option<ResetHandle>),
     /// An HTTP/2 stream opened by extended CONNECT.
@@ -96,7 +96,7 @@ pub(crate) fn spawn(
                 how,
                 client_to_upstream: t.map_or(0, |t| t.a_to_b),
                 upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                first_fin: t.and_then(|t| t.first_eof).map_or("none", side),
+                first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
             };
             let upstream = match upstream.await {
                 Ok(io) => io,
@@ -116,8 +116,8 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let (mut a, client_abort) = match client_side {
-                ClientSide::Connection(abort) => (TunnelIo::client(client), abort),
+            let (mut a, client_reset) = match client_side {
+                ClientSide::Connection(reset) => (TunnelIo::client(client), reset),
                 ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
             };
             let mut b = match upstream_side {
@@ -146,7 +146,7 @@ pub(crate) fn spawn(
             let result = match result {
                 Ok(r) => r,
                 Err(how) => {
-                    close_both(&mut a, &mut b, client_abort.as_ref(), how).await;
+                    close_both(&mut a, &mut b, client_reset.as_ref(), how).await;
                     tracing::info!(how = ?how, "tunnel closed by the proxy");
                     crate::metrics::tunnel_closed(ended("closed_by_proxy", None));
                     return;
@@ -161,8 +161,8 @@ pub(crate) fn spawn(
                     crate::metrics::reset_passed("client");
                 }
                 Some(Side::B) => {
-                    if let Some(abort) = &client_abort {
-                        abort.abort();
+                    if let Some(reset) = &client_reset {
+                        reset.reset();
                         crate::metrics::reset_passed("client");
                     }
                 }
@@ -232,7 +232,7 @@ const CLOSE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1)
 async fn close_both(
     a: &mut TunnelIo,
     b: &mut TunnelIo,
-    client_abort: Option<&ResetHandle>,
+    client_reset: Option<&ResetHandle>,
     how: Closing,
 ) {
     use tokio::io::AsyncWriteExt;
@@ -242,10 +242,10 @@ async fn close_both(
                 let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, side.shutdown()).await;
             }
         }
-        Closing::Abort => {
+        Closing::Reset => {
             if !a.reset_on_drop() {
-                if let Some(abort) = client_abort {
-                    abort.abort();
+                if let Some(reset) = client_reset {
+                    reset.reset();
                 }
             }
             b.reset_on_drop();
