@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// One of the two streams given to a tunnel: `a` is the first argument, `b` the second.
+/// A tunnel has two sides and always will: this enum is exhaustive on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The first stream (`a`).
@@ -12,7 +13,8 @@ pub enum Side {
     B,
 }
 
-/// One of the two copy directions of a tunnel.
+/// One of the two copy directions of a tunnel (exhaustive on purpose, as
+/// [`Side`] is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Bytes read from `a` and written to `b`.

@@ -14,8 +14,10 @@ use crate::upgrade::{
     UpgradePolicy, UpgradeRequest, check_policy, check_switch, requested_upgrade,
 };
 
-/// Which `Host` the upstream sees.
+/// Which `Host` the upstream sees. More policies may come (a fixed name, say):
+/// a `match` on it needs a wildcard arm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HostHeader {
     /// The upstream's own authority, from its URI (default; like Go's
     /// `SetURL`).
@@ -120,8 +122,10 @@ fn protocol_token(protocol: &str) -> Result<UpgradeRequest, ProxyError> {
 }
 
 /// What to do with an upstream response, as decided by
-/// [`ProxyRules::prepare_response`].
+/// [`ProxyRules::prepare_response`]. More outcomes may come: a `match` on it
+/// needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// An ordinary HTTP response: forward it; the client connection stays HTTP.
     Forward,

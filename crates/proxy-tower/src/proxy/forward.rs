@@ -241,8 +241,8 @@ where
         modify(&mut parts);
     }
     let body = match outcome {
-        Outcome::Forward => ProxyBody::upstream(body, config.read_timeout),
         Outcome::Tunnel => ProxyBody::empty(),
+        _ => ProxyBody::upstream(body, config.read_timeout),
     };
     Response::from_parts(parts, body)
 }
