@@ -7,7 +7,7 @@ use clap::Args;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::parse_duration;
+use crate::units::parse_duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {

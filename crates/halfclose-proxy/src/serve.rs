@@ -12,7 +12,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use crate::accept::Acceptor;
-use crate::{ServeArgs, admin, conn, demo, fds, stack};
+use crate::cli::ServeArgs;
+use crate::units::nonzero;
+use crate::{admin, conn, demo, fds, stack};
 
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
 /// stop proxying, so errors are ignored (`println!` would panic).
@@ -21,11 +23,6 @@ macro_rules! say {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
-}
-
-/// `0` turns a timer off.
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 fn init_tracing(level: &str) -> Result<(), String> {
