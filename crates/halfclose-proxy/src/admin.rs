@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::accept::Acceptor;
-use crate::serve::Upstreams;
+use crate::upstreams::{Upstreams, tcp_reachable};
 
 /// Admin connections open at once, at most.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -196,7 +196,7 @@ impl Admin {
                 Upstreams::Many(p) if p.is_ready() => return true,
                 Upstreams::Many(_) => {}
                 Upstreams::One(p) => {
-                    return crate::serve::tcp_reachable(p.upstream(), self.connect_timeout)
+                    return tcp_reachable(p.upstream(), self.connect_timeout)
                         .await
                         .is_ok();
                 }

@@ -74,8 +74,9 @@ pub(crate) struct Needs {
     /// Upstreams, each with its own idle pool (1 for the demo upstream).
     pub(crate) upstreams: usize,
     pub(crate) upstream_max_idle: usize,
-    /// `--admin-listen`: up to [`crate::admin::MAX_CONNECTIONS`] more.
-    pub(crate) admin: bool,
+    /// The admin port's connection cap (`--admin-listen`; 0 without it):
+    /// up to that many more.
+    pub(crate) admin_connections: usize,
     /// The built-in demo upstream, whose sockets are in this process too.
     pub(crate) demo: bool,
 }
@@ -83,11 +84,7 @@ pub(crate) struct Needs {
 impl Needs {
     /// Descriptors that do not grow with the client connections.
     fn reserve(&self) -> u64 {
-        let admin = match self.admin {
-            true => crate::admin::MAX_CONNECTIONS as u64,
-            false => 0,
-        };
-        BASE_RESERVE + PER_WORKER * self.workers as u64 + PIPES + admin
+        BASE_RESERVE + PER_WORKER * self.workers as u64 + PIPES + self.admin_connections as u64
     }
 
     fn per_connection(&self) -> u64 {
@@ -132,7 +129,7 @@ mod tests {
         workers: 2,
         upstreams: 1,
         upstream_max_idle: 512,
-        admin: false,
+        admin_connections: 0,
         demo: false,
     };
 
@@ -142,7 +139,10 @@ mod tests {
         assert_eq!(ONE.max_connections(20_000), 9_440);
         assert_eq!(ONE.fds_for(9_440), 20_000);
         // The admin port's 64, more workers, more upstreams each take theirs.
-        let admin = Needs { admin: true, ..ONE };
+        let admin = Needs {
+            admin_connections: 64,
+            ..ONE
+        };
         assert_eq!(admin.max_connections(20_000), 9_408);
         let workers = Needs { workers: 8, ..ONE };
         assert_eq!(workers.max_connections(20_000), 9_392);

@@ -24,6 +24,7 @@ mod stack;
 #[cfg(feature = "tls")]
 mod tls;
 mod units;
+mod upstreams;
 
 use std::process::ExitCode;
 

@@ -25,7 +25,7 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{Instrument, Level};
 
-use crate::serve::Upstreams;
+use crate::upstreams::Upstreams;
 
 /// `X-Request-Id`.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
