@@ -1,4 +1,9 @@
-//! The connection limit the open file limit allows.
+//! The connection limit the open file limit allows: the soft limit raised,
+//! the descriptors planned ([`Needs`]), and `--max-connections` derived or
+//! checked ([`connection_limit`]).
+//!
+//! Imports nothing of the crate (the admin port's cap comes in as a value,
+//! [`Needs::admin_connections`]).
 //!
 //! Every client connection is a file descriptor, and nearly always one more
 //! for its upstream connection (a tunnel holds both for its whole life);
@@ -118,6 +123,42 @@ impl Needs {
             .saturating_mul(per)
             .saturating_add(self.reserve())
             .saturating_add(idle)
+    }
+}
+
+/// `--max-connections`, or the limit the open file limit allows; and what
+/// the figure comes from, for the start-up line. A limit set past what the
+/// open files allow is kept, with one WARN line.
+pub(crate) fn connection_limit(
+    set: Option<usize>,
+    nofile: Option<u64>,
+    needs: Needs,
+) -> (usize, String) {
+    match (set, nofile) {
+        (Some(n), Some(nofile)) => {
+            let allowed = needs.max_connections(nofile);
+            if n > allowed {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = nofile,
+                    fds_needed = needs.fds_for(n),
+                    allowed,
+                    "--max-connections is more than the open file limit allows: past about {allowed} connections, \
+                     accepts and upstream connects fail (EMFILE) instead of the proxy shedding; raise the limit \
+                     (ulimit -n, systemd's LimitNOFILE=) or leave --max-connections out"
+                );
+            }
+            (
+                n.max(1),
+                format!("set by --max-connections; open file limit {nofile}"),
+            )
+        }
+        (Some(n), None) => (n.max(1), "set by --max-connections".to_owned()),
+        (None, Some(nofile)) => (
+            needs.max_connections(nofile),
+            format!("open file limit {nofile}"),
+        ),
+        (None, None) => (FALLBACK_CONNECTIONS, "no open file limit".to_owned()),
     }
 }
 

@@ -10,6 +10,16 @@
 //! and `main` (parse the command line, run `serve` or `probe`, print an error
 //! as one line). No module imports it.
 
+// Before the modules: a macro is in scope in the files declared after it.
+/// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
+/// stop proxying, so errors are ignored (`println!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod accept;
 mod admin;
 mod cli;
@@ -17,9 +27,11 @@ mod conn;
 mod demo;
 mod fds;
 mod head_timer;
+mod listen;
 mod pages;
 mod probe;
 mod serve;
+mod signals;
 mod stack;
 #[cfg(feature = "tls")]
 mod tls;
