@@ -26,7 +26,6 @@ mod cli;
 mod conn;
 mod demo;
 mod fds;
-mod head_timer;
 mod listen;
 mod pages;
 mod probe;
