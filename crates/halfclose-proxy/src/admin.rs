@@ -10,6 +10,10 @@
 //! connection), and waits up to 1 s for a slot, else it is closed: silent
 //! sockets cannot lock a health check out, and a monitor whose idle
 //! keep-alive connection was closed opens another.
+//!
+//! Imports: `accept` and `upstreams` (for `/readyz`). It knows nothing of
+//! the proxied listeners or their connections: `serve` hands it the
+//! connection semaphore and the workers' proxies as values.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! The built-in demo upstream: a page, a body echo, and upgrade endpoints that
 //! make half-close visible.
+//!
+//! Imports: `accept`. It knows nothing of the proxy: it is an upstream like
+//! any other, which `serve` starts when no `--upstream` is given.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

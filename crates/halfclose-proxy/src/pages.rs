@@ -8,6 +8,8 @@
 //! steps and buy nothing measurable (see `docs/benchmarks.md`: the same small
 //! request rate, 5 MiB less RSS at start and about 1 KB less per idle tunnel
 //! at 3000 tunnels). So the proxy turns them off for itself, and only itself.
+//!
+//! Imports nothing of the crate: `main` calls it first.
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`),
 /// for the memory it maps from now on and for what khugepaged would merge.

@@ -1,4 +1,8 @@
 //! `halfclose-proxy probe URL`: does half-close survive the path to URL?
+//!
+//! A client, apart from the proxy: it imports `units` (its durations) and
+//! `tls` (the client config for https:// URLs), and the demo's `fin-first`
+//! size; nothing of the serving side.
 
 use std::process::ExitCode;
 use std::time::Duration;
