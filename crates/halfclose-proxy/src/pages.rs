@@ -15,17 +15,9 @@
 /// for the memory it maps from now on and for what khugepaged would merge.
 /// Elsewhere than Linux, there is nothing to turn off.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn small_pages() -> std::io::Result<()> {
-    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes integers only; it
-    // reads and writes no memory of this process, and only sets a flag on its
-    // memory map. Exercised by the test below.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0), through rustix's safe wrapper.
+    rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
 }
 
 /// Elsewhere than Linux, there is nothing to turn off.
