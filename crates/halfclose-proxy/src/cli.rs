@@ -48,7 +48,8 @@ pub(crate) struct ServeArgs {
     /// requests in flight), an upstream that keeps refusing connections is
     /// ejected for a while, and a request that could not be sent is retried
     /// once on another. Without it, a built-in demo upstream is started on a
-    /// loopback port and used.
+    /// loopback port and used (builds with the `demo` feature, the default;
+    /// other builds refuse to start without it).
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Vec<String>,
 

@@ -3,12 +3,33 @@
 //!
 //! - `halfclose-proxy --listen HOST:PORT --upstream http://HOST:PORT` proxies to
 //!   an upstream.
-//! - Without `--upstream` it also starts a built-in demo upstream and proxies to it.
+//! - Without `--upstream` it also starts a built-in demo upstream and proxies
+//!   to it (feature `demo`, on by default; without it, that is an error).
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 //!
-//! This file is the entry point only: the global allocator, the module list,
-//! and `main` (parse the command line, run `serve` or `probe`, print an error
-//! as one line). No module imports it.
+//! This file is the entry point only: the global allocator, the `say!`
+//! macro, the module list, and `main` (parse the command line, run `serve`
+//! or `probe`, print an error as one line). No module imports it.
+//!
+//! The modules and what each imports of the crate. The arrows point one way:
+//! no module imports one that imports it, directly or through others.
+//!
+//! ```text
+//! main      -> cli, pages, probe, serve         the entry point
+//! cli       -> probe, units                     the clap types
+//! probe     -> echo, tls, units                 the half-close checker (a client)
+//! serve     -> admin, cli, conn, demo, fds,     runs the workers, the admin port,
+//!              listen, signals, stack, tls,     the demo and the shutdown
+//!              units, upstreams
+//! listen    -> accept, conn                     a worker's socket and accept loop
+//! admin     -> accept, upstreams                --admin-listen
+//! stack     -> upstreams                        the request path around the proxy
+//! upstreams -> cli, units                       the proxied service, from the options
+//! signals   -> tls                              SIGINT/SIGTERM, SIGHUP
+//! demo      -> accept, echo                     the demo upstream (feature `demo`)
+//! conn      -> (its own submodules only)        one client connection
+//! accept, echo, fds, pages, tls, units          nothing of the crate
+//! ```
 
 // Before the modules: a macro is in scope in the files declared after it.
 /// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
@@ -24,7 +45,9 @@ mod accept;
 mod admin;
 mod cli;
 mod conn;
+#[cfg(feature = "demo")]
 mod demo;
+mod echo;
 mod fds;
 mod listen;
 mod pages;

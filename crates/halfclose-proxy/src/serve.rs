@@ -19,6 +19,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
+#[cfg(feature = "demo")]
+use crate::demo;
 use crate::fds::connection_limit;
 use crate::listen::{AtLimit, BACKLOG, Shared, accept_loop, bind};
 #[cfg(unix)]
@@ -26,7 +28,7 @@ use crate::signals::reload_on_sighup;
 use crate::signals::shutdown_signal;
 use crate::units::nonzero;
 use crate::upstreams::{Upstreams, build_proxy, check_health, check_upstream};
-use crate::{admin, conn, demo, fds, stack};
+use crate::{admin, conn, fds, stack};
 
 fn init_tracing(level: &str) -> Result<(), String> {
     let filter = match EnvFilter::try_from_default_env() {
@@ -54,6 +56,13 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 /// on one thread: no task wakes another thread for a request. The main thread
 /// runs a small runtime of its own for signals and the demo upstream.
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    // Nothing to proxy to: said before anything starts.
+    #[cfg(not(feature = "demo"))]
+    if args.upstream.is_empty() {
+        return Err(
+            r#"no --upstream given, and this build has no demo upstream (feature "demo")"#.into(),
+        );
+    }
     init_tracing(&args.log_level)?;
     // Every connection and tunnel costs file descriptors.
     let nofile = fds::raise_open_file_limit();
@@ -100,7 +109,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         sockets.push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
     }
 
-    let (upstreams, demo_addr) = match args.upstream.as_slice() {
+    let (upstreams, demo_addr): (_, Option<SocketAddr>) = match args.upstream.as_slice() {
+        #[cfg(feature = "demo")]
         [] => {
             let addr = control
                 .block_on(demo::start())
@@ -253,8 +263,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
         }
         match demo_addr {
+            #[cfg(feature = "demo")]
             Some(demo) => print_demo_help(scheme, local, demo),
-            None => say!("forwarding to {}", upstreams.join(", ")),
+            _ => say!("forwarding to {}", upstreams.join(", ")),
         }
         shutdown.await;
 
@@ -300,6 +311,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "demo")]
 fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
     say!("demo upstream on http://{demo} (no --upstream given)");
     say!("try:");
