@@ -1,8 +1,11 @@
 //! Project chores, in plain Rust: `cargo xtask <command>`.
 //!
-//! - `cargo xtask test`: every check CI runs (format, clippy, tests, doc tests,
-//!   each benchmark once in test mode, API docs without warnings, examples).
-//!   Fails if any fails, and prints a summary.
+//! - `cargo xtask test`: every check CI runs (format, clippy, the binary's
+//!   features, tests, doc tests, each benchmark once in test mode, API docs
+//!   without warnings, examples). Fails if any fails, and prints a summary.
+//! - `cargo xtask features`: the binary's dependency tree without its default
+//!   features has no rustls, ring, mimalloc or tokio-tungstenite, and libc is
+//!   none of its own dependencies (a step of `cargo xtask test`).
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
 //! - `cargo xtask bench e2e [ARGS]`: the end-to-end benchmark: the release
 //!   binary in front of an in-tree backend, against a direct connection and
@@ -30,9 +33,10 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         "soak" => run_bin(true, "soak", rest),
         "fuzz" => fuzz(rest),
+        "features" => lean_binary(),
         "help" | "-h" | "--help" => {
             println!(
-                "usage: cargo xtask <test | bench [criterion args] | bench e2e [args] | soak [args] | fuzz [cases]>"
+                "usage: cargo xtask <test | features | bench [criterion args] | bench e2e [args] | soak [args] | fuzz [cases]>"
             );
             Ok(())
         }
@@ -113,6 +117,32 @@ fn test() -> Result<(), String> {
     ]);
     run("clippy", clippy, &mut steps);
 
+    // The binary's features mean what they say: without its default ones it
+    // builds no TLS, allocator or demo crates, and that build cannot rot.
+    let start = Instant::now();
+    eprintln!("\n==> features: cargo tree -p halfclose-proxy --no-default-features");
+    let ok = match lean_binary() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            false
+        }
+    };
+    steps.push(Step {
+        name: "features",
+        ok,
+        secs: start.elapsed().as_secs_f64(),
+    });
+    let mut lean = cargo();
+    lean.args([
+        "check",
+        "-p",
+        "halfclose-proxy",
+        "--no-default-features",
+        "--locked",
+    ]);
+    run("lean build", lean, &mut steps);
+
     let mut tests = cargo();
     if has_nextest() {
         tests.args([
@@ -181,6 +211,84 @@ fn test() -> Result<(), String> {
     } else {
         Err(format!("failed: {}", failed.join(", ")))
     }
+}
+
+/// Crates the binary must not build without its default features (`tls`,
+/// `mimalloc`, `demo`), anywhere in its dependency tree.
+const NOT_WITHOUT_DEFAULTS: [&str; 4] = ["rustls", "ring", "mimalloc", "tokio-tungstenite"];
+
+/// Crates the binary must not depend on itself, whatever its features
+/// (libc comes in through tokio; the binary's one prctl goes through rustix).
+const NOT_DIRECT: [&str; 1] = ["libc"];
+
+/// Checks the binary's dependency tree: [`NOT_WITHOUT_DEFAULTS`] absent from
+/// it without default features, [`NOT_DIRECT`] absent from its direct
+/// dependencies with all features, on every target.
+fn lean_binary() -> Result<(), String> {
+    let lean = tree(&["--no-default-features"])?;
+    let found = named(&lean, &NOT_WITHOUT_DEFAULTS);
+    if !found.is_empty() {
+        return Err(format!(
+            "halfclose-proxy --no-default-features builds {} (see `cargo tree -p halfclose-proxy \
+             --no-default-features -e normal -i {}`)",
+            found.join(", "),
+            found[0]
+        ));
+    }
+    let direct = tree(&["--all-features", "--target", "all", "--depth", "1"])?;
+    let found = named(&direct, &NOT_DIRECT);
+    if !found.is_empty() {
+        return Err(format!(
+            "halfclose-proxy depends on {} itself",
+            found.join(", ")
+        ));
+    }
+    eprintln!(
+        "none of {} without default features; no {} among its own dependencies",
+        NOT_WITHOUT_DEFAULTS.join(", "),
+        NOT_DIRECT.join(", ")
+    );
+    Ok(())
+}
+
+/// `cargo tree -p halfclose-proxy -e normal --prefix none --locked ARGS`: one
+/// crate a line, its name first (`rustls v0.23.31`).
+fn tree(args: &[&str]) -> Result<String, String> {
+    let mut cmd = cargo();
+    cmd.args([
+        "tree",
+        "-p",
+        "halfclose-proxy",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+        "--locked",
+    ])
+    .args(args);
+    eprintln!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("cargo tree printed non-UTF-8: {e}"))
+}
+
+/// The crates of `names` that start a line of `tree` (as its first word).
+fn named<'a>(tree: &str, names: &[&'a str]) -> Vec<&'a str> {
+    names
+        .iter()
+        .copied()
+        .filter(|name| {
+            tree.lines()
+                .any(|line| line.split_whitespace().next() == Some(*name))
+        })
+        .collect()
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -303,5 +411,19 @@ fn run_bin(release: bool, program: &str, args: &[String]) -> Result<(), String> 
         Ok(())
     } else {
         Err(format!("{program} failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crate_is_named_by_the_first_word_of_a_line() {
+        let tree = "halfclose-proxy v0.1.0 (/src)\nrustls-pki-types v1.12.0\nring v0.17.14\n\
+                    tokio v1.50.0\nmy-libc-wrapper v1.0.0 (libc)\n";
+        assert_eq!(named(tree, &NOT_WITHOUT_DEFAULTS), ["ring"]);
+        assert!(named(tree, &NOT_DIRECT).is_empty());
+        assert_eq!(named("libc v0.2.186\n", &NOT_DIRECT), ["libc"]);
     }
 }

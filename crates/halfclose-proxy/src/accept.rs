@@ -20,6 +20,8 @@
 //! are one burst, not a pair of lines per connection. Failures of the second
 //! kind are a client's doing, logged at DEBUG, and the next accept follows
 //! at once.
+//!
+//! Imports nothing of the crate: `listen`, `admin` and `demo` import it.
 
 use std::io;
 use std::net::SocketAddr;

@@ -10,6 +10,10 @@
 //! connection), and waits up to 1 s for a slot, else it is closed: silent
 //! sockets cannot lock a health check out, and a monitor whose idle
 //! keep-alive connection was closed opens another.
+//!
+//! Imports: `accept` and `upstreams` (for `/readyz`). It knows nothing of
+//! the proxied listeners or their connections: `serve` hands it the
+//! connection semaphore and the workers' proxies as values.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::accept::Acceptor;
-use crate::serve::Upstreams;
+use crate::upstreams::{Upstreams, tcp_reachable};
 
 /// Admin connections open at once, at most.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -196,7 +200,7 @@ impl Admin {
                 Upstreams::Many(p) if p.is_ready() => return true,
                 Upstreams::Many(_) => {}
                 Upstreams::One(p) => {
-                    return crate::serve::tcp_reachable(p.upstream(), self.connect_timeout)
+                    return tcp_reachable(p.upstream(), self.connect_timeout)
                         .await
                         .is_ok();
                 }

@@ -1,5 +1,12 @@
 //! The built-in demo upstream: a page, a body echo, and upgrade endpoints that
 //! make half-close visible.
+//!
+//! Built with the feature `demo` (a default one; the WebSocket echo is what
+//! needs tokio-tungstenite).
+//!
+//! Imports: `accept` and `echo` (the size `probe` checks). It knows nothing
+//! of the proxy: it is an upstream like any other, which `serve` starts when
+//! no `--upstream` is given.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::accept::Acceptor;
+use crate::echo::FIN_FIRST_BYTES;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -89,9 +97,6 @@ fn requested_upgrade(req: &Request<Incoming>) -> Option<String> {
     let up = proxy_core::requested_upgrade(req.headers(), req.version(), req.method())?;
     up.protocols().next().map(str::to_ascii_lowercase)
 }
-
-/// Bytes the demo sends before its FIN in `fin-first` mode.
-pub(crate) const FIN_FIRST_BYTES: usize = 64 * 1024;
 
 /// What `fin-first` connections received after their FIN, by ID; a waiter
 /// for a count not yet in is woken when it comes.

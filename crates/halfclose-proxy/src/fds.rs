@@ -1,4 +1,9 @@
-//! The connection limit the open file limit allows.
+//! The connection limit the open file limit allows: the soft limit raised,
+//! the descriptors planned ([`Needs`]), and `--max-connections` derived or
+//! checked ([`connection_limit`]).
+//!
+//! Imports nothing of the crate (the admin port's cap comes in as a value,
+//! [`Needs::admin_connections`]).
 //!
 //! Every client connection is a file descriptor, and nearly always one more
 //! for its upstream connection (a tunnel holds both for its whole life);
@@ -74,8 +79,9 @@ pub(crate) struct Needs {
     /// Upstreams, each with its own idle pool (1 for the demo upstream).
     pub(crate) upstreams: usize,
     pub(crate) upstream_max_idle: usize,
-    /// `--admin-listen`: up to [`crate::admin::MAX_CONNECTIONS`] more.
-    pub(crate) admin: bool,
+    /// The admin port's connection cap (`--admin-listen`; 0 without it):
+    /// up to that many more.
+    pub(crate) admin_connections: usize,
     /// The built-in demo upstream, whose sockets are in this process too.
     pub(crate) demo: bool,
 }
@@ -83,11 +89,7 @@ pub(crate) struct Needs {
 impl Needs {
     /// Descriptors that do not grow with the client connections.
     fn reserve(&self) -> u64 {
-        let admin = match self.admin {
-            true => crate::admin::MAX_CONNECTIONS as u64,
-            false => 0,
-        };
-        BASE_RESERVE + PER_WORKER * self.workers as u64 + PIPES + admin
+        BASE_RESERVE + PER_WORKER * self.workers as u64 + PIPES + self.admin_connections as u64
     }
 
     fn per_connection(&self) -> u64 {
@@ -124,6 +126,42 @@ impl Needs {
     }
 }
 
+/// `--max-connections`, or the limit the open file limit allows; and what
+/// the figure comes from, for the start-up line. A limit set past what the
+/// open files allow is kept, with one WARN line.
+pub(crate) fn connection_limit(
+    set: Option<usize>,
+    nofile: Option<u64>,
+    needs: Needs,
+) -> (usize, String) {
+    match (set, nofile) {
+        (Some(n), Some(nofile)) => {
+            let allowed = needs.max_connections(nofile);
+            if n > allowed {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = nofile,
+                    fds_needed = needs.fds_for(n),
+                    allowed,
+                    "--max-connections is more than the open file limit allows: past about {allowed} connections, \
+                     accepts and upstream connects fail (EMFILE) instead of the proxy shedding; raise the limit \
+                     (ulimit -n, systemd's LimitNOFILE=) or leave --max-connections out"
+                );
+            }
+            (
+                n.max(1),
+                format!("set by --max-connections; open file limit {nofile}"),
+            )
+        }
+        (Some(n), None) => (n.max(1), "set by --max-connections".to_owned()),
+        (None, Some(nofile)) => (
+            needs.max_connections(nofile),
+            format!("open file limit {nofile}"),
+        ),
+        (None, None) => (FALLBACK_CONNECTIONS, "no open file limit".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +170,7 @@ mod tests {
         workers: 2,
         upstreams: 1,
         upstream_max_idle: 512,
-        admin: false,
+        admin_connections: 0,
         demo: false,
     };
 
@@ -142,7 +180,10 @@ mod tests {
         assert_eq!(ONE.max_connections(20_000), 9_440);
         assert_eq!(ONE.fds_for(9_440), 20_000);
         // The admin port's 64, more workers, more upstreams each take theirs.
-        let admin = Needs { admin: true, ..ONE };
+        let admin = Needs {
+            admin_connections: 64,
+            ..ONE
+        };
         assert_eq!(admin.max_connections(20_000), 9_408);
         let workers = Needs { workers: 8, ..ONE };
         assert_eq!(workers.max_connections(20_000), 9_392);

@@ -8,22 +8,16 @@
 //! steps and buy nothing measurable (see `docs/benchmarks.md`: the same small
 //! request rate, 5 MiB less RSS at start and about 1 KB less per idle tunnel
 //! at 3000 tunnels). So the proxy turns them off for itself, and only itself.
+//!
+//! Imports nothing of the crate: `main` calls it first.
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`),
 /// for the memory it maps from now on and for what khugepaged would merge.
 /// Elsewhere than Linux, there is nothing to turn off.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn small_pages() -> std::io::Result<()> {
-    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes integers only; it
-    // reads and writes no memory of this process, and only sets a flag on its
-    // memory map. Exercised by the test below.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0), through rustix's safe wrapper.
+    rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
 }
 
 /// Elsewhere than Linux, there is nothing to turn off.

@@ -1,4 +1,9 @@
 //! `halfclose-proxy probe URL`: does half-close survive the path to URL?
+//!
+//! A client, apart from the proxy: it imports `units` (its durations), `tls`
+//! (the client config for https:// URLs) and `echo` (what a demo upstream
+//! answers); nothing of the serving side, nor the demo itself (it builds
+//! without the feature `demo`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,7 +12,8 @@ use clap::Args;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::parse_duration;
+use crate::echo::FIN_FIRST_BYTES;
+use crate::units::parse_duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
@@ -443,7 +449,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<ExitCode, String> {
             check,
             format!(
                 "got {} KiB and the server's FIN, then sent {} bytes and FIN; all of them arrived",
-                crate::demo::FIN_FIRST_BYTES / 1024,
+                FIN_FIRST_BYTES / 1024,
                 args.bytes
             ),
         ),
@@ -475,12 +481,12 @@ async fn server_fin_first(
     let (mut rd, mut wr) = tokio::io::split(conn);
     let mut first = Vec::new();
     match tokio::time::timeout(limit, rd.read_to_end(&mut first)).await {
-        Ok(Ok(_)) if first.len() == crate::demo::FIN_FIRST_BYTES => {}
+        Ok(Ok(_)) if first.len() == FIN_FIRST_BYTES => {}
         Ok(Ok(_)) => {
             return Err(format!(
                 "got {} bytes before the server's FIN, expected {} (is the upstream a halfclose-proxy demo?)",
                 first.len(),
-                crate::demo::FIN_FIRST_BYTES
+                FIN_FIRST_BYTES
             ));
         }
         Ok(Err(e)) => return Err(format!("reading the server's data: {e}")),

@@ -1,32 +1,34 @@
-//! The proxy server: listener, connection limit, graceful shutdown.
+//! `halfclose-proxy [OPTIONS]`: runs the proxy, and owns the order of
+//! things: logging, the file-descriptor plan and the connection limit, every
+//! listener bound before anything starts, the demo upstream, one worker
+//! thread per `--workers` (a single-threaded runtime with its own proxy and
+//! accept loop), the admin port, the lines on stdout, and the graceful
+//! shutdown (stop accepting, wait for connections and tunnels within
+//! `--shutdown-grace`, then close what is left).
+//!
+//! Imports: `cli`, `units`, `fds`, `listen`, `conn`, `stack`, `upstreams`,
+//! `admin`, `demo`, `signals`, `tls`. It is the top of the serving side:
+//! only `main` imports it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use proxy_tower::{BalancedProxy, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
-use crate::accept::Acceptor;
-use crate::{ServeArgs, admin, conn, demo, fds, stack};
-
-/// Prints a line on stdout; a closed stdout (`| head -1`) is not a reason to
-/// stop proxying, so errors are ignored (`println!` would panic).
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// `0` turns a timer off.
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
-}
+use crate::cli::ServeArgs;
+#[cfg(feature = "demo")]
+use crate::demo;
+use crate::fds::connection_limit;
+use crate::listen::{AtLimit, BACKLOG, Shared, accept_loop, bind};
+#[cfg(unix)]
+use crate::signals::reload_on_sighup;
+use crate::signals::shutdown_signal;
+use crate::units::nonzero;
+use crate::upstreams::{Upstreams, build_proxy, check_health, check_upstream};
+use crate::{admin, conn, fds, stack};
 
 fn init_tracing(level: &str) -> Result<(), String> {
     let filter = match EnvFilter::try_from_default_env() {
@@ -44,350 +46,8 @@ fn init_tracing(level: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot set up logging: {e}"))
 }
 
-fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
-    match allowed {
-        [] => UpgradePolicy::default(),
-        [one] if one == "*" => UpgradePolicy::allow_all(),
-        [one] if one.eq_ignore_ascii_case("none") => UpgradePolicy::deny_all(),
-        list => UpgradePolicy::only(list),
-    }
-}
-
-/// The proxy of one of `workers` workers, over `upstreams` (one, or several
-/// balanced); `upstream_ca` is the PEM of `--upstream-ca`.
-fn build_proxy(
-    args: &ServeArgs,
-    upstreams: &[String],
-    upstream_ca: Option<&[u8]>,
-    workers: usize,
-    upstream_max_connections: usize,
-) -> Result<Upstreams, String> {
-    let (first, more) = upstreams.split_first().ok_or("no upstream")?;
-    let forwarded = ForwardedHeaders::default()
-        .forwarded(args.forwarded)
-        .trust_incoming(args.trust_forwarded);
-    let forwarded = match &args.via {
-        Some(name) => forwarded.via(name),
-        None => forwarded,
-    };
-    let mut b = ReverseProxy::builder(first)
-        .connect_timeout(args.connect_timeout)
-        .host_header(if args.preserve_host {
-            HostHeader::Preserve
-        } else {
-            HostHeader::Upstream
-        })
-        .forwarded_headers(forwarded)
-        // Each worker has its own pool: the bound is shared out among them (at
-        // least one each, unless it is 0).
-        .pool_max_idle(match args.upstream_max_idle {
-            0 => 0,
-            n => (n / workers).max(1),
-        })
-        .pool_idle_timeout(nonzero(args.upstream_idle_timeout))
-        .upgrade_policy(upgrade_policy(&args.allow_upgrade));
-    b = b
-        .response_timeout(nonzero(args.response_timeout))
-        .read_timeout(nonzero(args.read_timeout))
-        // Shared out among the workers' proxies, at least one each.
-        .upstream_max_connections(
-            (upstream_max_connections > 0).then(|| (upstream_max_connections / workers).max(1)),
-        )
-        .queue_timeout(args.upstream_queue_timeout);
-    if let Some(d) = nonzero(args.tunnel_idle_timeout) {
-        b = b.tunnel_idle_timeout(d);
-    }
-    if let Some(d) = nonzero(args.tunnel_half_close_timeout) {
-        b = b.tunnel_half_close_timeout(d);
-    }
-    if args.http2_upstream {
-        b = b.http2_only();
-    }
-    #[cfg(feature = "tls")]
-    if let Some(pem) = upstream_ca {
-        b = b.upstream_ca_pem(pem);
-    }
-    #[cfg(not(feature = "tls"))]
-    let _ = upstream_ca;
-    if more.is_empty() {
-        return b.build().map(Upstreams::One).map_err(|e| e.to_string());
-    }
-    for u in more {
-        b = b.add_upstream(u);
-    }
-    b.build_balanced()
-        .map(Upstreams::Many)
-        .map_err(|e| e.to_string())
-}
-
-/// The proxy a worker serves: to one upstream, or balanced over several.
-#[derive(Clone)]
-pub(crate) enum Upstreams {
-    One(ReverseProxy),
-    Many(BalancedProxy),
-}
-
-impl Upstreams {
-    fn tunnels(&self) -> proxy_tower::Tunnels {
-        match self {
-            Upstreams::One(p) => p.tunnels(),
-            Upstreams::Many(p) => p.tunnels(),
-        }
-    }
-}
-
-impl<B> tower::Service<http::Request<B>> for Upstreams
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<proxy_tower::BoxError>,
-{
-    type Response = http::Response<proxy_tower::ProxyBody<proxy_tower::UpstreamBody>>;
-    type Error = std::convert::Infallible;
-    type Future = proxy_tower::ResponseFuture<proxy_tower::UpstreamBody>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match self {
-            Upstreams::One(p) => p.call(req),
-            Upstreams::Many(p) => p.call(req),
-        }
-    }
-}
-
-/// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`
-/// (Go asks for somaxconn itself; tokio's `bind` asks for 1024, which a burst
-/// of clients overflows).
-const BACKLOG: u32 = 4096;
-
-/// A socket bound to `addr`, ready to listen; with `share`, other sockets may
-/// bind the same address (`SO_REUSEPORT`) and the kernel spreads connections.
-fn bind(addr: SocketAddr, share: bool) -> std::io::Result<tokio::net::TcpSocket> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    if share {
-        socket.set_reuseport(true)?;
-    }
-    #[cfg(not(unix))]
-    let _ = share;
-    socket.bind(addr)?;
-    Ok(socket)
-}
-
-/// `--max-connections`, or the limit the open file limit allows; and what
-/// the figure comes from, for the start-up line. A limit set past what the
-/// open files allow is kept, with one WARN line.
-fn connection_limit(set: Option<usize>, nofile: Option<u64>, needs: fds::Needs) -> (usize, String) {
-    match (set, nofile) {
-        (Some(n), Some(nofile)) => {
-            let allowed = needs.max_connections(nofile);
-            if n > allowed {
-                tracing::warn!(
-                    max_connections = n,
-                    open_file_limit = nofile,
-                    fds_needed = needs.fds_for(n),
-                    allowed,
-                    "--max-connections is more than the open file limit allows: past about {allowed} connections, \
-                     accepts and upstream connects fail (EMFILE) instead of the proxy shedding; raise the limit \
-                     (ulimit -n, systemd's LimitNOFILE=) or leave --max-connections out"
-                );
-            }
-            (
-                n.max(1),
-                format!("set by --max-connections; open file limit {nofile}"),
-            )
-        }
-        (Some(n), None) => (n.max(1), "set by --max-connections".to_owned()),
-        (None, Some(nofile)) => (
-            needs.max_connections(nofile),
-            format!("open file limit {nofile}"),
-        ),
-        (None, None) => (fds::FALLBACK_CONNECTIONS, "no open file limit".to_owned()),
-    }
-}
-
-/// Says once, at start, whether the upstream answers: a WARN line when it does
-/// not. The proxy serves either way (502 until the upstream is up), since
-/// orchestrators start the proxy and its upstream in any order.
-fn check_upstream(upstream: http::Uri, limit: Duration) {
-    tokio::spawn(async move {
-        if let Err(problem) = tcp_reachable(&upstream, limit).await {
-            tracing::warn!(
-                %upstream,
-                error = %problem,
-                "upstream not reachable yet; answering 502 until it is"
-            );
-        }
-    });
-}
-
-/// Whether `upstream` takes a TCP connection within `limit` (the start-up
-/// check and `/readyz`).
-pub(crate) async fn tcp_reachable(upstream: &http::Uri, limit: Duration) -> Result<(), String> {
-    let host = upstream.host().unwrap_or_default().trim_matches(['[', ']']);
-    let default_port = match upstream.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        true => 443,
-        false => 80,
-    };
-    let port = upstream.port_u16().unwrap_or(default_port);
-    match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no connection within {limit:?}")),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM (Ctrl-C off Unix) received after this call.
-/// The listeners are registered here, not at the first poll: a signal that
-/// arrives before the future is polled is not lost.
-#[cfg(unix)]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    async move {
-        let term = async {
-            match term.as_mut() {
-                Some(s) => drop(s.recv().await),
-                None => std::future::pending().await,
-            }
-        };
-        let int = async {
-            match int.as_mut() {
-                Some(s) => drop(s.recv().await),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = term => {}
-            _ = int => {}
-        }
-    }
-}
-
-/// Resolves on Ctrl-C (Ctrl-Break and console close off Unix are not waited
-/// for: `ctrl_c` is tokio's portable signal).
-#[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await
-        }
-    }
-}
-
-/// On SIGHUP, loads the TLS certificate again (a no-op without one). The
-/// listener is registered before the call returns, so that SIGHUP never takes
-/// its default action (ending the process) once we said we are up.
-#[cfg(unix)]
-fn reload_on_sighup(#[cfg(feature = "tls")] cert: Option<Arc<crate::tls::Certificate>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            #[cfg(feature = "tls")]
-            if let Some(cert) = &cert {
-                match cert.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded");
-                        say!(
-                            "reloaded TLS certificate from {}",
-                            cert.cert_path().display()
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SIGHUP: keeping the certificate in use");
-                        say!("TLS certificate not reloaded, keeping the one in use: {e}");
-                    }
-                }
-                continue;
-            }
-            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
-        }
-    });
-}
-
-/// Whether clients wait for a slot at the connection limit, shared by the
-/// workers, so that the limit is said once per stretch at it: a stretch
-/// ends when clients have found a free slot for a second since the last one
-/// waited (at the edge of the limit, clients that find a slot and clients
-/// that wait come by turns: one stretch, not a line per client). One atomic
-/// load per accept outside a stretch.
-#[derive(Clone)]
-struct AtLimit {
-    start: tokio::time::Instant,
-    /// When a client last waited, in ms after `start` plus one; 0 outside a
-    /// stretch.
-    last_wait: Arc<AtomicU64>,
-}
-
-impl AtLimit {
-    const QUIET_MS: u64 = 1_000;
-
-    fn new() -> Self {
-        AtLimit {
-            start: tokio::time::Instant::now(),
-            last_wait: Arc::default(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64 + 1
-    }
-
-    /// A client waits for a slot: true when that starts a stretch.
-    fn waited(&self) -> bool {
-        self.waited_at(self.now())
-    }
-
-    fn waited_at(&self, now: u64) -> bool {
-        self.last_wait.swap(now, Ordering::Relaxed) == 0
-    }
-
-    /// A client found a free slot: true when that ends a stretch.
-    fn found_slot(&self) -> bool {
-        self.last_wait.load(Ordering::Relaxed) != 0 && self.found_slot_at(self.now())
-    }
-
-    fn found_slot_at(&self, now: u64) -> bool {
-        let last = self.last_wait.load(Ordering::Relaxed);
-        last != 0
-            && now.saturating_sub(last) >= Self::QUIET_MS
-            && self
-                .last_wait
-                .compare_exchange(last, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
 /// How long tunnels get to close once told to, before the process exits.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
-
-/// What every worker shares.
-#[derive(Clone)]
-struct Shared {
-    settings: Arc<conn::Settings>,
-    signals: conn::Signals,
-    limit: Arc<Semaphore>,
-    /// The permits of `limit`.
-    max_connections: usize,
-    /// Whether clients wait for a slot, said once per stretch at the limit.
-    at_limit: AtLimit,
-    /// Held by each worker while its listener is open.
-    listening: mpsc::Sender<()>,
-}
 
 /// The proxy runs one single-threaded tokio runtime per worker thread, each
 /// with its own listener on the same port (`SO_REUSEPORT`: the kernel spreads
@@ -396,6 +56,13 @@ struct Shared {
 /// on one thread: no task wakes another thread for a request. The main thread
 /// runs a small runtime of its own for signals and the demo upstream.
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    // Nothing to proxy to: said before anything starts.
+    #[cfg(not(feature = "demo"))]
+    if args.upstream.is_empty() {
+        return Err(
+            r#"no --upstream given, and this build has no demo upstream (feature "demo")"#.into(),
+        );
+    }
     init_tracing(&args.log_level)?;
     // Every connection and tunnel costs file descriptors.
     let nofile = fds::raise_open_file_limit();
@@ -417,7 +84,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         workers,
         upstreams: args.upstream.len().max(1),
         upstream_max_idle: args.upstream_max_idle,
-        admin: args.admin_listen.is_some(),
+        admin_connections: match args.admin_listen {
+            Some(_) => admin::MAX_CONNECTIONS,
+            None => 0,
+        },
         demo: args.upstream.is_empty(),
     };
     let (max_connections, why) = connection_limit(args.max_connections, nofile, needs);
@@ -439,7 +109,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         sockets.push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
     }
 
-    let (upstreams, demo_addr) = match args.upstream.as_slice() {
+    let (upstreams, demo_addr): (_, Option<SocketAddr>) = match args.upstream.as_slice() {
+        #[cfg(feature = "demo")]
         [] => {
             let addr = control
                 .block_on(demo::start())
@@ -592,8 +263,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
         }
         match demo_addr {
+            #[cfg(feature = "demo")]
             Some(demo) => print_demo_help(scheme, local, demo),
-            None => say!("forwarding to {}", upstreams.join(", ")),
+            _ => say!("forwarding to {}", upstreams.join(", ")),
         }
         shutdown.await;
 
@@ -639,84 +311,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--health-check`: checks every upstream of this worker's balancer, every
-/// `interval` (each worker checks its own, on its own thread and pools).
-async fn check_health(proxy: BalancedProxy, path: String, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        proxy.check_health(&path, interval).await;
-    }
-}
-
-/// Accepts connections on one worker's listener until shutdown.
-async fn accept_loop<S, B>(listener: TcpListener, proxy: S, shared: Shared)
-where
-    S: conn::RequestService<B>,
-    B: http_body::Body<Data = bytes::Bytes, Error: Into<proxy_tower::BoxError>> + Send + 'static,
-{
-    let Shared {
-        settings,
-        signals,
-        limit,
-        max_connections,
-        at_limit,
-        listening,
-    } = shared;
-    let mut stop = signals.shutdown.clone();
-    let mut shutdown = std::pin::pin!(conn::shutting_down(&mut stop));
-    // Out of file descriptors and the like: back off, one line per burst.
-    let mut listener = Acceptor::new(listener, "proxy");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut shutdown => break,
-        };
-        // A client is waiting: take a slot, or make idle connections give theirs
-        // up and wait for one.
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => {
-                if at_limit.found_slot() {
-                    tracing::info!(max_connections, "below the connection limit again");
-                }
-                p
-            }
-            Err(_) => {
-                if at_limit.waited() {
-                    tracing::warn!(
-                        max_connections,
-                        "connection limit reached: idle connections close to make room, \
-                         new clients wait for a slot (said once until clients have found \
-                         free slots for a second)"
-                    );
-                }
-                signals.pressure.raise();
-                let p = tokio::select! {
-                    p = limit.clone().acquire_owned() => p,
-                    _ = &mut shutdown => break,
-                };
-                signals.pressure.lower();
-                match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                }
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(conn::serve(
-            tcp,
-            peer,
-            permit,
-            proxy.clone(),
-            settings.clone(),
-            signals.clone(),
-        ));
-    }
-    drop(listener);
-    drop(listening);
-}
-
+#[cfg(feature = "demo")]
 fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
     say!("demo upstream on http://{demo} (no --upstream given)");
     say!("try:");
@@ -730,27 +325,5 @@ fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
             "  cargo run --release -p halfclose-proxy -- probe https://HOST:{}/echo --ca CA.pem",
             local.port()
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Waiting clients and clients that find a slot by turns are one
-    /// stretch at the limit; a second of free slots ends it.
-    #[test]
-    fn the_limit_is_said_once_per_stretch() {
-        let at = AtLimit::new();
-        assert!(!at.found_slot_at(5));
-        assert!(at.waited_at(10), "a stretch starts");
-        for ms in (11..900).step_by(2) {
-            assert!(!at.found_slot_at(ms));
-            assert!(!at.waited_at(ms + 1));
-        }
-        assert!(!at.found_slot_at(1_800));
-        assert!(at.found_slot_at(1_901), "a second of free slots ends it");
-        assert!(!at.found_slot_at(1_902));
-        assert!(at.waited_at(2_000), "the next stretch is said again");
     }
 }

@@ -7,6 +7,9 @@
 //! and did its own header lookups, and together they cost 1.8 us of the
 //! 14 us of CPU a small proxied request took (`docs/benchmarks.md`). Here a
 //! feature that is off (no DEBUG, no body limit) costs nothing.
+//!
+//! Imports: `upstreams` (the service it wraps). It knows nothing of
+//! connections or listeners: `serve` builds it per worker.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +28,7 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{Instrument, Level};
 
-use crate::serve::Upstreams;
+use crate::upstreams::Upstreams;
 
 /// `X-Request-Id`.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -1,6 +1,10 @@
 //! The HTTPS listener: its certificate, loaded from PEM files at start and
 //! loaded again on SIGHUP, and the acceptor that offers HTTP/2 and HTTP/1.1 by
-//! ALPN.
+//! ALPN; and the client config of `probe` for https:// URLs.
+//!
+//! Imports nothing of the crate: `serve` and `signals` (the certificate)
+//! and `probe` (the client config) import it; `conn` gets the acceptor as a
+//! value.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

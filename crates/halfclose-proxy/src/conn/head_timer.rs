@@ -22,8 +22,11 @@
 //!   was awaited: a head that started arriving has to be complete between one
 //!   and two timeouts after hyper began to wait for it. A wait with no byte
 //!   goes on: the idle timeout closes that connection, and the first
-//!   request's deadline (`conn.rs`, from accept) still bounds a connection
+//!   request's deadline (`watch.rs`, from accept) still bounds a connection
 //!   that never sends a whole head.
+//!
+//! Imports nothing of the crate (the read count comes in as an
+//! `Arc<AtomicU64>`): `server` imports it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,160 @@
+//! Opening a connection, within the first-request deadline (the
+//! header-read timeout from accept): with `--tls-cert`, the TLS handshake,
+//! then the protocol ALPN chose; without, the first bytes read here (HTTP/1:
+//! one byte that cannot start the HTTP/2 preface; HTTP/2: the preface and
+//! the first SETTINGS frame). The socket becomes a `proxy_tower::ClientIo`
+//! holding the connection's permit, the bytes read, and the read count the
+//! header-read timer needs; then `server` serves it.
+//!
+//! Imports: `shared` and `server`. It knows nothing of what happens once
+//! the protocol is known.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use hyper_util::rt::TokioIo;
+use proxy_tower::{BoxError, ClientIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
+
+use super::server::Conn;
+use super::shared::{Protocol, RequestService, Settings, Signals, shutting_down};
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Frame header length and the SETTINGS frame type (RFC 9113 sections 4.1, 6.5).
+const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+/// The largest first SETTINGS frame we wait for (the default max frame size);
+/// a larger one is handed to hyper, which refuses it.
+const MAX_SETTINGS: usize = 16_384;
+
+/// Reads the connection's first bytes: one byte that cannot start the HTTP/2
+/// preface means HTTP/1; the whole preface and the first frame header and
+/// payload (which must be SETTINGS) mean HTTP/2. `None` at EOF.
+async fn sniff(tcp: &mut TcpStream) -> std::io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        let n = buf.len().min(PREFACE.len());
+        if buf[..n] != PREFACE[..n] {
+            return Ok(Some((Protocol::Http1, buf.freeze())));
+        }
+        if buf.len() < PREFACE.len() + FRAME_HEADER {
+            continue;
+        }
+        let frame = &buf[PREFACE.len()..];
+        let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+        // Not SETTINGS, or too large to wait for: hyper answers with GOAWAY.
+        if frame[3] != SETTINGS
+            || len > MAX_SETTINGS
+            || buf.len() >= PREFACE.len() + FRAME_HEADER + len
+        {
+            return Ok(Some((Protocol::Http2, buf.freeze())));
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve<S, B>(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    proxy: S,
+    settings: Arc<Settings>,
+    signals: Signals,
+) where
+    S: RequestService<B>,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    let first_head_by = Instant::now() + settings.header_read_timeout;
+    let mut shutdown = signals.shutdown.clone();
+    // The client's reads that returned bytes, for the header-read timer.
+    let reads = Arc::new(AtomicU64::new(0));
+    let conn = |tls, protocol| Conn {
+        peer,
+        tls,
+        protocol,
+        first_head_by,
+        reads: reads.clone(),
+        proxy,
+        settings: &settings,
+        signals,
+    };
+    let mut opening = Opening {
+        peer,
+        by: first_head_by,
+        limit: settings.header_read_timeout,
+        shutdown: &mut shutdown,
+    };
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &settings.tls {
+        // The handshake counts against the header-read timeout: a stalled one
+        // holds its slot no longer than a silent plain socket.
+        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit).count_reads(reads.clone()));
+        let Some(tls) = opening.step(handshake, "TLS handshake").await else {
+            return;
+        };
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        return conn(true, protocol).run(TokioIo::new(tls)).await;
+    }
+    let Some(Some((protocol, prefix))) = opening.step(sniff(&mut tcp), "first request").await
+    else {
+        return;
+    };
+    let io = TokioIo::new(
+        ClientIo::new(tcp)
+            .with_prefix(prefix)
+            .hold(permit)
+            .count_reads(reads.clone()),
+    );
+    conn(false, protocol).run(io).await
+}
+
+/// A connection's opening steps (TLS handshake, protocol sniff), all within
+/// the first-request deadline.
+struct Opening<'a> {
+    peer: SocketAddr,
+    by: Instant,
+    limit: Duration,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl Opening<'_> {
+    /// Runs `step` before the deadline; `None` when the connection is to
+    /// close: the deadline passed, the step failed, or the server shuts down.
+    async fn step<T>(
+        &mut self,
+        step: impl Future<Output = std::io::Result<T>>,
+        what: &'static str,
+    ) -> Option<T> {
+        let peer = self.peer;
+        let done = tokio::select! {
+            s = tokio::time::timeout_at(self.by, step) => s,
+            _ = shutting_down(self.shutdown) => return None,
+        };
+        match done {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, what, "connection failed before its first request");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, limit = ?self.limit, what, "nothing within the header-read timeout; closing");
+                None
+            }
+        }
+    }
+}
