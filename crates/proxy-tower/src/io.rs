@@ -210,7 +210,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 pub struct ClientIo {
     inner: Prefixed<TcpStream>,
     _held: Option<Box<dyn Any + Send + Sync>>,
-    reads: Option<Arc<AtomicU64>>,
+    bytes_read: Option<Arc<AtomicU64>>,
 }
 
 impl ClientIo {
@@ -219,7 +219,7 @@ impl ClientIo {
         ClientIo {
             inner: Prefixed::new(Bytes::new(), stream),
             _held: None,
-            reads: None,
+            bytes_read: None,
         }
     }
 
@@ -237,25 +237,27 @@ impl ClientIo {
         self
     }
 
-    /// Counts in `counter` the reads that return bytes (the replayed prefix
-    /// included), so that a server's timers can tell a connection that waits
-    /// for its next request from one whose request is arriving. One atomic
-    /// increment per such read.
+    /// Adds to `counter` the bytes each read returns (the replayed prefix
+    /// included): what the client has sent, for a server's access log or
+    /// metrics, and a sign of activity for its timers (a connection that
+    /// waits for its next request reads nothing; one whose request is
+    /// arriving does). One relaxed atomic add per read that returns bytes.
     ///
     /// ```
     /// use std::sync::Arc;
     /// use std::sync::atomic::{AtomicU64, Ordering};
     ///
     /// # async fn run(tcp: tokio::net::TcpStream) {
-    /// let reads = Arc::new(AtomicU64::new(0));
-    /// let io = proxy_tower::ClientIo::new(tcp).count_reads(reads.clone());
-    /// // ... serve `io`; later, has anything come since `seen`?
+    /// let received = Arc::new(AtomicU64::new(0));
+    /// let io = proxy_tower::ClientIo::new(tcp).count_bytes_read(received.clone());
+    /// // ... serve `io`; later: how much came in, and has anything come
+    /// // since `seen`?
     /// # let seen = 0;
-    /// let arriving = reads.load(Ordering::Relaxed) != seen;
+    /// let arriving = received.load(Ordering::Relaxed) != seen;
     /// # let _ = (io, arriving); }
     /// ```
-    pub fn count_reads(mut self, counter: Arc<AtomicU64>) -> Self {
-        self.reads = Some(counter);
+    pub fn count_bytes_read(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.bytes_read = Some(counter);
         self
     }
 
@@ -292,9 +294,10 @@ impl AsyncRead for ClientIo {
         let this = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (Some(reads), Poll::Ready(Ok(()))) = (&this.reads, &read) {
-            if buf.filled().len() > before {
-                reads.fetch_add(1, Ordering::Relaxed);
+        if let (Some(counter), Poll::Ready(Ok(()))) = (&this.bytes_read, &read) {
+            let n = buf.filled().len() - before;
+            if n > 0 {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         read

@@ -18,7 +18,7 @@
 //!   idle keep-alive connection was closed after the header-read timeout
 //!   (10 s) rather than `--idle-timeout` (75 s, nginx's `keepalive_timeout`).
 //!   Here a sleep ends the connection only if bytes came from the client
-//!   (the connection's read count, `ClientIo::count_reads`) while the head
+//!   (the bytes the connection has read, `ClientIo::count_bytes_read`) while the head
 //!   was awaited: a head that started arriving has to be complete between one
 //!   and two timeouts after hyper began to wait for it. A wait with no byte
 //!   goes on: the idle timeout closes that connection, and the first
@@ -38,20 +38,20 @@ use std::time::{Duration, Instant};
 type Shared = Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>;
 
 /// One connection's timer (`http1::Builder::timer`, on the connection's own
-/// copy of the builder), for a header-read timeout of `timeout`; `reads`
-/// counts the connection's reads that returned bytes.
+/// copy of the builder), for a header-read timeout of `timeout`; `received`
+/// counts the bytes the connection has read.
 #[derive(Clone)]
 pub(crate) struct HeadTimer {
     timeout: Duration,
-    reads: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
     shared: Shared,
 }
 
 impl HeadTimer {
-    pub(crate) fn new(timeout: Duration, reads: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(timeout: Duration, received: Arc<AtomicU64>) -> Self {
         HeadTimer {
             timeout,
-            reads,
+            received,
             shared: Shared::default(),
         }
     }
@@ -66,8 +66,8 @@ impl hyper::rt::Timer for HeadTimer {
         Box::pin(HeadSleep {
             deadline: tokio::time::Instant::from_std(deadline),
             timeout: self.timeout,
-            seen: self.reads.load(Ordering::Relaxed),
-            reads: self.reads.clone(),
+            seen: self.received.load(Ordering::Relaxed),
+            received: self.received.clone(),
             arriving: false,
             shared: self.shared.clone(),
         })
@@ -78,7 +78,7 @@ impl hyper::rt::Timer for HeadTimer {
             Some(mut s) => {
                 // A new wait for a head.
                 s.deadline = tokio::time::Instant::from_std(new_deadline);
-                s.seen = s.reads.load(Ordering::Relaxed);
+                s.seen = s.received.load(Ordering::Relaxed);
                 s.arriving = false;
             }
             None => *sleep = self.sleep_until(new_deadline),
@@ -92,7 +92,7 @@ struct HeadSleep {
     timeout: Duration,
     /// The read count when last looked at.
     seen: u64,
-    reads: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
     /// Bytes came during this wait, before the last deadline.
     arriving: bool,
     shared: Shared,
@@ -119,11 +119,11 @@ impl Future for HeadSleep {
                     // is still not complete.
                     return Poll::Ready(());
                 }
-                let reads = this.reads.load(Ordering::Relaxed);
+                let received = this.received.load(Ordering::Relaxed);
                 // Bytes since the last look: the head gets one more timeout.
                 // None: an idle connection, the idle timeout's to close.
-                this.arriving = reads != this.seen;
-                this.seen = reads;
+                this.arriving = received != this.seen;
+                this.seen = received;
                 this.deadline = now + this.timeout;
             }
             // Or it fired at a former request's deadline.
@@ -150,10 +150,10 @@ mod tests {
     }
 
     fn timer() -> (HeadTimer, Arc<AtomicU64>) {
-        let reads = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
         (
-            HeadTimer::new(Duration::from_secs(10), reads.clone()),
-            reads,
+            HeadTimer::new(Duration::from_secs(10), received.clone()),
+            received,
         )
     }
 
@@ -163,7 +163,7 @@ mod tests {
     /// early.
     #[tokio::test(start_paused = true)]
     async fn a_head_that_is_arriving_times_out() {
-        let (timer, reads) = timer();
+        let (timer, received) = timer();
         let start = tokio::time::Instant::now();
         // A first request's wait, polled (the timer armed at +10 s), then
         // dropped: its head came.
@@ -175,7 +175,7 @@ mod tests {
         let mut next = timer.sleep_until(after(10));
         assert!(pending(&mut next));
         tokio::time::advance(Duration::from_secs(1)).await;
-        reads.fetch_add(1, Ordering::Relaxed);
+        received.fetch_add(1, Ordering::Relaxed);
         next.await;
         assert_eq!(start.elapsed(), Duration::from_secs(24));
     }
@@ -193,13 +193,13 @@ mod tests {
     /// `reset` starts a new wait, with an earlier deadline too.
     #[tokio::test(start_paused = true)]
     async fn reset_starts_a_new_wait() {
-        let (timer, reads) = timer();
+        let (timer, received) = timer();
         let start = tokio::time::Instant::now();
         let mut sleep = timer.sleep_until(after(10));
         assert!(pending(&mut sleep));
-        reads.fetch_add(1, Ordering::Relaxed);
+        received.fetch_add(1, Ordering::Relaxed);
         timer.reset(&mut sleep, after(1));
-        reads.fetch_add(1, Ordering::Relaxed);
+        received.fetch_add(1, Ordering::Relaxed);
         sleep.await;
         // Bytes seen at +1 s: one more timeout.
         assert_eq!(start.elapsed(), Duration::from_secs(11));

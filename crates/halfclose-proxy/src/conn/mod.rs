@@ -2,7 +2,7 @@
 //! header-read timeout, then hyper's HTTP/1 or HTTP/2 server, closed when idle,
 //! shed under pressure, and shut down gracefully on a signal.
 //!
-//! hyper-util's auto builder reads a connection's first bytes to tell HTTP/1
+//! hyper-util's auto builder received a connection's first bytes to tell HTTP/1
 //! from HTTP/2 with no time limit, so a socket that sends nothing holds its
 //! connection slot forever. Here the first bytes (for HTTP/2, the preface and
 //! the first SETTINGS frame) must arrive within the header-read timeout, and

@@ -78,14 +78,14 @@ pub(crate) async fn serve<S, B>(
 {
     let first_head_by = Instant::now() + settings.header_read_timeout;
     let mut shutdown = signals.shutdown.clone();
-    // The client's reads that returned bytes, for the header-read timer.
-    let reads = Arc::new(AtomicU64::new(0));
+    // The client's received that returned bytes, for the header-read timer.
+    let received = Arc::new(AtomicU64::new(0));
     let conn = |tls, protocol| Conn {
         peer,
         tls,
         protocol,
         first_head_by,
-        reads: reads.clone(),
+        received: received.clone(),
         proxy,
         settings: &settings,
         signals,
@@ -100,7 +100,11 @@ pub(crate) async fn serve<S, B>(
     if let Some(acceptor) = &settings.tls {
         // The handshake counts against the header-read timeout: a stalled one
         // holds its slot no longer than a silent plain socket.
-        let handshake = acceptor.accept(ClientIo::new(tcp).hold(permit).count_reads(reads.clone()));
+        let handshake = acceptor.accept(
+            ClientIo::new(tcp)
+                .hold(permit)
+                .count_bytes_read(received.clone()),
+        );
         let Some(tls) = opening.step(handshake, "TLS handshake").await else {
             return;
         };
@@ -118,7 +122,7 @@ pub(crate) async fn serve<S, B>(
         ClientIo::new(tcp)
             .with_prefix(prefix)
             .hold(permit)
-            .count_reads(reads.clone()),
+            .count_bytes_read(received.clone()),
     );
     conn(false, protocol).run(io).await
 }

@@ -31,7 +31,7 @@ pub(super) struct Conn<'a, S> {
     pub(super) tls: bool,
     pub(super) protocol: Protocol,
     pub(super) first_head_by: Instant,
-    pub(super) reads: Arc<AtomicU64>,
+    pub(super) received: Arc<AtomicU64>,
     pub(super) proxy: S,
     pub(super) settings: &'a Settings,
     pub(super) signals: Signals,
@@ -50,7 +50,7 @@ impl<S> Conn<'_, S> {
             tls,
             protocol,
             first_head_by,
-            reads,
+            received,
             proxy,
             settings,
             signals:
@@ -101,7 +101,7 @@ impl<S> Conn<'_, S> {
             Protocol::Http1 => {
                 // A timer of its own for the header-read timeout (head_timer.rs).
                 let mut http1 = settings.http1.clone();
-                http1.timer(HeadTimer::new(settings.header_read_timeout, reads));
+                http1.timer(HeadTimer::new(settings.header_read_timeout, received));
                 let conn = http1.serve_connection(io, svc).with_upgrades();
                 watch
                     .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
