@@ -13,9 +13,13 @@
 //! - `cargo xtask soak [ARGS]`: thousands of tunnels and requests through the
 //!   release binary, every byte checked (ARGS go to the soak program, e.g.
 //!   `--tunnels 5000 --concurrency 1000`).
+//! - `cargo xtask layout`: no module of a crate imports one that imports it
+//!   back (a step of `cargo xtask test`; `layout.rs` says what counts).
 //! - `cargo xtask fuzz [CASES]`: the HTTP/1 codec's differential properties
 //!   (against hyper's client) with CASES generated responses each (default
 //!   200,000), in release mode; `cargo xtask test` runs 400 of each.
+
+mod layout;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         "soak" => run_bin(true, "soak", rest),
         "fuzz" => fuzz(rest),
         "features" => lean_binary(),
+        "layout" => layout(),
         "help" | "-h" | "--help" => {
             println!(
                 "usage: cargo xtask <test | features | bench [criterion args] | bench e2e [args] | soak [args] | fuzz [cases]>"
@@ -116,6 +121,22 @@ fn test() -> Result<(), String> {
         "warnings",
     ]);
     run("clippy", clippy, &mut steps);
+
+    // No module imports one that imports it back.
+    let start = Instant::now();
+    eprintln!("\n==> layout: no import cycle between the modules of a crate");
+    let ok = match layout() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            false
+        }
+    };
+    steps.push(Step {
+        name: "layout",
+        ok,
+        secs: start.elapsed().as_secs_f64(),
+    });
 
     // The binary's features mean what they say: without its default ones it
     // builds no TLS, allocator or demo crates, and that build cannot rot.
@@ -224,6 +245,30 @@ const NOT_DIRECT: [&str; 1] = ["libc"];
 /// Checks the binary's dependency tree: [`NOT_WITHOUT_DEFAULTS`] absent from
 /// it without default features, [`NOT_DIRECT`] absent from its direct
 /// dependencies with all features, on every target.
+/// `cargo xtask layout`: fails if a module of a crate imports one that
+/// imports it back (see `layout.rs` for what counts as an import).
+fn layout() -> Result<(), String> {
+    let mut problems = Vec::new();
+    for src in layout::CRATES {
+        let (cycles, graph) = layout::cycles(&root().join(src))?;
+        let arrows: usize = graph.values().map(|to| to.len()).sum();
+        eprintln!(
+            "{src}: {} modules, {arrows} imports, {} cycles",
+            graph.len(),
+            cycles.len()
+        );
+        for cycle in cycles {
+            let mut path = cycle.clone();
+            path.push(cycle[0].clone());
+            problems.push(format!("{src}: {}", path.join(" -> ")));
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(format!("import cycles:\n  {}", problems.join("\n  "))),
+    }
+}
+
 fn lean_binary() -> Result<(), String> {
     let lean = tree(&["--no-default-features"])?;
     let found = named(&lean, &NOT_WITHOUT_DEFAULTS);

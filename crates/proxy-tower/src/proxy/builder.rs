@@ -11,9 +11,22 @@ use bytes::Bytes;
 use http::{Response, request, response};
 use proxy_core::{ClientInfo, ForwardedHeaders, HostHeader, ProxyError, ProxyRules, UpgradePolicy};
 
-use super::ReverseProxy;
+use super::service::ReverseProxy;
 use crate::DefaultClient;
 use crate::settings::Config;
+
+impl ReverseProxy {
+    /// A proxy to `upstream` (an absolute `http://` or `https://` URI; its path prefixes every
+    /// request path) with default options.
+    pub fn new(upstream: &str) -> Result<Self, ProxyError> {
+        Self::builder(upstream).build()
+    }
+
+    /// A builder for a proxy to `upstream`, to set options.
+    pub fn builder(upstream: &str) -> Builder {
+        Builder::new(upstream)
+    }
+}
 
 /// The default client speaks `http`, and `https` with the `tls` feature.
 pub(crate) fn check_scheme(uri: &http::Uri) -> Result<(), ProxyError> {

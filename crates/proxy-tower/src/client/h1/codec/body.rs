@@ -8,8 +8,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 
+use super::error::{
+    Error, MAX_CHUNK_EXTENSIONS, MAX_CHUNK_LINE, MAX_HEADERS, MAX_TRAILERS, invalid,
+};
 use super::head::BodyKind;
-use super::{Error, MAX_CHUNK_EXTENSIONS, MAX_CHUNK_LINE, MAX_HEADERS, MAX_TRAILERS, invalid};
 
 /// What the body decoder found in the bytes it was given.
 #[derive(Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
-use super::{Error, MAX_HEAD, MAX_HEADERS, MAX_INFORMATIONAL, invalid};
+use super::error::{Error, MAX_HEAD, MAX_HEADERS, MAX_INFORMATIONAL, invalid};
 
 /// How a response body is delimited (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

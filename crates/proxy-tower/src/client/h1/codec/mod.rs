@@ -30,64 +30,25 @@
 //!
 //! By concern: `head` reads response heads and decides the framing,
 //! `body` decodes a body by that framing, `request` writes request heads;
-//! this module holds the limits and the error they share (and imports
-//! none of them back but to hand their names on).
+//! `error` the limits and the error
+//! they share; this file only hands their names on.
 //!
 //! Whether a connection may carry another request is decided by the caller
 //! from [`Head::keep_alive`], the decoder reaching [`Event::End`], and no byte
 //! left over after it: a connection whose state cannot be proven clean is
 //! never reused.
 
-use std::borrow::Cow;
-use std::fmt;
-
-/// The most header fields a response head (or a trailer section) may carry
-/// (hyper's default).
-pub(crate) const MAX_HEADERS: usize = 100;
-/// The largest response head, in bytes (Envoy's default is 60 KiB; hyper's
-/// client allows about 400 KiB).
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
-/// Informational (1xx) responses skipped before the final one, at most.
-pub(crate) const MAX_INFORMATIONAL: usize = 8;
-/// The longest chunk-size line, extensions and CRLF included.
-pub(crate) const MAX_CHUNK_LINE: usize = 1024;
-/// Chunk extension bytes over a whole body, at most (hyper allows 16 KiB).
-pub(crate) const MAX_CHUNK_EXTENSIONS: usize = 8 * 1024;
-/// The largest trailer section, in bytes (hyper allows 16 KiB).
-pub(crate) const MAX_TRAILERS: usize = 8 * 1024;
-
-/// Bytes that are not a valid response, or that pass a limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Error {
-    /// The bytes break a rule of HTTP/1.1, named here.
-    Invalid(Cow<'static, str>),
-    /// A limit was passed: which one.
-    TooLarge(&'static str),
-    /// The connection ended before the message did: where.
-    Truncated(Cow<'static, str>),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Invalid(why) => write!(f, "invalid response from the upstream: {why}"),
-            Error::TooLarge(what) => write!(f, "response from the upstream over a limit: {what}"),
-            Error::Truncated(where_) => f.write_str(where_),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-pub(super) fn invalid(why: impl Into<Cow<'static, str>>) -> Error {
-    Error::Invalid(why.into())
-}
-
 mod body;
+mod error;
 mod head;
 mod request;
 
 pub(crate) use body::{BodyDecoder, Event};
+pub(crate) use error::Error;
+#[cfg(test)]
+pub(crate) use error::{
+    MAX_CHUNK_EXTENSIONS, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_INFORMATIONAL, MAX_TRAILERS,
+};
 pub(crate) use head::{Head, ResponseReader};
 pub(crate) use request::encode_request;
 
