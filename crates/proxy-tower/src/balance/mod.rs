@@ -57,7 +57,7 @@ use endpoints::{Endpoint, Endpoints, lock};
 ///   else is retried.
 ///
 /// Every upstream gets the same options (timeouts, policies, hooks), set on
-/// the builder. Like [`ReverseProxy`] it never fails: `Error = Infallible`.
+/// the builder. Like [`ReverseProxy`](crate::ReverseProxy) it never fails: `Error = Infallible`.
 ///
 /// ```
 /// # fn main() -> Result<(), proxy_tower::ProxyError> {
@@ -388,7 +388,7 @@ where
 
 impl crate::Builder {
     /// Builds a [`BalancedProxy`] over the builder's upstream and those added
-    /// with [`add_upstream`](Builder::add_upstream), with the default client for each.
+    /// with [`add_upstream`](crate::Builder::add_upstream), with the default client for each.
     pub fn build_balanced(self) -> Result<BalancedProxy, ProxyError> {
         let mut config = self.into_config()?;
         let mut uris = vec![config.rules.upstream().clone()];

@@ -1,7 +1,7 @@
 //! [`Builder`]: the options of a [`ReverseProxy`] set one by one, then
 //! built. The type and its builder share the `proxy` module (as hyper's and
 //! tower-http's do); `build_balanced` and `build_discovered` live beside
-//! [`BalancedProxy`](crate::BalancedProxy) in `balance`, so that nothing
+//! [`BalancedProxy`](crate::BalancedProxy)(crate::BalancedProxy) in `balance`, so that nothing
 //! here knows the balancer.
 
 use std::sync::Arc;
@@ -122,7 +122,7 @@ impl Builder {
     /// one stream) from the call until its response body ends; a tunnel
     /// gives its slot back once its 101 is in. Past the cap, a request waits
     /// up to [`queue_timeout`](Builder::queue_timeout) for a slot, then is
-    /// answered 503 (and a [`BalancedProxy`] tries another upstream). Idle
+    /// answered 503 (and a [`BalancedProxy`](crate::BalancedProxy) tries another upstream). Idle
     /// pooled connections are bounded apart, by
     /// [`pool_max_idle`](Builder::pool_max_idle). Applies to the default
     /// client only.
@@ -301,7 +301,7 @@ impl Builder {
         self
     }
 
-    /// Passive health of a [`BalancedProxy`]'s upstreams: after
+    /// Passive health of a [`BalancedProxy`](crate::BalancedProxy)'s upstreams: after
     /// `consecutive_failures` failures in a row (connection refused or timed
     /// out, response timeout), an upstream is ejected for `base_ejection`,
     /// doubled for each ejection in a row up to [`MAX_EJECTION`](crate::MAX_EJECTION)
