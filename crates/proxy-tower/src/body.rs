@@ -1,5 +1,7 @@
 //! The response body of the proxy: the upstream's body, streamed, or a short
 //! message the proxy wrote itself (errors, 101s).
+//!
+//! Imports `sent` only (a request body tells how far it has been sent).
 
 use std::future::Future as _;
 use std::pin::Pin;

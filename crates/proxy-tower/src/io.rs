@@ -1,4 +1,6 @@
 //! The IO types on either end of a tunnel.
+//!
+//! At the bottom of the crate: imports nothing of it.
 
 use std::any::Any;
 use std::fmt;

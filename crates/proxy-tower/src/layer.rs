@@ -1,4 +1,7 @@
 //! `ReverseProxyLayer`: forward some requests, let the rest reach the inner service.
+//!
+//! At the top of the crate: imports the proxy, the client and the bodies;
+//! nothing imports it.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -3,6 +3,8 @@
 //! proxy (its per-upstream handles are registered then), or nothing is
 //! recorded and next to nothing is paid. Every name is listed,
 //! with its labels, in `docs/metrics.md`.
+//!
+//! At the bottom of the crate: imports nothing of it.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,6 @@
 //! Passing an upstream's abortive close (RST) on to the client.
+//!
+//! Imports `io` only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

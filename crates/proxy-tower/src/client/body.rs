@@ -1,6 +1,9 @@
 //! [`UpstreamBody`], the default client's response body: hyper's, or the
 //! HTTP/1.1 path's own, holding the request's slots ([`Held`]) until it
 //! ends.
+//!
+//! Imports the HTTP/1.1 path's body and the HTTP/2 stream slot; nothing
+//! above the client.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

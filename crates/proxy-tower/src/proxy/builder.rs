@@ -3,6 +3,9 @@
 //! tower-http's do); `build_balanced` and `build_discovered` live beside
 //! [`BalancedProxy`](crate::BalancedProxy)(crate::BalancedProxy) in `balance`, so that nothing
 //! here knows the balancer.
+//!
+//! Imports the service, the settings, the client and `tls`; never the
+//! balancer.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! (`forward`), which always ends in a response. Its constructors that take
 //! options (`new`, `builder`) live beside the [`Builder`](super::Builder),
 //! so that this file never names it.
+//!
+//! Imports `forward`, the settings, the client and the bodies.
 
 use std::convert::Infallible;
 use std::fmt;

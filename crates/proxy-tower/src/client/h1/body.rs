@@ -1,6 +1,8 @@
 //! The response body of the HTTP/1.1 path: the codec's body events over the
 //! connection's bytes. The connection goes back to the pool once the body
 //! has been read to its exact end; one dropped earlier is closed.
+//!
+//! Imports the codec, the pool and the path's errors; nothing above `h1`.
 
 use std::fmt;
 use std::pin::Pin;

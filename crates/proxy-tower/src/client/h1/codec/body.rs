@@ -1,6 +1,8 @@
 //! Body events in: a body decoded off the front of a buffer by its
 //! framing (length, chunked with its trailers, or to the close), bytes after
 //! its end left in the buffer.
+//!
+//! Imports `head` (the framing) and `error`; no IO.
 
 use std::borrow::Cow;
 

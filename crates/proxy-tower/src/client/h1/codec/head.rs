@@ -1,5 +1,7 @@
 //! Response heads in: informational heads skipped (bounded), the final
 //! head parsed, and the framing decision of RFC 9112 section 6.3.
+//!
+//! Imports `error` only; no IO.
 
 use std::borrow::Cow;
 

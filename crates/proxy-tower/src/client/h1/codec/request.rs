@@ -1,6 +1,8 @@
 //! Request heads out: the request line, the fields, and framing of the
 //! proxy's own (a body sent whole with its length, or chunked when it has
 //! trailers).
+//!
+//! Imports nothing of the crate; no IO.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue};
