@@ -270,3 +270,34 @@ async fn the_wait_for_an_http2_stream_is_bounded() {
         StatusCode::OK
     );
 }
+
+/// A client that sends part of its body, then nothing: 408 after the
+/// response timeout (its own silence), on either client path, and the
+/// upstream is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408() {
+    let upstream = serve_fn(|req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Response::new(Full::new(Bytes::from("read it all")))
+    })
+    .await;
+    let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let addr = serve(proxy).await;
+    for framing in ["content-length: 10", "transfer-encoding: chunked"] {
+        let mut cli = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let part: &[u8] = if framing.starts_with("content") {
+            b"ab"
+        } else {
+            b"2\r\nab\r\n"
+        };
+        cli.write_all(format!("POST / HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        cli.write_all(part).await.unwrap();
+        let (head, _) = within("the 408", read_response(&mut cli)).await;
+        assert_eq!(status_of(&head), 408, "{framing}: {head}");
+    }
+}

@@ -79,7 +79,8 @@ pub(crate) struct ServeArgs {
     /// Time allowed for the upstream's response head, counted from when the
     /// whole request has been sent (504 when exceeded; `0`: no limit). A
     /// client that sends its body slowly does not use it up; an upstream
-    /// that takes none of a request body for this long is a 504 too.
+    /// that takes none of a request body for this long is a 504 too, and a
+    /// client that sends none of its body for this long gets a 408.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub(crate) response_timeout: Duration,
 

@@ -22,6 +22,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// | upstream unreachable, reset, or invalid answer (bad 101) | 502 |
 /// | upstream too slow | 504 |
 /// | no upstream connection free in time (a cap) | 503 |
+/// | the client stopped sending its request body | 408 |
 pub struct ProxyError {
     kind: Kind,
     detail: Option<String>,
@@ -39,6 +40,7 @@ enum Kind {
     Upstream,
     Timeout,
     Overloaded,
+    ClientTimeout,
 }
 
 impl ProxyError {
@@ -99,6 +101,12 @@ impl ProxyError {
         Self::new(Kind::Overloaded, detail)
     }
 
+    /// The client stopped sending its request body for too long: answer 408
+    /// Request Timeout (RFC 9110 section 15.5.9).
+    pub fn client_timeout(detail: impl Into<String>) -> Self {
+        Self::new(Kind::ClientTimeout, detail)
+    }
+
     /// The status to answer the client with.
     pub fn status(&self) -> StatusCode {
         match self.kind {
@@ -110,6 +118,7 @@ impl ProxyError {
             Kind::BadUpgradeResponse | Kind::Upstream => StatusCode::BAD_GATEWAY,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -179,6 +188,7 @@ impl fmt::Display for ProxyError {
             Kind::Upstream => "upstream failed",
             Kind::Timeout => "upstream timed out",
             Kind::Overloaded => "no upstream connection free",
+            Kind::ClientTimeout => "client too slow",
         };
         f.write_str(what)?;
         if let Some(d) = &self.detail {

@@ -25,6 +25,9 @@ pub(crate) struct Progress {
     /// When a frame was handed over and the next one not asked for yet, in
     /// nanoseconds after `start`, plus one; 0: not waiting on the upstream.
     handed_at: AtomicU64,
+    /// When the next frame was last asked for after one was handed over
+    /// (since when the client's body is awaited), as above; 0: since `start`.
+    asked_at: AtomicU64,
 }
 
 /// Why the deadline passed.
@@ -34,6 +37,8 @@ pub(crate) enum Late {
     Head,
     /// The upstream took no more of the request body in time.
     Body,
+    /// The client sent none of its body in time.
+    ClientBody,
 }
 
 impl Progress {
@@ -42,6 +47,7 @@ impl Progress {
             start: Instant::now(),
             sent_at: AtomicU64::new(0),
             handed_at: AtomicU64::new(0),
+            asked_at: AtomicU64::new(0),
         }
     }
 
@@ -64,9 +70,11 @@ impl Progress {
         self.handed_at.store(self.stamp(), Ordering::Relaxed);
     }
 
-    /// The client asks for the next frame.
+    /// The client asks for the next frame: from now on, the client's body
+    /// is awaited.
     pub(crate) fn taken(&self) {
         if self.handed_at.load(Ordering::Relaxed) != 0 {
+            self.asked_at.store(self.stamp(), Ordering::Relaxed);
             self.handed_at.store(0, Ordering::Relaxed);
         }
     }
@@ -77,9 +85,11 @@ impl Progress {
     }
 }
 
-/// Completes when the response head is late: `limit` after the whole
-/// request was sent (at once, without `progress`: a request with no body),
-/// or when the upstream has taken no request body for `limit`.
+/// Completes when the exchange is late, that is when one side has kept it
+/// waiting for `limit`: the upstream's response head, `limit` after the whole
+/// request was sent (at once, without `progress`: a request with no body);
+/// the upstream, taking none of the request body for `limit`; or the client,
+/// sending none of it for `limit`.
 pub(crate) async fn late(progress: Option<&Progress>, limit: Duration) -> Late {
     let Some(p) = progress else {
         tokio::time::sleep(limit).await;
@@ -90,11 +100,22 @@ pub(crate) async fn late(progress: Option<&Progress>, limit: Duration) -> Late {
             tokio::time::sleep_until(sent + limit).await;
             return Late::Head;
         }
-        match p.at(p.handed_at.load(Ordering::Relaxed)) {
-            Some(handed) if handed + limit <= Instant::now() => return Late::Body,
-            Some(handed) => tokio::time::sleep_until(handed + limit).await,
-            // Waiting for the client's body: look again later.
-            None => tokio::time::sleep(limit).await,
+        let handed = p.handed_at.load(Ordering::Relaxed);
+        let asked = p.asked_at.load(Ordering::Relaxed);
+        let (since, late) = match p.at(handed) {
+            Some(handed) => (handed, Late::Body),
+            None => (p.at(asked).unwrap_or(p.start), Late::ClientBody),
+        };
+        if since + limit > Instant::now() {
+            tokio::time::sleep_until(since + limit).await;
+            continue;
+        }
+        // Late, unless the body moved between the two reads above.
+        let moved = p.handed_at.load(Ordering::Relaxed) != handed
+            || p.asked_at.load(Ordering::Relaxed) != asked
+            || p.is_sent();
+        if !moved {
+            return late;
         }
     }
 }
@@ -135,6 +156,21 @@ mod tests {
         let ((why, after), ()) = tokio::join!(timer, client);
         assert_eq!(why, Late::Head);
         assert_eq!(after, Duration::from_secs(25) + LIMIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_sending_its_body_is_late() {
+        let p = Progress::new();
+        // One frame at 4 s, taken at once; then nothing.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        p.handed();
+        p.taken();
+        let (why, after) = fired(Some(&p)).await;
+        assert_eq!(why, Late::ClientBody);
+        assert_eq!(after, LIMIT);
+        // A client silent from the start is late `limit` after the start.
+        let p = Progress::new();
+        assert_eq!(fired(Some(&p)).await, (Late::ClientBody, LIMIT));
     }
 
     #[tokio::test(start_paused = true)]

@@ -100,7 +100,9 @@ impl Builder {
     /// whole request has been sent (default [`DEFAULT_RESPONSE_TIMEOUT`](crate::DEFAULT_RESPONSE_TIMEOUT);
     /// `None`: no limit). Failing it is a 504. A client that sends its body
     /// slowly does not use it up; an upstream that takes none of a request
-    /// body for this long is a 504 too.
+    /// body for this long is a 504 too, and a client that sends none of its
+    /// body for this long gets a 408 (no side may keep the exchange waiting
+    /// longer than this before the response head).
     pub fn response_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into();
         self.map(|c| c.response_timeout = timeout)

@@ -164,6 +164,16 @@ where
                         )),
                     );
                 }
+                // The client's fault: 408, logged as client errors are.
+                Err(sent::Late::ClientBody) => {
+                    return error_response(
+                        config,
+                        &origin,
+                        ProxyError::client_timeout(format!(
+                            "the client sent none of its body for {limit:?}"
+                        )),
+                    );
+                }
             }
         }
         None => call.await,
