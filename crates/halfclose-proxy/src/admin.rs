@@ -1,4 +1,5 @@
-//! `--admin-listen`: `/metrics`, `/healthz` and `/readyz` on their own port.
+//! `--admin-listen`: `/metrics`, `/healthz`, `/readyz` and `POST /reload` on
+//! their own port.
 //!
 //! The port answers monitoring, so nothing a client does on it may stop it
 //! answering: accept errors (out of file descriptors) are waited out
@@ -11,9 +12,10 @@
 //! sockets cannot lock a health check out, and a monitor whose idle
 //! keep-alive connection was closed opens another.
 //!
-//! Imports: `accept` and `upstreams` (for `/readyz`). It knows nothing of
-//! the proxied listeners or their connections: `serve` hands it the
-//! connection semaphore and the workers' proxies as values.
+//! Imports: `accept`, `generation` and `upstreams` (for `/readyz`). It
+//! knows nothing of the proxied listeners or their connections, nor of how
+//! a reload is done: `serve` hands it the connection semaphore, the
+//! workers' generations and a channel to ask for a reload as values.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +33,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::accept::Acceptor;
+use crate::generation::Generation;
 use crate::upstreams::{Upstreams, tcp_reachable};
+
+/// Where `POST /reload` sends the answer of a reload: a line saying which
+/// generation is in use, or why the config was not reloaded.
+pub(crate) type ReloadReply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// Admin connections open at once, at most.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -64,10 +71,13 @@ pub(crate) fn install_recorder() -> Result<PrometheusHandle, String> {
 /// What the admin endpoints report on.
 pub(crate) struct Admin {
     pub(crate) metrics: PrometheusHandle,
-    pub(crate) upstreams: Vec<Upstreams>,
+    /// Each worker's current generation.
+    pub(crate) generations: Vec<watch::Receiver<Arc<Generation>>>,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) max_connections: usize,
     pub(crate) connect_timeout: Duration,
+    /// Asks the main thread for a reload.
+    pub(crate) reload: tokio::sync::mpsc::Sender<ReloadReply>,
 }
 
 /// Serves the admin endpoints on `listener` until the process ends; a
@@ -168,6 +178,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 impl Admin {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/reload" {
+            if req.method() != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.reload.send(tx).await.is_err() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            return match rx.await {
+                Ok(Ok(said)) => text(StatusCode::OK, said),
+                // The config in use stays: the request was fine, the file not.
+                Ok(Err(why)) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
@@ -188,21 +213,38 @@ impl Admin {
                 );
                 res
             }
-            _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "try /metrics, /healthz, /readyz or POST /reload\n",
+            ),
         }
     }
 
     /// At least one upstream is healthy: a balanced one not ejected, or the
     /// single upstream taking a TCP connection now.
     async fn ready(&self) -> bool {
-        for u in &self.upstreams {
+        let proxies: Vec<Upstreams> = self
+            .generations
+            .iter()
+            .flat_map(|g| {
+                let g = g.borrow();
+                g.proxies
+                    .iter()
+                    .map(|p| p.upstreams.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for u in &proxies {
             match u {
                 Upstreams::Many(p) if p.is_ready() => return true,
                 Upstreams::Many(_) => {}
                 Upstreams::One(p) => {
-                    return tcp_reachable(p.upstream(), self.connect_timeout)
+                    if tcp_reachable(p.upstream(), self.connect_timeout)
                         .await
-                        .is_ok();
+                        .is_ok()
+                    {
+                        return true;
+                    }
                 }
             }
         }

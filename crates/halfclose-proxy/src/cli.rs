@@ -34,11 +34,31 @@ pub(crate) enum Command {
     /// directly or through any proxy): upgrades with `Upgrade: echo`, then reports
     /// one verdict per check. Exit status 0 only if all pass.
     Probe(probe::ProbeArgs),
+    /// Checks a --config FILE: prints its routing table (listeners, routes
+    /// in the order they are tried, upstream groups) and exits 0, or prints
+    /// every error with its line and exits 1. Certificate and CA files are
+    /// read too.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Arguments of `check-config`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The config file (TOML; see docs/config.md).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: std::path::PathBuf,
 }
 
 /// Options of the proxy.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
+    /// Listeners, routes by host and path, and upstream groups from a TOML
+    /// file (docs/config.md), reloaded on SIGHUP and `POST /reload` on
+    /// --admin-listen. Instead of --listen, --upstream and --tls-cert; the
+    /// other flags give the defaults of the file's keys.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "tls_cert", "tls_key"])]
+    pub(crate) config: Option<std::path::PathBuf>,
+
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub(crate) listen: SocketAddr,
@@ -54,14 +74,15 @@ pub(crate) struct ServeArgs {
     pub(crate) upstream: Vec<String>,
 
     /// Trust the CA certificates in FILE (PEM) for an https upstream, instead of
-    /// the bundled web PKI roots.
+    /// the bundled web PKI roots (with --config: for groups that set no `ca`).
     #[cfg(feature = "tls")]
     #[arg(long, value_name = "FILE")]
     pub(crate) upstream_ca: Option<std::path::PathBuf>,
 
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain
-    /// (PEM); needs --tls-key. Reloaded with the key on SIGHUP: new connections
-    /// get the new certificate, open ones keep going.
+    /// (PEM); needs --tls-key. Reloaded with the key on SIGHUP (and `POST
+    /// /reload`): new connections get the new certificate, open ones keep
+    /// going.
     #[cfg(feature = "tls")]
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<std::path::PathBuf>,
@@ -174,7 +195,8 @@ pub(crate) struct ServeArgs {
 
     /// Serve `GET /metrics` (Prometheus text), `GET /healthz` (the proxy is up)
     /// and `GET /readyz` (an upstream is healthy) on this address, never the
-    /// proxied port. Off by default; metrics are only recorded when it is on.
+    /// proxied port, and `POST /reload` (as SIGHUP does). Off by default;
+    /// metrics are only recorded when it is on.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) admin_listen: Option<SocketAddr>,
 
@@ -233,6 +255,16 @@ pub(crate) struct ServeArgs {
     pub(crate) log_level: String,
 }
 
+impl ServeArgs {
+    /// The options with every flag at its default (`check-config` reads a
+    /// file with these).
+    pub(crate) fn defaults() -> ServeArgs {
+        Cli::try_parse_from(["halfclose-proxy"])
+            .expect("no arguments parse")
+            .serve
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +292,21 @@ mod tests {
         let probe =
             Cli::try_parse_from(["halfclose-proxy", "probe", "http://127.0.0.1:8080/"]).unwrap();
         assert!(matches!(probe.command, Some(Command::Probe(_))));
+        let file = Cli::try_parse_from(["halfclose-proxy", "--config", "proxy.toml"]).unwrap();
+        assert_eq!(
+            file.serve.config.as_deref(),
+            Some(std::path::Path::new("proxy.toml"))
+        );
+        let check = Cli::try_parse_from(["halfclose-proxy", "check-config", "proxy.toml"]).unwrap();
+        assert!(matches!(check.command, Some(Command::CheckConfig(_))));
+    }
+
+    #[test]
+    fn config_replaces_listen_upstream_and_tls_cert() {
+        for (flag, value) in [("--listen", "127.0.0.1:1"), ("--upstream", "http://a")] {
+            let e = Cli::try_parse_from(["halfclose-proxy", "--config", "f.toml", flag, value])
+                .unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::accept::Acceptor;
 use crate::conn;
@@ -94,10 +94,14 @@ impl AtLimit {
     }
 }
 
-/// What every worker shares.
+/// What every accept loop shares.
 #[derive(Clone)]
 pub(crate) struct Shared {
-    pub(crate) settings: Arc<conn::Settings>,
+    /// How its connections are served: its listener's, replaced on reload
+    /// (read at each accept).
+    pub(crate) settings: watch::Receiver<Arc<conn::Settings>>,
+    /// Turns true when its listener is removed by a reload.
+    pub(crate) removed: watch::Receiver<bool>,
     pub(crate) signals: conn::Signals,
     pub(crate) limit: Arc<Semaphore>,
     /// The permits of `limit`.
@@ -116,6 +120,7 @@ where
 {
     let Shared {
         settings,
+        mut removed,
         signals,
         limit,
         max_connections,
@@ -123,7 +128,13 @@ where
         listening,
     } = shared;
     let mut stop = signals.shutdown.clone();
-    let mut shutdown = std::pin::pin!(conn::shutting_down(&mut stop));
+    // The server shuts down, or a reload removes this listener.
+    let mut shutdown = std::pin::pin!(async {
+        tokio::select! {
+            _ = conn::shutting_down(&mut stop) => {}
+            _ = conn::shutting_down(&mut removed) => {}
+        }
+    });
     // Out of file descriptors and the like: back off, one line per burst.
     let mut listener = Acceptor::new(listener, "proxy");
     loop {
@@ -167,7 +178,7 @@ where
             peer,
             permit,
             proxy.clone(),
-            settings.clone(),
+            settings.borrow().clone(),
             signals.clone(),
         ));
     }

@@ -5,6 +5,9 @@
 //!   an upstream.
 //! - Without `--upstream` it also starts a built-in demo upstream and proxies
 //!   to it (feature `demo`, on by default; without it, that is an error).
+//! - `halfclose-proxy --config FILE` serves the listeners, routes and upstream
+//!   groups of a TOML file, reloaded on SIGHUP.
+//! - `halfclose-proxy check-config FILE` checks one and prints its routes.
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 //!
 //! This file is the entry point only: the global allocator, the `say!`
@@ -43,15 +46,19 @@ macro_rules! say {
 
 mod accept;
 mod admin;
+mod check;
 mod cli;
+mod config;
 mod conn;
 #[cfg(feature = "demo")]
 mod demo;
 mod echo;
 mod fds;
+mod generation;
 mod listen;
 mod pages;
 mod probe;
+mod routes;
 mod serve;
 mod signals;
 mod stack;
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(probe::run(args)),
             Err(e) => Err(format!("cannot start the runtime: {e}")),
         },
+        Some(Command::CheckConfig(args)) => Ok(check::run(&args.file)),
         None => serve::run(cli.serve),
     };
     match result {

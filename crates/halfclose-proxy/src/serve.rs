@@ -11,6 +11,7 @@
 //! only `main` imports it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +20,15 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
+use crate::config::{Config, Defaults, Flags};
 #[cfg(feature = "demo")]
 use crate::demo;
 use crate::fds::connection_limit;
+use crate::generation::{Current, Generation};
 use crate::listen::{AtLimit, BACKLOG, Shared, accept_loop, bind};
-#[cfg(unix)]
-use crate::signals::reload_on_sighup;
-use crate::signals::shutdown_signal;
+use crate::signals::{Hangups, shutdown_signal};
 use crate::units::nonzero;
-use crate::upstreams::{Upstreams, build_proxy, check_health, check_upstream};
+use crate::upstreams::{Upstreams, check_health, check_upstream};
 use crate::{admin, conn, fds, stack};
 
 fn init_tracing(level: &str) -> Result<(), String> {
@@ -50,15 +51,16 @@ fn init_tracing(level: &str) -> Result<(), String> {
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// The proxy runs one single-threaded tokio runtime per worker thread, each
-/// with its own listener on the same port (`SO_REUSEPORT`: the kernel spreads
-/// new connections over them) and its own upstream pool, as nginx runs one
-/// worker per core. A connection, its upstream connections and its tunnel stay
-/// on one thread: no task wakes another thread for a request. The main thread
-/// runs a small runtime of its own for signals and the demo upstream.
+/// with its own socket on every listener's port (`SO_REUSEPORT`: the kernel
+/// spreads new connections over them) and its own proxies and upstream
+/// pools, as nginx runs one worker per core. A connection, its upstream
+/// connections and its tunnel stay on one thread: no task wakes another
+/// thread for a request. The main thread runs a small runtime of its own
+/// for signals, reloads and the demo upstream.
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     // Nothing to proxy to: said before anything starts.
     #[cfg(not(feature = "demo"))]
-    if args.upstream.is_empty() {
+    if args.upstream.is_empty() && args.config.is_none() {
         return Err(
             r#"no --upstream given, and this build has no demo upstream (feature "demo")"#.into(),
         );
@@ -80,94 +82,56 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
         1
     };
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let defaults = Defaults::from_args(&args);
+
+    // The first config: the file, or the flags (with the demo upstream
+    // when they name none).
+    let (source, config, demo_addr): (_, _, Option<SocketAddr>) = match &args.config {
+        Some(path) => (
+            Source::File(path.clone()),
+            Config::load(path, &defaults).map_err(|e| e.to_string())?,
+            None,
+        ),
+        None => {
+            let (upstreams, demo_addr) = match args.upstream.as_slice() {
+                #[cfg(feature = "demo")]
+                [] => {
+                    let addr = control
+                        .block_on(demo::start())
+                        .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
+                    (vec![format!("http://{addr}")], Some(addr))
+                }
+                some => (some.to_vec(), None),
+            };
+            let flags = Flags::from_args(&args);
+            let config = Config::from_flags(&flags, upstreams.clone(), &defaults)
+                .map_err(|e| e.to_string())?;
+            (Source::Flags(flags, upstreams), config, demo_addr)
+        }
+    };
+
     let needs = fds::Needs {
-        workers,
-        upstreams: args.upstream.len().max(1),
+        workers: workers * config.listeners.len().max(1),
+        upstreams: config.server_count().max(1),
         upstream_max_idle: args.upstream_max_idle,
         admin_connections: match args.admin_listen {
             Some(_) => admin::MAX_CONNECTIONS,
             None => 0,
         },
-        demo: args.upstream.is_empty(),
+        demo: demo_addr.is_some(),
     };
     let (max_connections, why) = connection_limit(args.max_connections, nofile, needs);
-    // Each client connection can need an upstream socket: by default, as
-    // many upstream connections as client connections, per upstream.
-    let upstream_max_connections = args.upstream_max_connections.unwrap_or(max_connections);
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-
-    // Bind every listener first, so that a bad address is one error line.
-    let mut sockets = Vec::with_capacity(workers);
-    let first = bind(args.listen, workers > 1)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let local = first.local_addr().map_err(|e| e.to_string())?;
-    sockets.push(first);
-    for _ in 1..workers {
-        sockets.push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
-    }
-
-    let (upstreams, demo_addr): (_, Option<SocketAddr>) = match args.upstream.as_slice() {
-        #[cfg(feature = "demo")]
-        [] => {
-            let addr = control
-                .block_on(demo::start())
-                .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
-            (vec![format!("http://{addr}")], Some(addr))
-        }
-        some => (some.to_vec(), None),
-    };
-
-    #[cfg(feature = "tls")]
-    let certificate = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::Certificate::load(cert, key)?),
-        _ => None,
-    };
-    #[cfg(feature = "tls")]
-    let upstream_ca = match &args.upstream_ca {
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| format!("cannot read --upstream-ca {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    #[cfg(not(feature = "tls"))]
-    let upstream_ca: Option<Vec<u8>> = None;
-
-    let settings = conn::Settings::new(
-        args.header_read_timeout,
-        nonzero(args.idle_timeout),
-        nonzero(args.http2_ping_interval),
-        args.http2_max_streams,
-    );
-    #[cfg(feature = "tls")]
-    let settings = match &certificate {
-        Some(cert) => settings.tls(cert.acceptor()),
-        None => settings,
-    };
-    let scheme = match cfg!(feature = "tls") && settings.is_tls() {
-        true => "https",
-        false => "http",
-    };
 
     let (stop, stopped) = watch::channel(false);
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let (listening, mut all_closed) = mpsc::channel::<()>(1);
-    let shared = Shared {
-        settings: Arc::new(settings),
-        signals: conn::Signals {
-            shutdown: stopped,
-            pressure: conn::Pressure::new(),
-            running,
-        },
-        limit: Arc::new(Semaphore::new(max_connections)),
-        max_connections,
-        at_limit: AtLimit::new(),
-        listening,
-    };
-    // Metrics are recorded only when someone can read them.
+    let limit = Arc::new(Semaphore::new(max_connections));
+    // Metrics are recorded only when someone can read them; the recorder
+    // goes in before the proxies are built.
     let admin = match args.admin_listen {
         Some(addr) => {
             let listener = control.block_on(admin::bind(addr))?;
@@ -176,60 +140,70 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
         None => None,
     };
-    let mut admin_upstreams = Vec::new();
+
     let ids = stack::RequestIds::new();
-    let max_body = args.max_request_body.map(|b| b.0).filter(|&n| n > 0);
-    let mut tunnels = Vec::with_capacity(workers);
-    // Built once the proxies have checked them.
-    let upstream_uris: Vec<http::Uri> = upstreams.iter().filter_map(|u| u.parse().ok()).collect();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        // Each worker has its own proxy: its own upstream pool, on its thread.
-        let proxy = build_proxy(
-            &args,
-            &upstreams,
-            upstream_ca.as_deref(),
-            workers,
-            upstream_max_connections,
-        )?;
-        tunnels.push(proxy.tunnels());
-        admin_upstreams.push(proxy.clone());
+    let mut state = State {
+        source,
+        defaults,
+        workers: Vec::with_capacity(workers),
+        listeners: Vec::new(),
+        template: Some(Template {
+            signals: conn::Signals {
+                shutdown: stopped,
+                pressure: conn::Pressure::new(),
+                running,
+            },
+            limit: limit.clone(),
+            max_connections,
+            at_limit: AtLimit::new(),
+            listening,
+        }),
+        connections: ConnOptions {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: nonzero(args.idle_timeout),
+            ping_interval: nonzero(args.http2_ping_interval),
+            max_streams: args.http2_max_streams,
+        },
+        // Each client connection can need an upstream socket: by default, as
+        // many upstream connections as client connections, per upstream.
+        upstream_max_connections: args.upstream_max_connections.unwrap_or(max_connections),
+        generation: 0,
+        health: Vec::new(),
+        tunnels: Vec::new(),
+        current_tunnels: Vec::new(),
+    };
+    for i in 0..workers {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
-        let listener = {
-            let _entered = rt.enter();
-            socket
-                .listen(BACKLOG)
-                .map_err(|e| format!("cannot listen on {local}: {e}"))?
-        };
-        let shared = shared.clone();
-        let ids = ids.worker(i, workers);
-        let health_check = args.health_check.clone();
-        let health_interval = args.health_check_interval.max(Duration::from_millis(100));
+        state.workers.push(Worker {
+            handle: rt.handle().clone(),
+            current: None,
+            ids: ids.worker(i, workers),
+        });
+        // Its accept loops, connections and health checks are spawned onto
+        // it; they go on until the main thread ends the process.
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
-            .spawn(move || {
-                rt.block_on(async move {
-                    if let (Some(path), Upstreams::Many(balanced)) = (health_check, &proxy) {
-                        tokio::spawn(check_health(balanced.clone(), path, health_interval));
-                    }
-                    accept_loop(listener, stack::build(proxy, ids, max_body), shared).await;
-                    // Connections and tunnels of this worker go on until the
-                    // main thread ends the process.
-                    std::future::pending::<()>().await
-                })
-            })
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
     }
-    let limit = shared.limit.clone();
-    drop(shared);
-    let open_tunnels = || {
-        tunnels
-            .iter()
-            .map(proxy_tower::Tunnels::active)
-            .sum::<usize>()
-    };
+    let upstream_uris: Vec<http::Uri> = config
+        .groups
+        .values()
+        .flat_map(|g| &g.servers)
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    let routes = config.routes.len();
+    let forwarding = config
+        .groups
+        .values()
+        .flat_map(|g| g.servers.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Every listener is bound and every proxy built before we say we are up.
+    control.block_on(async { state.apply(config, false) })?;
 
     control.block_on(async {
         if demo_addr.is_none() {
@@ -238,14 +212,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             }
         }
         // Listen for signals before saying we are up: from here on, SIGTERM means
-        // a graceful shutdown, never the default action.
+        // a graceful shutdown, never the default action, and SIGHUP a reload.
         let shutdown = shutdown_signal();
-        #[cfg(unix)]
-        reload_on_sighup(
-            #[cfg(feature = "tls")]
-            certificate,
-        );
-        say!("listening on {scheme}://{local}");
+        let mut hangups = Hangups::new();
+        let (reload_tx, mut reload_rx) = mpsc::channel::<admin::ReloadReply>(4);
         say!("max connections {max_connections} ({why})");
         if let Some((listener, handle)) = admin {
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -253,45 +223,68 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 listener,
                 admin::Admin {
                     metrics: handle,
-                    upstreams: admin_upstreams,
+                    generations: state.workers.iter().filter_map(Worker::subscribe).collect(),
                     connections: limit.clone(),
                     max_connections,
                     connect_timeout: args.connect_timeout,
+                    reload: reload_tx,
                 },
                 args.header_read_timeout,
             );
-            say!("admin on http://{addr} (/metrics, /healthz, /readyz)");
+            say!("admin on http://{addr} (/metrics, /healthz, /readyz, POST /reload)");
         }
-        match demo_addr {
+        match (&state.source, demo_addr) {
             #[cfg(feature = "demo")]
-            Some(demo) => print_demo_help(scheme, local, demo),
-            _ => say!("forwarding to {}", upstreams.join(", ")),
+            (_, Some(demo)) => print_demo_help(state.scheme(), state.first_local(), demo),
+            (Source::File(path), _) => say!(
+                "routing {routes} route(s) from {} to {forwarding}",
+                path.display()
+            ),
+            _ => say!("forwarding to {forwarding}"),
         }
-        shutdown.await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hangups.next() => {
+                    let _ = state.reload("SIGHUP");
+                }
+                Some(reply) = reload_rx.recv() => {
+                    let _ = reply.send(state.reload("POST /reload"));
+                }
+            }
+        }
 
         let second_signal = shutdown_signal();
         let _ = stop.send(true);
+        // The accept loops hold a sender each, and the template one.
+        state.template = None;
         // Every listener is closed before we say so.
         let _ = all_closed.recv().await;
         let grace = args.shutdown_grace;
+        let tunnels = std::mem::take(&mut state.tunnels);
+        let open_tunnels = || {
+            tunnels
+                .iter()
+                .map(proxy_tower::Tunnels::active)
+                .sum::<usize>()
+        };
         say!(
             "shutting down: no longer accepting; waiting up to {grace:?} for {} connection(s) and {} tunnel(s)",
             // Every open client connection holds a permit, tunnels included.
             max_connections - limit.available_permits(),
             open_tunnels()
         );
-        let drained = async {
-            let _ = all_done.recv().await;
-            for t in &tunnels {
-                t.wait_idle().await;
-            }
-        };
-        // A second signal means "now".
         let all_idle = || async {
             for t in &tunnels {
                 t.wait_idle().await;
             }
         };
+        let drained = async {
+            let _ = all_done.recv().await;
+            all_idle().await;
+        };
+        // A second signal means "now".
         tokio::select! {
             done = tokio::time::timeout(grace, drained) => match done {
                 Ok(()) => tracing::info!("all connections and tunnels finished"),
@@ -311,6 +304,313 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the config comes from, again on each reload.
+enum Source {
+    File(PathBuf),
+    /// The flags, with these upstreams (the demo's when they name none).
+    Flags(Flags, Vec<String>),
+}
+
+/// A worker, as the main thread sees it.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    /// Its current generation; `None` before the first.
+    current: Option<watch::Sender<Arc<Generation>>>,
+    ids: stack::RequestIds,
+}
+
+impl Worker {
+    fn subscribe(&self) -> Option<watch::Receiver<Arc<Generation>>> {
+        self.current.as_ref().map(watch::Sender::subscribe)
+    }
+}
+
+/// A listener that is open: a socket per worker, each with its accept loop.
+struct Running {
+    /// As the config gives it (port 0 included): a reload that gives it
+    /// again keeps it.
+    address: SocketAddr,
+    local: SocketAddr,
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
+    tls: bool,
+    settings: watch::Sender<Arc<conn::Settings>>,
+    removed: watch::Sender<bool>,
+}
+
+/// What every accept loop gets, but its listener's own settings.
+struct Template {
+    signals: conn::Signals,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+    at_limit: AtLimit,
+    listening: mpsc::Sender<()>,
+}
+
+/// The process-wide options of client connections.
+struct ConnOptions {
+    header_read_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    ping_interval: Option<Duration>,
+    max_streams: u32,
+}
+
+/// What the main thread keeps to apply a config, at start and on reloads.
+struct State {
+    source: Source,
+    /// The flags, as defaults of the file's keys.
+    defaults: Defaults,
+    workers: Vec<Worker>,
+    listeners: Vec<Running>,
+    /// `None` once shutting down.
+    template: Option<Template>,
+    connections: ConnOptions,
+    upstream_max_connections: usize,
+    /// The current generation's number (0 before the first).
+    generation: u64,
+    /// The current generation's health checks.
+    health: Vec<tokio::task::AbortHandle>,
+    /// The tunnels of every generation, for the shutdown.
+    tunnels: Vec<proxy_tower::Tunnels>,
+    /// The current generation's, for a drain after a reload.
+    current_tunnels: Vec<proxy_tower::Tunnels>,
+}
+
+impl State {
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
+    fn scheme(&self) -> &'static str {
+        match self.listeners.first() {
+            Some(l) if l.tls => "https",
+            _ => "http",
+        }
+    }
+
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
+    fn first_local(&self) -> SocketAddr {
+        self.listeners
+            .first()
+            .map_or(([127, 0, 0, 1], 0).into(), |l| l.local)
+    }
+
+    /// Loads the config again and applies it; on error, nothing changes.
+    /// Says what happened on stdout and in one log line.
+    fn reload(&mut self, why: &'static str) -> Result<String, String> {
+        let config = match &self.source {
+            Source::File(path) => Config::load(path, &self.defaults).map_err(|e| e.to_string()),
+            Source::Flags(flags, upstreams) => {
+                Config::from_flags(flags, upstreams.clone(), &self.defaults)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let applied = config.and_then(|config| {
+            let certs = certificate_paths(&config);
+            self.apply(config, true).map(|()| certs)
+        });
+        let n = self.generation;
+        match applied {
+            Ok(certs) => {
+                metrics::counter!("proxy_config_reloads_total", "result" => "success").increment(1);
+                for cert in certs {
+                    say!("reloaded TLS certificate from {cert}");
+                }
+                let what = match &self.source {
+                    Source::File(path) => path.display().to_string(),
+                    Source::Flags(..) => "the flags".to_owned(),
+                };
+                tracing::info!(generation = n, trigger = why, "config reloaded from {what}");
+                say!("reloaded {what}: generation {n}");
+                Ok(format!("reloaded: generation {n}\n"))
+            }
+            Err(e) => {
+                metrics::counter!("proxy_config_reloads_total", "result" => "failure").increment(1);
+                tracing::warn!(generation = n, trigger = why, error = %e, "config not reloaded; keeping the one in use");
+                match &self.source {
+                    Source::Flags(..) => {
+                        say!("TLS certificate not reloaded, keeping the one in use: {e}")
+                    }
+                    Source::File(_) => say!("config not reloaded, keeping generation {n}: {e}"),
+                }
+                Err(format!("not reloaded, keeping generation {n}: {e}\n"))
+            }
+        }
+    }
+
+    /// Makes `config` current: binds its new listeners and builds every
+    /// worker's generation first (an error there changes nothing), then
+    /// swaps them in, updates the listeners it keeps, closes those it
+    /// drops, and starts the new ones. Must run inside the main thread's
+    /// runtime.
+    fn apply(&mut self, config: Config, reload: bool) -> Result<(), String> {
+        let Some(template) = &self.template else {
+            return Err("shutting down".into());
+        };
+        let n = self.workers.len();
+        let number = self.generation + 1;
+        // 1. Bind the new listeners, a socket per worker.
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            if self.listeners.iter().any(|r| r.address == l.address) {
+                continue;
+            }
+            let first = bind(l.address, n > 1)
+                .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+            let local = first.local_addr().map_err(|e| e.to_string())?;
+            let mut sockets = vec![first];
+            for _ in 1..n {
+                sockets
+                    .push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
+            }
+            fresh.push((l.address, local, sockets));
+        }
+        // 2. Every worker's generation.
+        let generations = (0..n)
+            .map(|_| Generation::build(&config, n, self.upstream_max_connections))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // 3. Nothing can fail from here on.
+        let settings_of = |l: &crate::config::Listener| -> (Arc<conn::Settings>, bool) {
+            let c = &self.connections;
+            let settings = conn::Settings::new(
+                c.header_read_timeout,
+                c.idle_timeout,
+                c.ping_interval,
+                c.max_streams,
+            );
+            let settings = match l.http2 {
+                true => settings,
+                false => settings.http1_only(),
+            };
+            #[cfg(feature = "tls")]
+            if let Some(certs) = &l.certificates {
+                return (Arc::new(settings.tls(certs.acceptor(l.http2))), true);
+            }
+            (Arc::new(settings), false)
+        };
+        let mut retired = Vec::new();
+        let mut tunnels = Vec::new();
+        for (worker, generation) in self.workers.iter_mut().zip(generations) {
+            tunnels.extend(generation.tunnels());
+            let generation = Arc::new(generation);
+            match &worker.current {
+                Some(tx) => retired.push(tx.send_replace(generation)),
+                None => worker.current = Some(watch::Sender::new(generation)),
+            }
+        }
+        self.tunnels.extend(tunnels.iter().cloned());
+        let old_tunnels = std::mem::replace(&mut self.current_tunnels, tunnels);
+        self.generation = number;
+        metrics::gauge!("proxy_config_generation").set(number as f64);
+
+        // Health checks: the new generation's replace the old one's.
+        for h in self.health.drain(..) {
+            h.abort();
+        }
+        for worker in &self.workers {
+            let Some(current) = worker.subscribe() else {
+                continue;
+            };
+            let generation = current.borrow().clone();
+            for p in &generation.proxies {
+                if let (Some((path, interval)), Upstreams::Many(balanced)) =
+                    (&p.health_check, &p.upstreams)
+                {
+                    let task = worker.handle.spawn(check_health(
+                        balanced.clone(),
+                        path.clone(),
+                        *interval,
+                    ));
+                    self.health.push(task.abort_handle());
+                }
+            }
+        }
+
+        // Listeners: kept ones get their new settings, dropped ones close
+        // (their connections go on), new ones open.
+        self.listeners.retain(
+            |r| match config.listeners.iter().find(|l| l.address == r.address) {
+                Some(l) => {
+                    r.settings.send_replace(settings_of(l).0);
+                    true
+                }
+                None => {
+                    r.removed.send_replace(true);
+                    say!("stopped listening on {}", r.local);
+                    false
+                }
+            },
+        );
+        for (address, local, sockets) in fresh {
+            let Some(l) = config.listeners.iter().find(|l| l.address == address) else {
+                continue;
+            };
+            let (settings, tls) = settings_of(l);
+            let (settings_tx, settings_rx) = watch::channel(settings);
+            let (removed_tx, removed_rx) = watch::channel(false);
+            for (worker, socket) in self.workers.iter().zip(sockets) {
+                let listener = {
+                    let _entered = worker.handle.enter();
+                    match socket.listen(BACKLOG) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(%local, error = %e, "cannot listen; this worker skips the listener");
+                            continue;
+                        }
+                    }
+                };
+                let Some(current) = worker.subscribe() else {
+                    continue;
+                };
+                let shared = Shared {
+                    settings: settings_rx.clone(),
+                    removed: removed_rx.clone(),
+                    signals: template.signals.clone(),
+                    limit: template.limit.clone(),
+                    max_connections: template.max_connections,
+                    at_limit: template.at_limit.clone(),
+                    listening: template.listening.clone(),
+                };
+                let edge = stack::build(Current(current), worker.ids.clone());
+                worker.handle.spawn(accept_loop(listener, edge, shared));
+            }
+            let scheme = if tls { "https" } else { "http" };
+            say!("listening on {scheme}://{local}");
+            self.listeners.push(Running {
+                address,
+                local,
+                tls,
+                settings: settings_tx,
+                removed: removed_tx,
+            });
+        }
+        // Config order, as it was said at start.
+        self.listeners.sort_by_key(|r| {
+            config
+                .listeners
+                .iter()
+                .position(|l| l.address == r.address)
+                .unwrap_or(usize::MAX)
+        });
+
+        // The drain limit: tunnels of the generation just retired that are
+        // still open this long from now get a FIN each way.
+        if let (true, Some(limit)) = (reload, config.drain_timeout) {
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                let open: usize = old_tunnels.iter().map(proxy_tower::Tunnels::active).sum();
+                if open > 0 {
+                    tracing::info!(
+                        tunnels = open,
+                        generation = number - 1,
+                        ?limit,
+                        "drain limit after a reload: closing older tunnels with a FIN each way"
+                    );
+                }
+                old_tunnels.iter().for_each(proxy_tower::Tunnels::shutdown);
+            });
+        }
+        drop(retired);
+        Ok(())
+    }
+}
 #[cfg(feature = "demo")]
 fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
     say!("demo upstream on http://{demo} (no --upstream given)");
@@ -325,5 +625,25 @@ fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
             "  cargo run --release -p halfclose-proxy -- probe https://HOST:{}/echo --ca CA.pem",
             local.port()
         ),
+    }
+}
+
+/// The certificate files of `config`'s listeners, for messages.
+fn certificate_paths(config: &Config) -> Vec<String> {
+    #[cfg(feature = "tls")]
+    return config
+        .listeners
+        .iter()
+        .filter_map(|l| l.certificates.as_ref())
+        .flat_map(|c| {
+            c.paths()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = config;
+        Vec::new()
     }
 }

@@ -1,11 +1,11 @@
 //! The process's signals: SIGINT and SIGTERM (Ctrl-C off Unix) start the
-//! graceful shutdown, a second one ends the tunnels at once; SIGHUP reloads
-//! the TLS certificate. Listeners are registered when the functions are
-//! called, so a signal is never lost nor left to its default action once the
-//! proxy has said it is up.
+//! graceful shutdown, a second one ends the tunnels at once; SIGHUP asks for
+//! a reload. Listeners are registered when the functions are called, so a
+//! signal is never lost nor left to its default action once the proxy has
+//! said it is up.
 //!
-//! Imports: `tls` (the certificate to reload). It knows nothing of what a
-//! shutdown does: `serve` awaits the futures and imports this module.
+//! Imports nothing of the crate. It knows nothing of what a shutdown or a
+//! reload does: `serve` awaits the futures and imports this module.
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C off Unix) received after this call.
 /// The listeners are registered here, not at the first poll: a signal that
@@ -46,38 +46,40 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// On SIGHUP, loads the TLS certificate again (a no-op without one). The
-/// listener is registered before the call returns, so that SIGHUP never takes
-/// its default action (ending the process) once we said we are up.
-#[cfg(unix)]
-pub(crate) fn reload_on_sighup(
-    #[cfg(feature = "tls")] cert: Option<std::sync::Arc<crate::tls::Certificate>>,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            #[cfg(feature = "tls")]
-            if let Some(cert) = &cert {
-                match cert.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded");
-                        say!(
-                            "reloaded TLS certificate from {}",
-                            cert.cert_path().display()
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SIGHUP: keeping the certificate in use");
-                        say!("TLS certificate not reloaded, keeping the one in use: {e}");
-                    }
-                }
-                continue;
-            }
-            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+/// SIGHUP, one after another: each asks for a reload. The listener is
+/// registered by [`new`](Hangups::new), so that SIGHUP never takes its
+/// default action (ending the process) once we said we are up. Off Unix,
+/// and if the listener cannot be registered, [`next`](Hangups::next)
+/// never resolves.
+pub(crate) struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    pub(crate) fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload");
+                })
+                .ok();
+            Hangups { signal }
         }
-    });
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// Resolves at the next SIGHUP.
+    pub(crate) async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }

@@ -1,5 +1,6 @@
 //! The binary's request path around the proxy: request IDs, a trace span per
-//! request (DEBUG), a request body limit, and panics turned into 500s.
+//! request (DEBUG), the route (404 when none), its request body limit, and
+//! panics turned into 500s.
 //!
 //! One service does the four, rather than a stack of tower-http layers
 //! (`SetRequestId`, `Trace`, `PropagateRequestId`, `RequestBodyLimit`,
@@ -8,8 +9,9 @@
 //! 14 us of CPU a small proxied request took (`docs/benchmarks.md`). Here a
 //! feature that is off (no DEBUG, no body limit) costs nothing.
 //!
-//! Imports: `upstreams` (the service it wraps). It knows nothing of
-//! connections or listeners: `serve` builds it per worker.
+//! Imports nothing of the crate: the routes come in through the [`Router`]
+//! trait (`generation` implements it). It knows nothing of connections or
+//! listeners: `serve` builds it per worker.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +30,31 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{Instrument, Level};
 
-use crate::upstreams::Upstreams;
+/// Chooses the service a request goes to.
+pub(crate) trait Router: Clone + Send + 'static {
+    type Service;
+
+    /// The service for the request with head `parts`, which it may rewrite
+    /// (its URI's path), and the request body limit; or why there is none.
+    /// The service is called at once, without `poll_ready`: it must always
+    /// be ready (the proxies are).
+    fn route(&self, parts: &mut http::request::Parts) -> Result<Routed<Self::Service>, Refused>;
+}
+
+/// What a [`Router`] chose.
+pub(crate) struct Routed<S> {
+    pub(crate) service: S,
+    pub(crate) max_body: Option<usize>,
+}
+
+/// Why a [`Router`] chose nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// No route for the request's host and path: 404.
+    NoRoute,
+    /// A path no route can be matched against safely: 400.
+    BadPath,
+}
 
 /// `X-Request-Id`.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -50,40 +76,38 @@ pub(crate) type EdgeResponseBody<B> = Either<B, Full<Bytes>>;
 /// 2. A DEBUG span per request (method, URI, request id) and a DEBUG line with
 ///    status and latency when the response head is out; nothing at all unless
 ///    DEBUG is on for this module.
-/// 3. With `max_body`, request bodies are counted as they stream: past
+/// 3. The router chooses the proxy (404 when no route matches, 400 for a
+///    path that cannot be resolved safely).
+/// 4. With the route's `max_body`, request bodies are counted as they stream: past
 ///    `max_body` bytes the request ends with 413 (at once when
 ///    `Content-Length` says so; the proxy maps the body's
 ///    `LengthLimitError` to 413 otherwise). Nothing is buffered.
-/// 4. A panic (in a hook of a library user's stack, say) becomes a 500 and an
+/// 5. A panic (in a hook of a library user's stack, say) becomes a 500 and an
 ///    ERROR line, not a dropped connection.
-pub(crate) fn build(proxy: Upstreams, ids: RequestIds, max_body: Option<usize>) -> Edge<Upstreams> {
-    Edge {
-        inner: proxy,
-        ids,
-        max_body,
-    }
+pub(crate) fn build<R: Router>(router: R, ids: RequestIds) -> Edge<R> {
+    Edge { router, ids }
 }
 
 /// The service [`build`] makes.
 #[derive(Clone)]
-pub(crate) struct Edge<S> {
-    inner: S,
+pub(crate) struct Edge<R> {
+    router: R,
     ids: RequestIds,
-    max_body: Option<usize>,
 }
 
-impl<S, ReqB, B> tower::Service<Request<ReqB>> for Edge<S>
+impl<R, ReqB, B> tower::Service<Request<ReqB>> for Edge<R>
 where
-    S: tower::Service<Request<EdgeBody<ReqB>>, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
+    R: Router,
+    R::Service: tower::Service<Request<EdgeBody<ReqB>>, Response = Response<B>, Error = Infallible>,
+    <R::Service as tower::Service<Request<EdgeBody<ReqB>>>>::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Response<EdgeResponseBody<B>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
@@ -106,7 +130,24 @@ where
             tracing::Span::none()
         };
         let started = (!span.is_none()).then(Instant::now);
-        let req = match self.max_body {
+        let (mut parts, body) = req.into_parts();
+        let Routed {
+            service: mut inner,
+            max_body,
+        } = match self.router.route(&mut parts) {
+            Ok(routed) => routed,
+            Err(refused) => {
+                let res = match refused {
+                    Refused::NoRoute => {
+                        short(StatusCode::NOT_FOUND, "No route for this host and path\n")
+                    }
+                    Refused::BadPath => short(StatusCode::BAD_REQUEST, "Bad Request\n"),
+                };
+                return Box::pin(std::future::ready(Ok(finish(res, id, &span, started))));
+            }
+        };
+        let req = Request::from_parts(parts, body);
+        let req = match max_body {
             None => req.map(Either::Left),
             Some(limit) if content_length(&req).is_some_and(|n| n > limit) => {
                 let res = short(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
@@ -117,7 +158,7 @@ where
         // A panic in `call` itself, or later in its future, is answered alike.
         let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let _enter = span.enter();
-            self.inner.call(req)
+            inner.call(req)
         }));
         Box::pin(
             async move {
@@ -307,8 +348,27 @@ mod tests {
         }
     }
 
+    /// Routes every request to [`Inner`] with a body limit, but
+    /// `/nowhere`.
+    #[derive(Clone)]
+    struct OneRoute(Option<usize>);
+
+    impl Router for OneRoute {
+        type Service = Inner;
+
+        fn route(&self, parts: &mut http::request::Parts) -> Result<Routed<Inner>, Refused> {
+            match parts.uri.path() {
+                "/nowhere" => Err(Refused::NoRoute),
+                _ => Ok(Routed {
+                    service: Inner,
+                    max_body: self.0,
+                }),
+            }
+        }
+    }
+
     async fn send(
-        edge: &mut Edge<Inner>,
+        edge: &mut Edge<OneRoute>,
         path: &str,
         id: Option<&str>,
         body: &'static str,
@@ -323,12 +383,19 @@ mod tests {
         edge.ready().await.unwrap().call(req).await.unwrap()
     }
 
-    fn edge(max_body: Option<usize>) -> Edge<Inner> {
+    fn edge(max_body: Option<usize>) -> Edge<OneRoute> {
         Edge {
-            inner: Inner,
+            router: OneRoute(max_body),
             ids: RequestIds::new(),
-            max_body,
         }
+    }
+
+    #[tokio::test]
+    async fn no_route_is_404_with_an_id() {
+        let mut edge = edge(None);
+        let res = send(&mut edge, "/nowhere", Some("n"), "").await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(id_of(&res), "n");
     }
 
     fn id_of<B>(res: &Response<B>) -> String {

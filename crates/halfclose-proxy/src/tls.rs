@@ -1,14 +1,14 @@
-//! The HTTPS listener: its certificate, loaded from PEM files at start and
-//! loaded again on SIGHUP, and the acceptor that offers HTTP/2 and HTTP/1.1 by
-//! ALPN; and the client config of `probe` for https:// URLs.
+//! HTTPS listeners: their certificates, loaded from PEM files with the
+//! config (at start and on each reload) and chosen by SNI, and the acceptor
+//! that offers HTTP/2 and HTTP/1.1 by ALPN; and the client config of `probe`
+//! for https:// URLs.
 //!
-//! Imports nothing of the crate: `serve` and `signals` (the certificate)
-//! and `probe` (the client config) import it; `conn` gets the acceptor as a
-//! value.
+//! Imports nothing of the crate: `config` (the certificates) and `probe`
+//! (the client config) import it; `conn` gets the acceptor as a value.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -18,73 +18,112 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ClientConfig, ServerConfig, crypto::ring};
 
-/// The certificate every new handshake gets; replaced by [`reload`](Self::reload)
-/// while connections made with the old one go on.
-pub(crate) struct Certificate {
-    cert: PathBuf,
-    key: PathBuf,
-    provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<CertifiedKey>>,
+/// A certificate chain and its key, PEM files, and the line of the config
+/// that names them.
+#[derive(Debug, Clone)]
+pub(crate) struct CertFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) line: Option<usize>,
 }
 
-impl fmt::Debug for Certificate {
+/// A listener's certificates: the one whose names match the client's SNI,
+/// else the first (also for clients that send no SNI, as nginx's default
+/// server does). Loaded again with the config on reload, as a new value:
+/// connections made with the old ones go on.
+pub(crate) struct Certificates {
+    provider: Arc<CryptoProvider>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    /// The certificate's DNS names, lower case; `*.example.com` as is.
+    names: Vec<String>,
+    path: PathBuf,
+    key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Certificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificate")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
+        f.debug_struct("Certificates")
+            .field("certificates", &self.describe())
             .finish_non_exhaustive()
     }
 }
 
-impl Certificate {
-    /// Loads the certificate chain and key; the error is one line naming the file.
-    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, String> {
+impl Certificates {
+    /// Loads each pair; an error is one line naming the file, with the
+    /// line of the config that names it.
+    pub(crate) fn load(pairs: &[CertFiles]) -> Result<Arc<Self>, (Option<usize>, String)> {
         let provider = Arc::new(ring::default_provider());
-        let current = load(cert, key, &provider)?;
-        Ok(Arc::new(Certificate {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            provider,
-            current: RwLock::new(Arc::new(current)),
-        }))
+        let mut entries = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let (key, names) =
+                load(&pair.cert, &pair.key, &provider).map_err(|e| (pair.line, e))?;
+            entries.push(Entry {
+                names,
+                path: pair.cert.clone(),
+                key: Arc::new(key),
+            });
+        }
+        if entries.is_empty() {
+            return Err((None, "no certificate".into()));
+        }
+        Ok(Arc::new(Certificates { provider, entries }))
     }
 
-    /// Reads the files again; on error the certificate in use stays.
-    // SIGHUP, which calls it, is Unix-only.
-    #[cfg_attr(not(unix), allow(dead_code))]
-    pub(crate) fn reload(&self) -> Result<(), String> {
-        let fresh = Arc::new(load(&self.cert, &self.key, &self.provider)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(())
+    /// `FILE (name, name)` for each certificate.
+    pub(crate) fn describe(&self) -> String {
+        self.entries
+            .iter()
+            .map(|e| format!("{} ({})", e.path.display(), e.names.join(", ")))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    /// The certificate file, for messages.
-    #[cfg_attr(not(unix), allow(dead_code))]
-    pub(crate) fn cert_path(&self) -> &Path {
-        &self.cert
+    /// The certificate files, for messages.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.iter().map(|e| e.path.as_path())
     }
 
-    /// A TLS acceptor serving this certificate, offering `h2` and `http/1.1`.
-    pub(crate) fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
+    /// A TLS acceptor serving these certificates, offering `h2` (when
+    /// `http2`) and `http/1.1`.
+    pub(crate) fn acceptor(self: &Arc<Self>, http2: bool) -> TlsAcceptor {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             // As in `rustls::ServerConfig::builder`: ring supports them.
             .expect("the ring provider supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = match http2 {
+            true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// The certificate for SNI `name`: one that names it exactly, else one
+    /// whose wildcard covers it (one label, as TLS clients check), else the
+    /// first.
+    fn choose(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
+        let found = name.and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            let wild = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+            self.entries
+                .iter()
+                .find(|e| e.names.contains(&name))
+                .or_else(|| {
+                    let wild = wild.as_ref()?;
+                    self.entries.iter().find(|e| e.names.contains(wild))
+                })
+        });
+        &found.unwrap_or(&self.entries[0]).key
     }
 }
 
-impl ResolvesServerCert for Certificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(hello.server_name()).clone())
     }
 }
 
@@ -104,34 +143,40 @@ pub(crate) fn client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<Arc<Client
     })
 }
 
-fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
-    let read = |path: &Path, flag: &str| {
-        std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+/// The certified key of a pair of PEM files, and the certificate's DNS names.
+fn load(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Vec<String>), String> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
     };
-    let cert_pem = read(cert, "--tls-cert")?;
-    let key_pem = read(key, "--tls-key")?;
+    let cert_pem = read(cert, "certificate")?;
+    let key_pem = read(key, "key")?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
         return Err(format!(
-            "--tls-cert {}: no PEM certificate in it",
+            "certificate {}: no PEM certificate in it",
             cert.display()
         ));
-    }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+    };
+    let names = match webpki::EndEntityCert::try_from(leaf) {
+        Ok(ee) => ee.valid_dns_names().map(str::to_ascii_lowercase).collect(),
+        Err(e) => return Err(format!("certificate {}: {e}", cert.display())),
+    };
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("key {}: no usable PEM private key: {e}", key.display()))?;
+    let certified = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
         format!(
-            "--tls-key {}: no usable PEM private key: {e}",
-            key.display()
-        )
-    })?;
-    CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
-        format!(
-            "--tls-cert {} with --tls-key {}: {e}",
+            "certificate {} with key {}: {e}",
             cert.display(),
             key.display()
         )
-    })
+    })?;
+    Ok((certified, names))
 }
 
 #[cfg(test)]
@@ -150,31 +195,71 @@ mod tests {
         dir
     }
 
+    fn pair(cert: &Path, key: &Path) -> Vec<CertFiles> {
+        vec![CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            line: Some(3),
+        }]
+    }
+
     #[test]
     fn loads_a_pair_and_names_the_file_on_errors() {
         let dir = scratch("load");
-        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let pair_a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = write(&dir, "cert.pem", &pair.cert.pem());
-        let key = write(&dir, "key.pem", &pair.signing_key.serialize_pem());
+        let cert = write(&dir, "cert.pem", &pair_a.cert.pem());
+        let key = write(&dir, "key.pem", &pair_a.signing_key.serialize_pem());
         let wrong_key = write(&dir, "other.pem", &other.signing_key.serialize_pem());
         let junk = write(&dir, "junk.pem", "not pem at all");
 
-        let c = Certificate::load(&cert, &key).unwrap();
-        assert!(c.reload().is_ok());
+        let c = Certificates::load(&pair(&cert, &key)).unwrap();
+        assert_eq!(c.describe(), format!("{} (localhost)", cert.display()));
 
-        let e = Certificate::load(&dir.join("missing.pem"), &key).unwrap_err();
-        assert!(e.starts_with("cannot read --tls-cert"), "{e}");
-        let e = Certificate::load(&junk, &key).unwrap_err();
+        let (line, e) = Certificates::load(&pair(&dir.join("missing.pem"), &key)).unwrap_err();
+        assert_eq!(line, Some(3));
+        assert!(e.starts_with("cannot read certificate"), "{e}");
+        let (_, e) = Certificates::load(&pair(&junk, &key)).unwrap_err();
         assert!(e.contains("no PEM certificate"), "{e}");
-        let e = Certificate::load(&cert, &junk).unwrap_err();
-        assert!(e.contains("--tls-key"), "{e}");
-        let e = Certificate::load(&cert, &wrong_key).unwrap_err();
-        assert!(e.contains("--tls-cert") && !e.contains('\n'), "{e}");
+        let (_, e) = Certificates::load(&pair(&cert, &junk)).unwrap_err();
+        assert!(e.starts_with("key "), "{e}");
+        let (_, e) = Certificates::load(&pair(&cert, &wrong_key)).unwrap_err();
+        assert!(e.contains("cert.pem") && !e.contains('\n'), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
-        // A failed reload keeps the certificate in use.
-        std::fs::write(&cert, "garbage").unwrap();
-        assert!(c.reload().is_err());
+    #[test]
+    fn sni_chooses_by_name_then_wildcard_then_the_first() {
+        let dir = scratch("sni");
+        let mut pairs = Vec::new();
+        for (i, names) in [vec!["a.test"], vec!["b.test", "*.w.test"]]
+            .into_iter()
+            .enumerate()
+        {
+            let names: Vec<String> = names.into_iter().map(String::from).collect();
+            let p = rcgen::generate_simple_self_signed(names).unwrap();
+            let cert = write(&dir, &format!("{i}.pem"), &p.cert.pem());
+            let key = write(
+                &dir,
+                &format!("{i}-key.pem"),
+                &p.signing_key.serialize_pem(),
+            );
+            pairs.extend(pair(&cert, &key));
+        }
+        let c = Certificates::load(&pairs).unwrap();
+        let which = |name: Option<&str>| {
+            let chosen = c.choose(name);
+            c.entries
+                .iter()
+                .position(|e| Arc::ptr_eq(&e.key, chosen))
+                .unwrap()
+        };
+        assert_eq!(which(Some("a.test")), 0);
+        assert_eq!(which(Some("B.TEST")), 1);
+        assert_eq!(which(Some("x.w.test")), 1);
+        assert_eq!(which(Some("y.x.w.test")), 0, "a wildcard covers one label");
+        assert_eq!(which(Some("unknown.test")), 0);
+        assert_eq!(which(None), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

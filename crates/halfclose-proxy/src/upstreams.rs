@@ -1,10 +1,11 @@
-//! The proxied service, built from the options: one `ReverseProxy`, or a
+//! The proxied service of an upstream group, built from its options and a
+//! route's: one `ReverseProxy`, or a
 //! `BalancedProxy` over several upstreams (`Upstreams`), with the options'
 //! policies and bounds; and what is asked of the upstreams apart from
 //! proxying (the start-up reachability check, `/readyz`'s TCP check,
 //! `--health-check`).
 //!
-//! Imports: `cli` (the options) and `units`. It knows nothing of serving
+//! Imports: `config` (the options). It knows nothing of serving
 //! (listeners, connections, workers, the admin port): `serve`, `stack` and
 //! `admin` import it, never the other way.
 
@@ -13,8 +14,7 @@ use std::time::Duration;
 use proxy_tower::{BalancedProxy, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
 use tokio::net::TcpStream;
 
-use crate::cli::ServeArgs;
-use crate::units::nonzero;
+use crate::config::{Group, RouteOptions};
 
 fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     match allowed {
@@ -25,26 +25,27 @@ fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     }
 }
 
-/// The proxy of one of `workers` workers, over `upstreams` (one, or several
-/// balanced); `upstream_ca` is the PEM of `--upstream-ca`.
+/// The proxy of one of `workers` workers to the upstream `group`, with a
+/// route's `options`; `upstream_max_connections` is the cap when the group
+/// sets none (the `--max-connections` figure).
 pub(crate) fn build_proxy(
-    args: &ServeArgs,
-    upstreams: &[String],
-    upstream_ca: Option<&[u8]>,
+    group: &Group,
+    options: &RouteOptions,
     workers: usize,
     upstream_max_connections: usize,
 ) -> Result<Upstreams, String> {
-    let (first, more) = upstreams.split_first().ok_or("no upstream")?;
+    let g = &group.options;
+    let (first, more) = group.servers.split_first().ok_or("no upstream")?;
     let forwarded = ForwardedHeaders::default()
-        .forwarded(args.forwarded)
-        .trust_incoming(args.trust_forwarded);
-    let forwarded = match &args.via {
+        .forwarded(options.forwarded)
+        .trust_incoming(options.trust_forwarded);
+    let forwarded = match &options.via {
         Some(name) => forwarded.via(name),
         None => forwarded,
     };
     let mut b = ReverseProxy::builder(first)
-        .connect_timeout(args.connect_timeout)
-        .host_header(if args.preserve_host {
+        .connect_timeout(g.connect_timeout)
+        .host_header(if options.preserve_host {
             HostHeader::Preserve
         } else {
             HostHeader::Upstream
@@ -52,42 +53,40 @@ pub(crate) fn build_proxy(
         .forwarded_headers(forwarded)
         // Each worker has its own pool: the bound is shared out among them (at
         // least one each, unless it is 0).
-        .pool_max_idle(match args.upstream_max_idle {
+        .pool_max_idle(match g.max_idle {
             0 => 0,
             n => (n / workers).max(1),
         })
-        .pool_idle_timeout(nonzero(args.upstream_idle_timeout))
-        .upgrade_policy(upgrade_policy(&args.allow_upgrade));
+        .pool_idle_timeout(g.idle_timeout)
+        .upgrade_policy(upgrade_policy(&options.allow_upgrade));
+    let cap = g.max_connections.unwrap_or(upstream_max_connections);
     b = b
-        .response_timeout(nonzero(args.response_timeout))
-        .read_timeout(nonzero(args.read_timeout))
+        .response_timeout(g.response_timeout)
+        .read_timeout(g.read_timeout)
         // Shared out among the workers' proxies, at least one each.
-        .upstream_max_connections(
-            (upstream_max_connections > 0).then(|| (upstream_max_connections / workers).max(1)),
-        )
-        .queue_timeout(args.upstream_queue_timeout);
-    if let Some(d) = nonzero(args.tunnel_idle_timeout) {
+        .upstream_max_connections((cap > 0).then(|| (cap / workers).max(1)))
+        .queue_timeout(g.queue_timeout);
+    if let Some(d) = options.tunnel_idle_timeout {
         b = b.tunnel_idle_timeout(d);
     }
-    if let Some(d) = nonzero(args.tunnel_half_close_timeout) {
+    if let Some(d) = options.tunnel_half_close_timeout {
         b = b.tunnel_half_close_timeout(d);
     }
-    if args.http2_upstream {
+    if g.http2 {
         b = b.http2_only();
     }
     #[cfg(feature = "tls")]
-    if let Some(pem) = upstream_ca {
+    if let Some(pem) = g.ca.as_ref().and_then(|ca| ca.pem.as_ref()) {
         b = b.upstream_ca_pem(pem);
     }
-    #[cfg(not(feature = "tls"))]
-    let _ = upstream_ca;
     if more.is_empty() {
         return b.build().map(Upstreams::One).map_err(|e| e.to_string());
     }
     for u in more {
         b = b.add_upstream(u);
     }
-    b.build_balanced()
+    b.outlier_detection(g.eject_after, g.ejection_time)
+        .build_balanced()
         .map(Upstreams::Many)
         .map_err(|e| e.to_string())
 }

@@ -118,6 +118,10 @@ pub(crate) async fn serve<S, B>(
     else {
         return;
     };
+    let protocol = match settings.http2_on {
+        true => protocol,
+        false => Protocol::Http1,
+    };
     let io = TokioIo::new(
         ClientIo::new(tcp)
             .with_prefix(prefix)

@@ -22,6 +22,9 @@ pub(crate) struct Settings {
     pub(super) idle_timeout: Option<Duration>,
     pub(super) http1: http1::Builder,
     pub(super) http2: http2::Builder<TokioExecutor>,
+    /// Serve HTTP/2 (prior knowledge, or `h2` by ALPN); HTTP/1.1 alone when
+    /// false.
+    pub(super) http2_on: bool,
     /// Serve HTTPS: a TLS handshake first, then the protocol ALPN chose.
     #[cfg(feature = "tls")]
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
@@ -53,17 +56,18 @@ impl Settings {
             idle_timeout,
             http1: h1,
             http2: h2,
+            http2_on: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
     }
 
-    /// True when connections are served over TLS.
-    pub(crate) fn is_tls(&self) -> bool {
-        #[cfg(feature = "tls")]
-        return self.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        false
+    /// Serves HTTP/1.1 only: an HTTP/2 preface is read as HTTP/1, which
+    /// hyper refuses. (The TLS acceptor's ALPN must then offer only
+    /// `http/1.1`.)
+    pub(crate) fn http1_only(mut self) -> Self {
+        self.http2_on = false;
+        self
     }
 
     /// Serves HTTPS through `acceptor`.
