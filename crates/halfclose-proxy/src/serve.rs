@@ -327,9 +327,10 @@ impl Worker {
 
 /// A listener that is open: a socket per worker, each with its accept loop.
 struct Running {
-    /// As the config gives it (port 0 included): a reload that gives it
-    /// again keeps it.
-    address: SocketAddr,
+    /// Its address as the config gives it (port 0 included) and its rank
+    /// among listeners with that address: a reload that gives it again
+    /// keeps it.
+    key: (SocketAddr, usize),
     local: SocketAddr,
     #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     tls: bool,
@@ -448,7 +449,7 @@ impl State {
         // 1. Bind the new listeners, a socket per worker.
         let mut fresh = Vec::new();
         for l in &config.listeners {
-            if self.listeners.iter().any(|r| r.address == l.address) {
+            if self.listeners.iter().any(|r| r.key == l.key) {
                 continue;
             }
             let first = bind(l.address, n > 1)
@@ -459,7 +460,7 @@ impl State {
                 sockets
                     .push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
             }
-            fresh.push((l.address, local, sockets));
+            fresh.push((l.key, local, sockets));
         }
         // 2. Every worker's generation.
         let generations = (0..n)
@@ -525,8 +526,8 @@ impl State {
 
         // Listeners: kept ones get their new settings, dropped ones close
         // (their connections go on), new ones open.
-        self.listeners.retain(
-            |r| match config.listeners.iter().find(|l| l.address == r.address) {
+        self.listeners
+            .retain(|r| match config.listeners.iter().find(|l| l.key == r.key) {
                 Some(l) => {
                     r.settings.send_replace(settings_of(l).0);
                     true
@@ -536,10 +537,9 @@ impl State {
                     say!("stopped listening on {}", r.local);
                     false
                 }
-            },
-        );
-        for (address, local, sockets) in fresh {
-            let Some(l) = config.listeners.iter().find(|l| l.address == address) else {
+            });
+        for (key, local, sockets) in fresh {
+            let Some(l) = config.listeners.iter().find(|l| l.key == key) else {
                 continue;
             };
             let (settings, tls) = settings_of(l);
@@ -574,7 +574,7 @@ impl State {
             let scheme = if tls { "https" } else { "http" };
             say!("listening on {scheme}://{local}");
             self.listeners.push(Running {
-                address,
+                key,
                 local,
                 tls,
                 settings: settings_tx,
@@ -586,7 +586,7 @@ impl State {
             config
                 .listeners
                 .iter()
-                .position(|l| l.address == r.address)
+                .position(|l| l.key == r.key)
                 .unwrap_or(usize::MAX)
         });
 

@@ -50,6 +50,10 @@ pub(crate) struct Config {
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) address: SocketAddr,
+    /// Which listener of the config it is across reloads: its address, and
+    /// how many listeners before it have the same one (port 0 may be given
+    /// more than once: each is a port of its own).
+    pub(crate) key: (SocketAddr, usize),
     /// HTTPS with these certificates, chosen by SNI (the first by default).
     pub(crate) tls: Vec<CertFiles>,
     pub(crate) http2: bool,
@@ -278,6 +282,7 @@ impl Config {
             file: None,
             listeners: vec![Listener {
                 address: flags.listen,
+                key: (flags.listen, 0),
                 tls: flags.tls.clone(),
                 http2: true,
                 #[cfg(feature = "tls")]
@@ -334,7 +339,7 @@ impl Config {
                 "no [[listener]]: give at least one, with its address".into(),
             );
         }
-        let mut addresses = HashSet::new();
+        let mut addresses: BTreeMap<SocketAddr, usize> = BTreeMap::new();
         let mut listeners = Vec::new();
         for l in &raw.listener {
             let at = c.line(l.span().start);
@@ -352,9 +357,12 @@ impl Config {
                     continue;
                 }
             };
-            if !addresses.insert(address) {
+            let nth = addresses.entry(address).or_default();
+            if *nth > 0 && address.port() != 0 {
                 c.error(Some(at), format!("listener {address} is given twice"));
             }
+            let key = (address, *nth);
+            *nth += 1;
             let tls: Vec<CertFiles> = l
                 .tls
                 .iter()
@@ -375,6 +383,7 @@ impl Config {
             }
             listeners.push(Listener {
                 address,
+                key,
                 tls,
                 http2: l.http2.unwrap_or(true),
                 #[cfg(feature = "tls")]

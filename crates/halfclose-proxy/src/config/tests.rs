@@ -143,6 +143,11 @@ fn a_listener_address_must_parse_and_be_given_once() {
     let (line, msg) = error(&twice);
     assert_eq!(line, Some(5));
     assert!(msg.contains("twice"), "{msg}");
+    // Port 0 twice is two ports, each its own listener across reloads.
+    let zeros = twice.replace("8080", "0");
+    let c = parse(&zeros).unwrap();
+    assert_eq!(c.listeners[0].key, ("127.0.0.1:0".parse().unwrap(), 0));
+    assert_eq!(c.listeners[1].key, ("127.0.0.1:0".parse().unwrap(), 1));
 }
 
 #[test]

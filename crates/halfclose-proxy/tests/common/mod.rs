@@ -53,6 +53,24 @@ impl Proxy {
         (Proxy::started(child).await, logs)
     }
 
+    /// Starts the binary with `--config FILE` and `args`, logging at INFO;
+    /// its log lines come through the returned [`Logs`]. `addr` is the
+    /// first listener's.
+    pub async fn with_config(file: &std::path::Path, args: &[&str]) -> (Proxy, Logs) {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(file)
+            .args(args)
+            .args(["--log-level", "info"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn halfclose-proxy --config");
+        let logs = Logs::of(child.stderr.take().unwrap());
+        (Proxy::started(child).await, logs)
+    }
+
     /// Waits for the first stdout line of `child`, which says its address.
     async fn started(mut child: Child) -> Proxy {
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
