@@ -112,15 +112,16 @@ impl Router for Current {
         // Matched (and forwarded) with its dot-segments resolved, so that
         // `/api/../admin` is `/admin` to both.
         let path = proxy_core::normalize_path(parts.uri.path()).map_err(|_| Refused::BadPath)?;
-        let host = match parts.uri.authority() {
-            Some(a) => Some(request_host(a.as_str())),
-            None => parts
+        let generation = self.0.borrow();
+        let host = match (generation.table.by_host(), parts.uri.authority()) {
+            (false, _) => None,
+            (true, Some(a)) => Some(request_host(a.as_str())),
+            (true, None) => parts
                 .headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(request_host),
         };
-        let generation = self.0.borrow();
         let entry = generation
             .table
             .find(host.as_deref(), &path)

@@ -107,14 +107,17 @@ impl fmt::Display for HostPattern {
 /// The host a request names (its URI's authority, else its `Host`), as
 /// routes match it: lower case, without port or trailing dot. An IPv6
 /// literal keeps its brackets.
-pub(crate) fn request_host(authority: &str) -> String {
+pub(crate) fn request_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = match authority.rfind(':') {
         // `[::1]:8080`, `example.com:8080`; not `[::1]`.
         Some(i) if !authority[i..].contains(']') => &authority[..i],
         _ => authority,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    host.to_ascii_lowercase()
+    match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(host.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(host),
+    }
 }
 
 /// `/api` matches `/api` and `/api/...` but not `/apix`; a prefix ending in
@@ -144,6 +147,8 @@ pub(crate) struct Table<T> {
     /// Wildcard routes, longest suffix first, then longest prefix; and the
     /// routes for any host, longest prefix first.
     rest: Vec<Entry<T>>,
+    /// Whether a route names a host.
+    by_host: bool,
 }
 
 /// One route of a [`Table`].
@@ -171,7 +176,18 @@ impl<T> Table<T> {
             list.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
         }
         rest.sort_by_key(|e| std::cmp::Reverse((e.host.rank(), e.prefix.len())));
-        Table { exact, rest }
+        let by_host = !exact.is_empty() || rest.iter().any(|e| e.host != HostPattern::Any);
+        Table {
+            exact,
+            rest,
+            by_host,
+        }
+    }
+
+    /// Whether any route names a host: when none does, the request's host
+    /// need not be read.
+    pub(crate) fn by_host(&self) -> bool {
+        self.by_host
     }
 
     /// The route for `host` (as [`request_host`] gives it; `None` when the
@@ -261,6 +277,13 @@ mod tests {
         let t = table(&[("h", "/api", 1), ("", "/", 2)]);
         assert_eq!(find(&t, "h", "/api/x"), Some(1));
         assert_eq!(find(&t, "h", "/other"), Some(2));
+    }
+
+    #[test]
+    fn a_table_without_hosts_needs_no_host() {
+        assert!(!table(&[("", "/", 1), ("", "/api", 2)]).by_host());
+        assert!(table(&[("", "/", 1), ("*.a.com", "/", 2)]).by_host());
+        assert!(table(&[("a.com", "/", 1)]).by_host());
     }
 
     #[test]

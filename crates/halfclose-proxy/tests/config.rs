@@ -301,6 +301,41 @@ async fn a_tunnel_outlives_three_reloads_and_still_half_closes() {
     proxy.stop().await;
 }
 
+/// With `drain_timeout`, a tunnel opened before a reload ends that long
+/// after it with a FIN each way; one opened after it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_limit_ends_older_tunnels_with_a_fin_each_way() {
+    let dir = Dir::new("drain");
+    let (chat, mut heads) = raw_upstream().await;
+    let config = format!(
+        "drain_timeout = \"300ms\"\n{}",
+        chat_config(&chat.to_string(), "/a", "1h")
+    );
+    let file = dir.write("proxy.toml", &config);
+    let (mut proxy, _logs) = Proxy::with_config(&file, &[]).await;
+    let (mut old_cli, mut old_srv) = tunnel(proxy.addr, "ws.example.test", &mut heads).await;
+    dir.write("proxy.toml", &config.replace("/a", "/b"));
+    proxy.signal("HUP");
+    proxy.line_starting("reloaded ").await;
+    let (mut new_cli, mut new_srv) = tunnel(proxy.addr, "ws.example.test", &mut heads).await;
+    // Bytes relayed before the FIN arrive, then the FIN, on both sides.
+    old_cli.write_all(b"last").await.unwrap();
+    let mut got = Vec::new();
+    within("the FIN at the upstream", old_srv.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"last");
+    let mut got = Vec::new();
+    within("the FIN at the client", old_cli.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    // The newer tunnel goes on.
+    carries(&mut new_cli, &mut new_srv, b"still here").await;
+    carries(&mut new_srv, &mut new_cli, b"and back").await;
+    proxy.stop().await;
+}
+
 /// An invalid config on reload changes nothing: routes and certificates in
 /// use stay, and one log line says why, with the file and line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
