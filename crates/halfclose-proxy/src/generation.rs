@@ -41,9 +41,14 @@ pub(crate) struct Proxy {
 /// Where a route sends its requests.
 struct Target {
     proxy: Upstreams,
-    strip: bool,
+    /// With `strip_prefix`: the prefix, as `X-Forwarded-Prefix` says it.
+    strip: Option<http::HeaderValue>,
     max_body: Option<usize>,
 }
+
+/// `X-Forwarded-Prefix`: the path prefix a proxy stripped (Traefik's and
+/// Spring's name), so that the upstream can build its own URLs.
+static X_FORWARDED_PREFIX: http::HeaderName = http::HeaderName::from_static("x-forwarded-prefix");
 
 impl Generation {
     /// The generation of one of `workers` workers for `config`;
@@ -84,7 +89,13 @@ impl Generation {
                 prefix: route.path.clone(),
                 value: Target {
                     proxy,
-                    strip: route.strip_prefix,
+                    strip: match route.strip_prefix {
+                        true => Some(
+                            http::HeaderValue::from_str(route.path.trim_end_matches('/'))
+                                .map_err(|e| format!("path {:?}: {e}", route.path))?,
+                        ),
+                        false => None,
+                    },
                     max_body: route.options.max_request_body,
                 },
             });
@@ -127,10 +138,16 @@ impl Router for Current {
             .find(host.as_deref(), &path)
             .ok_or(Refused::NoRoute)?;
         let target = &entry.value;
-        let new_path = match (target.strip, path) {
-            (true, path) => Some(strip_prefix(&entry.prefix, &path).into_owned()),
-            (false, Cow::Owned(path)) => Some(path),
-            (false, Cow::Borrowed(_)) => None,
+        let new_path = match (&target.strip, path) {
+            (Some(prefix), path) => {
+                // The client's own, if any, is replaced: it is ours to say.
+                parts
+                    .headers
+                    .insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
+                Some(strip_prefix(&entry.prefix, &path).into_owned())
+            }
+            (None, Cow::Owned(path)) => Some(path),
+            (None, Cow::Borrowed(_)) => None,
         };
         if let Some(path) = new_path {
             let pq = match parts.uri.query() {
@@ -145,5 +162,92 @@ impl Router for Current {
             service: target.proxy.clone(),
             max_body: target.max_body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ServeArgs;
+    use crate::config::Defaults;
+
+    fn current(text: &str) -> Current {
+        let config = Config::parse(
+            text,
+            std::path::Path::new("."),
+            &Defaults::from_args(&ServeArgs::defaults()),
+        )
+        .unwrap();
+        let generation = Generation::build(&config, 1, 16).unwrap();
+        Current(watch::Sender::new(Arc::new(generation)).subscribe())
+    }
+
+    const CONFIG: &str = r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+host = "example.test"
+path = "/api/"
+strip_prefix = true
+upstream = "app"
+max_request_body = "1k"
+
+[[route]]
+host = "example.test"
+upstream = "app"
+
+[upstream.app]
+servers = ["http://127.0.0.1:3000"]
+"#;
+
+    fn route(
+        router: &Current,
+        uri: &str,
+        host: Option<&str>,
+    ) -> Result<http::request::Parts, Refused> {
+        let mut req = http::Request::get(uri);
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        let (mut parts, ()) = req
+            .header("x-forwarded-prefix", "/forged")
+            .body(())
+            .unwrap()
+            .into_parts();
+        router.route(&mut parts).map(|routed| {
+            if parts.uri.path().starts_with("/v1") {
+                assert_eq!(routed.max_body, Some(1024));
+            }
+            parts
+        })
+    }
+
+    #[test]
+    fn a_stripped_prefix_is_said_in_x_forwarded_prefix_and_the_query_kept() {
+        let r = current(CONFIG);
+        let parts = route(&r, "/api/v1/users?q=1", Some("example.test")).unwrap();
+        assert_eq!(parts.uri, "/v1/users?q=1");
+        assert_eq!(parts.headers["x-forwarded-prefix"], "/api");
+        // Not stripped: the client's header goes as it came.
+        let parts = route(&r, "/a/./b/../c", Some("example.test")).unwrap();
+        assert_eq!(parts.uri, "/a/c", "resolved");
+        assert_eq!(parts.headers["x-forwarded-prefix"], "/forged");
+    }
+
+    #[test]
+    fn the_uri_authority_wins_over_host_and_no_match_is_refused() {
+        let r = current(CONFIG);
+        let parts = route(&r, "http://example.test/api/x", Some("other.test")).unwrap();
+        assert_eq!(parts.uri.path(), "/x");
+        assert_eq!(
+            route(&r, "/", Some("other.test")).unwrap_err(),
+            Refused::NoRoute
+        );
+        assert_eq!(route(&r, "/", None).unwrap_err(), Refused::NoRoute);
+        assert_eq!(
+            route(&r, "/api/..%2fadmin", Some("example.test")).unwrap_err(),
+            Refused::BadPath
+        );
     }
 }
