@@ -13,7 +13,6 @@
 //! Imports: `cli` (the flags), `routes` (host patterns), `tls`, `units`.
 
 mod file;
-mod print;
 #[cfg(test)]
 mod tests;
 
@@ -29,8 +28,6 @@ use toml::Spanned;
 use crate::cli::ServeArgs;
 use crate::routes::HostPattern;
 use crate::units::{nonzero, parse_duration, parse_size};
-
-pub(crate) use print::routing_table;
 
 /// Listeners, routes and upstream groups, checked.
 #[derive(Debug)]

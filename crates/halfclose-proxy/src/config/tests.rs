@@ -334,16 +334,4 @@ fn a_missing_certificate_file_is_an_error_with_its_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn the_routing_table_lists_routes_most_specific_first() {
-    let text = format!(
-        "{MINIMAL}\n[[route]]\nhost = \"example.test\"\npath = \"/api\"\nstrip_prefix = true\nupstream = \"app\"\n"
-    );
-    let table = routing_table(&parse(&text).unwrap());
-    let api = table.find("example.test  /api").expect(&table);
-    let any = table.find("*             /").expect(&table);
-    assert!(api < any, "{table}");
-    assert!(table.contains("other hosts and paths: 404"), "{table}");
-}
-
 use clap::Parser as _;
