@@ -18,20 +18,25 @@
 //! no module imports one that imports it, directly or through others.
 //!
 //! ```text
-//! main      -> cli, pages, probe, serve         the entry point
-//! cli       -> probe, units                     the clap types
-//! probe     -> echo, tls, units                 the half-close checker (a client)
-//! serve     -> admin, cli, conn, demo, fds,     runs the workers, the admin port,
-//!              listen, signals, stack, tls,     the demo and the shutdown
-//!              units, upstreams
-//! listen    -> accept, conn                     a worker's socket and accept loop
-//! admin     -> accept, upstreams                --admin-listen
-//! stack     -> upstreams                        the request path around the proxy
-//! upstreams -> cli, units                       the proxied service, from the options
-//! signals   -> tls                              SIGINT/SIGTERM, SIGHUP
-//! demo      -> accept, echo                     the demo upstream (feature `demo`)
-//! conn      -> (its own submodules only)        one client connection
-//! accept, echo, fds, pages, tls, units          nothing of the crate
+//! main       -> check, cli, pages, probe, serve  the entry point
+//! check      -> cli, config, routes              `check-config FILE`
+//! serve      -> admin, cli, config, conn, demo,  runs the workers, the listeners,
+//!               fds, generation, listen,         the admin port, the demo, the
+//!               signals, stack, units,           reloads and the shutdown
+//!               upstreams
+//! admin      -> accept, generation, upstreams    --admin-listen
+//! generation -> config, routes, stack,           one worker's proxies and routes
+//!               upstreams                        for one config; the router
+//! upstreams  -> config                           the proxy of an upstream group
+//! config     -> cli, routes, tls, units          the --config file, or the flags
+//! cli        -> probe, units                     the clap types
+//! probe      -> echo, tls, units                 the half-close checker (a client)
+//! listen     -> accept, conn                     a worker's socket and accept loop
+//! demo       -> accept, echo                     the demo upstream (feature `demo`)
+//! conn       -> (its own submodules only)        one client connection
+//! stack, routes, signals                         the request path around the proxy,
+//!                                                the routing table, the signals
+//! accept, echo, fds, pages, tls, units           nothing of the crate
 //! ```
 
 // Before the modules: a macro is in scope in the files declared after it.
