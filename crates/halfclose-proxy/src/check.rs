@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Defaults, RouteOptions};
-use crate::routes::{Entry, Table};
+use crate::routes::{Entry, HostPattern, Table};
 
 /// Exit status 0 when `file` is a valid config, 1 when not.
 pub(crate) fn run(file: &Path) -> ExitCode {
@@ -148,7 +148,13 @@ pub(crate) fn routing_table(config: &Config) -> String {
         );
         let _ = writeln!(out, "  {:host_w$}  {}", "", options(&r.options));
     }
-    let _ = writeln!(out, "other hosts and paths: 404");
+    let catch_all = config
+        .routes
+        .iter()
+        .any(|r| r.host == HostPattern::Any && r.path == "/");
+    if !catch_all {
+        let _ = writeln!(out, "other hosts and paths: 404");
+    }
     for (name, g) in &config.groups {
         let o = &g.options;
         let _ = writeln!(
@@ -165,6 +171,7 @@ pub(crate) fn routing_table(config: &Config) -> String {
             time(o.idle_timeout),
             if o.http2 { "; http2" } else { "" },
             match &o.health_check {
+                Some(_) if g.servers.len() < 2 => "; no health check (one server)".to_owned(),
                 Some(p) => format!(
                     "; health check GET {p} every {}",
                     time(Some(o.health_check_interval))
@@ -217,6 +224,20 @@ servers = ["http://127.0.0.1:3000"]
         let api = table.find("example.test  /api").expect(&table);
         let any = table.find("*             /").expect(&table);
         assert!(api < any, "{table}");
+        // A catch-all route leaves no 404; without one, the rest is 404.
+        assert!(!table.contains("404"), "{table}");
+        let text = text.replace(
+            "[[route]]\nupstream = \"app\"",
+            "[[route]]\nhost = \"a.test\"\nupstream = \"app\"",
+        );
+        let table = routing_table(
+            &Config::parse(
+                &text,
+                Path::new("."),
+                &Defaults::from_args(&ServeArgs::defaults()),
+            )
+            .unwrap(),
+        );
         assert!(table.contains("other hosts and paths: 404"), "{table}");
     }
 }

@@ -93,7 +93,7 @@ pub(crate) struct ServeArgs {
     pub(crate) tls_key: Option<std::path::PathBuf>,
 
     /// Time allowed to connect to the upstream, TLS handshake included (502
-    /// when exceeded).
+    /// when exceeded; `0`: no limit).
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub(crate) connect_timeout: Duration,
 

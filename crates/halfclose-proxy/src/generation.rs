@@ -43,6 +43,8 @@ struct Target {
     proxy: Upstreams,
     /// With `strip_prefix`: the prefix, as `X-Forwarded-Prefix` says it.
     strip: Option<http::HeaderValue>,
+    /// Whether a client's `X-Forwarded-Prefix` goes on (`trust_forwarded`).
+    trust_forwarded: bool,
     max_body: Option<usize>,
 }
 
@@ -59,7 +61,7 @@ impl Generation {
         workers: usize,
         upstream_max_connections: usize,
     ) -> Result<Generation, String> {
-        let mut made: HashMap<(&str, &RouteOptions), Upstreams> = HashMap::new();
+        let mut made: HashMap<(&str, RouteOptions), Upstreams> = HashMap::new();
         let mut proxies = Vec::new();
         let mut entries = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
@@ -67,12 +69,13 @@ impl Generation {
                 .groups
                 .get(&route.group)
                 .ok_or_else(|| format!("no upstream group {:?}", route.group))?;
-            let proxy = match made.get(&(route.group.as_str(), &route.options)) {
+            let key = (route.group.as_str(), route.options.proxy_key());
+            let proxy = match made.get(&key) {
                 Some(p) => p.clone(),
                 None => {
                     let p = build_proxy(group, &route.options, workers, upstream_max_connections)
                         .map_err(|e| format!("upstream group {}: {e}", route.group))?;
-                    made.insert((&route.group, &route.options), p.clone());
+                    made.insert(key, p.clone());
                     proxies.push(Proxy {
                         upstreams: p.clone(),
                         health_check: group
@@ -96,6 +99,7 @@ impl Generation {
                         ),
                         false => None,
                     },
+                    trust_forwarded: route.options.trust_forwarded,
                     max_body: route.options.max_request_body,
                 },
             });
@@ -146,8 +150,17 @@ impl Router for Current {
                     .insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
                 Some(strip_prefix(&entry.prefix, &path).into_owned())
             }
-            (None, Cow::Owned(path)) => Some(path),
-            (None, Cow::Borrowed(_)) => None,
+            (None, path) => {
+                // Another proxy's word only when it is trusted, as for the
+                // other X-Forwarded-* headers.
+                if !target.trust_forwarded {
+                    parts.headers.remove(&X_FORWARDED_PREFIX);
+                }
+                match path {
+                    Cow::Owned(path) => Some(path),
+                    Cow::Borrowed(_) => None,
+                }
+            }
         };
         if let Some(path) = new_path {
             let pq = match parts.uri.query() {
@@ -229,9 +242,15 @@ servers = ["http://127.0.0.1:3000"]
         let parts = route(&r, "/api/v1/users?q=1", Some("example.test")).unwrap();
         assert_eq!(parts.uri, "/v1/users?q=1");
         assert_eq!(parts.headers["x-forwarded-prefix"], "/api");
-        // Not stripped: the client's header goes as it came.
+        // Not stripped: a client's own is not passed on, unless trusted.
         let parts = route(&r, "/a/./b/../c", Some("example.test")).unwrap();
         assert_eq!(parts.uri, "/a/c", "resolved");
+        assert!(!parts.headers.contains_key("x-forwarded-prefix"));
+        let trusting = current(&CONFIG.replace(
+            "host = \"example.test\"\nupstream",
+            "host = \"example.test\"\ntrust_forwarded = true\nupstream",
+        ));
+        let parts = route(&trusting, "/x", Some("example.test")).unwrap();
         assert_eq!(parts.headers["x-forwarded-prefix"], "/forged");
     }
 

@@ -425,10 +425,12 @@ impl State {
                 metrics::counter!("proxy_config_reloads_total", "result" => "failure").increment(1);
                 tracing::warn!(generation = n, trigger = why, error = %e, "config not reloaded; keeping the one in use");
                 match &self.source {
-                    Source::Flags(..) => {
+                    // As before there were config files: a certificate is
+                    // all the flags have to reload.
+                    Source::Flags(flags, _) if flags.has_tls() => {
                         say!("TLS certificate not reloaded, keeping the one in use: {e}")
                     }
-                    Source::File(_) => say!("config not reloaded, keeping generation {n}: {e}"),
+                    _ => say!("config not reloaded, keeping generation {n}: {e}"),
                 }
                 Err(format!("not reloaded, keeping generation {n}: {e}\n"))
             }

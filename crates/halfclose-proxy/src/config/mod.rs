@@ -85,7 +85,9 @@ pub(crate) struct Route {
     pub(crate) options: RouteOptions,
 }
 
-/// What a route may set, that flags set for all.
+/// What a route may set, that flags set for all. Routes to one group with
+/// equal options but the body limit share a proxy (see
+/// [`proxy_key`](RouteOptions::proxy_key)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct RouteOptions {
     /// `--allow-upgrade`: empty for the default (all but h2c).
@@ -97,6 +99,17 @@ pub(crate) struct RouteOptions {
     pub(crate) trust_forwarded: bool,
     pub(crate) via: Option<String>,
     pub(crate) max_request_body: Option<usize>,
+}
+
+impl RouteOptions {
+    /// The options a proxy is built with: all but the body limit, which the
+    /// request path applies before the proxy.
+    pub(crate) fn proxy_key(&self) -> RouteOptions {
+        RouteOptions {
+            max_request_body: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// `[upstream.NAME]`.
@@ -204,6 +217,11 @@ impl Flags {
             listen: args.listen,
             tls,
         }
+    }
+
+    /// Whether `--tls-cert` was given.
+    pub(crate) fn has_tls(&self) -> bool {
+        !self.tls.is_empty()
     }
 }
 
@@ -425,25 +443,20 @@ impl Config {
         for r in &raw.route {
             let at = c.line(r.span().start);
             let r = r.get_ref();
+            // Each key is checked even when another is wrong: every error
+            // is said at once.
             let host = match &r.host {
-                None => HostPattern::Any,
-                Some(h) => match HostPattern::parse(h.get_ref()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        c.at(h, e);
-                        continue;
-                    }
-                },
+                None => Some(HostPattern::Any),
+                Some(h) => HostPattern::parse(h.get_ref())
+                    .inspect_err(|e| c.at(h, e.clone()))
+                    .ok(),
             };
             let path = match &r.path {
-                None => "/".to_owned(),
-                Some(p) => match check_prefix(p.get_ref()) {
-                    Ok(()) => p.get_ref().clone(),
-                    Err(e) => {
-                        c.at(p, e);
-                        continue;
-                    }
-                },
+                None => Some("/".to_owned()),
+                Some(p) => check_prefix(p.get_ref())
+                    .map(|()| p.get_ref().clone())
+                    .inspect_err(|e| c.at(p, e.clone()))
+                    .ok(),
             };
             if !groups.contains_key(r.upstream.get_ref()) {
                 let known: Vec<&str> = raw.upstream.keys().map(|k| k.get_ref().as_str()).collect();
@@ -461,9 +474,16 @@ impl Config {
                 );
             }
             let strip_prefix = r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
-            if strip_prefix && r.path.is_none() {
+            let options = c.route(r, &defaults.route);
+            let (Some(host), Some(path)) = (host, path) else {
+                continue;
+            };
+            if strip_prefix && path == "/" {
                 let s = r.strip_prefix.as_ref().expect("set");
-                c.at(s, "strip_prefix = true needs a path to strip".into());
+                c.at(
+                    s,
+                    "strip_prefix = true needs a path other than / to strip".into(),
+                );
             }
             if !seen.insert((host.clone(), path.clone())) {
                 c.error(
@@ -471,7 +491,6 @@ impl Config {
                     format!("a second route for host {host} and path {path}"),
                 );
             }
-            let options = c.route(r, &defaults.route);
             routes.push(Route {
                 host,
                 path,

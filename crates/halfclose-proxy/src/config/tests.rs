@@ -206,6 +206,8 @@ fn strip_prefix_needs_a_path() {
     let (line, msg) = error(&text);
     assert_eq!(line, Some(6));
     assert!(msg.contains("strip_prefix"), "{msg}");
+    let root = MINIMAL.replace("[[route]]", "[[route]]\npath = \"/\"\nstrip_prefix = true");
+    assert!(error(&root).1.contains("other than /"));
 }
 
 #[test]
