@@ -101,6 +101,14 @@ pub(crate) fn routing_table(config: &Config) -> String {
             l.address,
             if l.http2 { "http/1.1+h2" } else { "http/1.1" }
         );
+        match l.proxy_protocol.as_deref() {
+            Some([]) => out.push_str("  PROXY protocol from any source"),
+            Some(nets) => {
+                let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+                let _ = write!(out, "  PROXY protocol from {}", nets.join(", "));
+            }
+            None => {}
+        }
         #[cfg(feature = "tls")]
         if let Some(certs) = &l.certificates {
             let _ = write!(out, "  certificates: {}", certs.describe());

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::probe;
+use crate::proxy_protocol::Cidr;
 use crate::units::{Size, parse_duration, parse_size};
 
 /// A reverse proxy that keeps TCP half-close intact across WebSocket and other
@@ -91,6 +92,21 @@ pub(crate) struct ServeArgs {
     #[cfg(feature = "tls")]
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<std::path::PathBuf>,
+
+    /// Every connection to --listen starts with a PROXY protocol header (v1
+    /// or v2), as from HAProxy's `send-proxy`, an AWS NLB or another L4
+    /// balancer: the client address it carries is the client's everywhere
+    /// (X-Forwarded-For, Forwarded, logs). It must arrive within
+    /// --header-read-timeout; a connection without a valid one is closed.
+    /// With --config: the default of each listener's `proxy_protocol`.
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
+
+    /// With --proxy-protocol: only sources in this network may connect
+    /// (repeatable, or comma-separated: `10.0.0.0/8`, `2001:db8::/32`, an
+    /// address); others are closed at once. Default: any source.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "proxy_protocol", value_parser = Cidr::parse)]
+    pub(crate) proxy_protocol_trusted: Vec<Cidr>,
 
     /// Time allowed to connect to the upstream, TLS handshake included (502
     /// when exceeded; `0`: no limit).

@@ -63,6 +63,7 @@ mod generation;
 mod listen;
 mod pages;
 mod probe;
+mod proxy_protocol;
 mod routes;
 mod serve;
 mod signals;

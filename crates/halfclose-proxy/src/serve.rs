@@ -482,6 +482,10 @@ impl State {
                 true => settings,
                 false => settings.http1_only(),
             };
+            let settings = match &l.proxy_protocol {
+                Some(trusted) => settings.proxy_protocol(trusted.clone()),
+                None => settings,
+            };
             #[cfg(feature = "tls")]
             if let Some(certs) = &l.certificates {
                 return (Arc::new(settings.tls(certs.acceptor(l.http2))), true);

@@ -34,6 +34,10 @@ pub(super) struct Listener {
     pub(super) tls: Option<Spanned<Vec<Spanned<CertPair>>>>,
     /// Offer HTTP/2 (ALPN `h2`, or the preface on a plain listener).
     pub(super) http2: Option<bool>,
+    /// Connections start with a PROXY protocol header.
+    pub(super) proxy_protocol: Option<bool>,
+    /// The networks a PROXY protocol header may come from.
+    pub(super) trusted: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One certificate of a TLS listener.

@@ -26,6 +26,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::cli::ServeArgs;
+use crate::proxy_protocol::Cidr;
 use crate::routes::HostPattern;
 use crate::units::{nonzero, parse_duration, parse_size};
 
@@ -54,6 +55,9 @@ pub(crate) struct Listener {
     /// HTTPS with these certificates, chosen by SNI (the first by default).
     pub(crate) tls: Vec<CertFiles>,
     pub(crate) http2: bool,
+    /// Read a PROXY protocol header first, from these networks (any when
+    /// empty).
+    pub(crate) proxy_protocol: Option<Vec<Cidr>>,
     /// Loaded by [`Config::load_files`].
     #[cfg(feature = "tls")]
     pub(crate) certificates: Option<Arc<crate::tls::Certificates>>,
@@ -150,6 +154,8 @@ pub(crate) struct CaFile {
 /// The values of keys a file leaves out: the flags'.
 #[derive(Debug, Clone)]
 pub(crate) struct Defaults {
+    /// `--proxy-protocol`, `--proxy-protocol-trusted`.
+    pub(crate) proxy_protocol: Option<Vec<Cidr>>,
     pub(crate) route: RouteOptions,
     pub(crate) group: GroupOptions,
 }
@@ -157,6 +163,9 @@ pub(crate) struct Defaults {
 impl Defaults {
     pub(crate) fn from_args(args: &ServeArgs) -> Defaults {
         Defaults {
+            proxy_protocol: args
+                .proxy_protocol
+                .then(|| args.proxy_protocol_trusted.clone()),
             route: RouteOptions {
                 allow_upgrade: args.allow_upgrade.clone(),
                 tunnel_idle_timeout: nonzero(args.tunnel_idle_timeout),
@@ -300,6 +309,7 @@ impl Config {
                 key: (flags.listen, 0),
                 tls: flags.tls.clone(),
                 http2: true,
+                proxy_protocol: defaults.proxy_protocol.clone(),
                 #[cfg(feature = "tls")]
                 certificates: None,
             }],
@@ -396,11 +406,34 @@ impl Config {
                     c.at(t, "this build has no TLS (feature \"tls\")".into());
                 }
             }
+            let trusted: Vec<Cidr> = l
+                .trusted
+                .iter()
+                .flat_map(|t| t.get_ref())
+                .filter_map(|net| {
+                    Cidr::parse(net.get_ref())
+                        .inspect_err(|e| c.at(net, e.clone()))
+                        .ok()
+                })
+                .collect();
+            let on = l
+                .proxy_protocol
+                .unwrap_or(defaults.proxy_protocol.is_some());
+            let proxy_protocol = match (on, &l.trusted) {
+                (false, Some(t)) => {
+                    c.at(t, "trusted needs proxy_protocol = true".into());
+                    None
+                }
+                (false, None) => None,
+                (true, Some(_)) => Some(trusted),
+                (true, None) => Some(defaults.proxy_protocol.clone().unwrap_or_default()),
+            };
             listeners.push(Listener {
                 address,
                 key,
                 tls,
                 http2: l.http2.unwrap_or(true),
+                proxy_protocol,
                 #[cfg(feature = "tls")]
                 certificates: None,
             });

@@ -337,3 +337,42 @@ fn a_missing_certificate_file_is_an_error_with_its_line() {
 }
 
 use clap::Parser as _;
+
+#[test]
+fn proxy_protocol_and_its_trusted_networks_are_checked() {
+    let on = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nproxy_protocol = true\ntrusted = [\"10.0.0.0/8\", \"2001:db8::1\"]",
+    );
+    let c = parse(&on).unwrap();
+    let trusted = c.listeners[0].proxy_protocol.as_ref().unwrap();
+    assert_eq!(trusted.len(), 2);
+    assert!(trusted[0].contains("10.1.2.3".parse().unwrap()));
+    let bad = on.replace("10.0.0.0/8", "10.0.0.0/99");
+    let (line, msg) = error(&bad);
+    assert_eq!(line, Some(5));
+    assert!(msg.contains("invalid network"), "{msg}");
+    let without = on.replace("proxy_protocol = true\n", "");
+    let (line, msg) = error(&without);
+    assert_eq!(line, Some(4));
+    assert!(msg.contains("needs proxy_protocol"), "{msg}");
+    // Off by default; the flags turn it on for every listener.
+    assert_eq!(parse(MINIMAL).unwrap().listeners[0].proxy_protocol, None);
+    let args = crate::cli::Cli::try_parse_from([
+        "halfclose-proxy",
+        "--proxy-protocol",
+        "--proxy-protocol-trusted",
+        "192.0.2.0/24",
+    ])
+    .unwrap()
+    .serve;
+    let c = Config::parse(MINIMAL, Path::new("."), &Defaults::from_args(&args)).unwrap();
+    let trusted = c.listeners[0].proxy_protocol.as_ref().unwrap();
+    assert!(trusted[0].contains("192.0.2.9".parse().unwrap()));
+    let off = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nproxy_protocol = false",
+    );
+    let c = Config::parse(&off, Path::new("."), &Defaults::from_args(&args)).unwrap();
+    assert_eq!(c.listeners[0].proxy_protocol, None);
+}

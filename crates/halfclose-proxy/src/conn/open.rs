@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::server::Conn;
 use super::shared::{Protocol, RequestService, Settings, Signals, shutting_down};
+use crate::proxy_protocol::{self, Parsed};
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -36,30 +37,61 @@ const SETTINGS: u8 = 0x4;
 /// a larger one is handed to hyper, which refuses it.
 const MAX_SETTINGS: usize = 16_384;
 
-/// Reads the connection's first bytes: one byte that cannot start the HTTP/2
-/// preface means HTTP/1; the whole preface and the first frame header and
-/// payload (which must be SETTINGS) mean HTTP/2. `None` at EOF.
-async fn sniff(tcp: &mut TcpStream) -> std::io::Result<Option<(Protocol, Bytes)>> {
-    let mut buf = BytesMut::with_capacity(1024);
+/// Reads the connection's first bytes, after `read` (bytes already read):
+/// one byte that cannot start the HTTP/2 preface means HTTP/1; the whole
+/// preface and the first frame header and payload (which must be SETTINGS)
+/// mean HTTP/2. `None` at EOF.
+async fn sniff(tcp: &mut TcpStream, read: Bytes) -> std::io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(1024.max(read.len()));
+    buf.extend_from_slice(&read);
     loop {
+        if let Some(protocol) = protocol_of(&buf) {
+            return Ok(Some((protocol, buf.freeze())));
+        }
         if tcp.read_buf(&mut buf).await? == 0 {
             return Ok(None);
         }
-        let n = buf.len().min(PREFACE.len());
-        if buf[..n] != PREFACE[..n] {
-            return Ok(Some((Protocol::Http1, buf.freeze())));
+    }
+}
+
+/// The protocol the first bytes say, if they say it yet.
+fn protocol_of(buf: &[u8]) -> Option<Protocol> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(PREFACE.len());
+    if buf[..n] != PREFACE[..n] {
+        return Some(Protocol::Http1);
+    }
+    if buf.len() < PREFACE.len() + FRAME_HEADER {
+        return None;
+    }
+    let frame = &buf[PREFACE.len()..];
+    let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+    // Not SETTINGS, or too large to wait for: hyper answers with GOAWAY.
+    let whole = frame[3] != SETTINGS
+        || len > MAX_SETTINGS
+        || buf.len() >= PREFACE.len() + FRAME_HEADER + len;
+    whole.then_some(Protocol::Http2)
+}
+
+/// Reads a PROXY protocol header: the client's address it carries (`None`:
+/// the connection's own), and the bytes read past it; or why it is not one.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+) -> std::io::Result<Result<(Option<SocketAddr>, Bytes), &'static str>> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        match proxy_protocol::parse(&buf) {
+            Parsed::Header { len, source } => {
+                let rest = buf.split_off(len).freeze();
+                return Ok(Ok((source, rest)));
+            }
+            Parsed::Invalid(why) => return Ok(Err(why)),
+            Parsed::Incomplete => {}
         }
-        if buf.len() < PREFACE.len() + FRAME_HEADER {
-            continue;
-        }
-        let frame = &buf[PREFACE.len()..];
-        let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
-        // Not SETTINGS, or too large to wait for: hyper answers with GOAWAY.
-        if frame[3] != SETTINGS
-            || len > MAX_SETTINGS
-            || buf.len() >= PREFACE.len() + FRAME_HEADER + len
-        {
-            return Ok(Some((Protocol::Http2, buf.freeze())));
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(Err("closed before its PROXY header was whole"));
         }
     }
 }
@@ -78,6 +110,35 @@ pub(crate) async fn serve<S, B>(
 {
     let first_head_by = Instant::now() + settings.header_read_timeout;
     let mut shutdown = signals.shutdown.clone();
+    let mut opening = Opening {
+        peer,
+        by: first_head_by,
+        limit: settings.header_read_timeout,
+        shutdown: &mut shutdown,
+    };
+    // Behind an L4 balancer: its PROXY header first, within the same
+    // deadline; the client's address it carries is the client's from here on.
+    let (peer, read) = match &settings.proxy_protocol {
+        None => (peer, Bytes::new()),
+        Some(trusted) => {
+            if !trusted.is_empty() && !trusted.iter().any(|net| net.contains(peer.ip())) {
+                tracing::debug!(%peer, "PROXY protocol: not a trusted source; closing");
+                return;
+            }
+            match opening
+                .step(read_proxy_header(&mut tcp), "PROXY protocol header")
+                .await
+            {
+                None => return,
+                Some(Err(why)) => {
+                    tracing::debug!(%peer, why, "PROXY protocol: no valid header; closing");
+                    return;
+                }
+                Some(Ok((source, read))) => (source.unwrap_or(peer), read),
+            }
+        }
+    };
+    opening.peer = peer;
     // The client's received that returned bytes, for the header-read timer.
     let received = Arc::new(AtomicU64::new(0));
     let conn = |tls, protocol| Conn {
@@ -90,18 +151,13 @@ pub(crate) async fn serve<S, B>(
         settings: &settings,
         signals,
     };
-    let mut opening = Opening {
-        peer,
-        by: first_head_by,
-        limit: settings.header_read_timeout,
-        shutdown: &mut shutdown,
-    };
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &settings.tls {
         // The handshake counts against the header-read timeout: a stalled one
         // holds its slot no longer than a silent plain socket.
         let handshake = acceptor.accept(
             ClientIo::new(tcp)
+                .with_prefix(read)
                 .hold(permit)
                 .count_bytes_read(received.clone()),
         );
@@ -114,7 +170,7 @@ pub(crate) async fn serve<S, B>(
         };
         return conn(true, protocol).run(TokioIo::new(tls)).await;
     }
-    let Some(Some((protocol, prefix))) = opening.step(sniff(&mut tcp), "first request").await
+    let Some(Some((protocol, prefix))) = opening.step(sniff(&mut tcp, read), "first request").await
     else {
         return;
     };

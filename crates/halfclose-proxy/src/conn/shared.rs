@@ -13,6 +13,8 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, watch};
 
+use crate::proxy_protocol::Cidr;
+
 /// How client connections are served; shared by all of them.
 pub(crate) struct Settings {
     /// Time from accept to a complete first request head (HTTP/1) or the
@@ -25,6 +27,9 @@ pub(crate) struct Settings {
     /// Serve HTTP/2 (prior knowledge, or `h2` by ALPN); HTTP/1.1 alone when
     /// false.
     pub(super) http2_on: bool,
+    /// Read a PROXY protocol header first, from these networks (any when
+    /// empty).
+    pub(super) proxy_protocol: Option<Vec<Cidr>>,
     /// Serve HTTPS: a TLS handshake first, then the protocol ALPN chose.
     #[cfg(feature = "tls")]
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
@@ -57,9 +62,18 @@ impl Settings {
             http1: h1,
             http2: h2,
             http2_on: true,
+            proxy_protocol: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// from a source in `trusted` (any source when empty); the address it
+    /// carries is the client's.
+    pub(crate) fn proxy_protocol(mut self, trusted: Vec<Cidr>) -> Self {
+        self.proxy_protocol = Some(trusted);
+        self
     }
 
     /// Serves HTTP/1.1 only: an HTTP/2 preface is read as HTTP/1, which
