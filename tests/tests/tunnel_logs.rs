@@ -250,3 +250,51 @@ async fn resets_log_at_debug_from_the_client_and_at_warn_from_the_upstream() {
         "{line}"
     );
 }
+
+/// `Builder::on_tunnel_end` gets what the log line says, typed: bytes each
+/// way, who sent FIN first, how it ended, the protocol, the client, the
+/// upstream and the request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tunnel_end_reports_each_tunnel_once() {
+    let (upstream, mut heads) = raw_upstream().await;
+    let (tx, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = ReverseProxy::builder(&format!("http://{upstream}"))
+        .on_tunnel_end(move |end| {
+            let _ = tx.send(end.clone());
+        })
+        .build()
+        .unwrap();
+    let addr = serve(proxy).await;
+    let (mut cli, mut srv) = open_tunnel(addr, &mut heads, "websocket").await;
+    cli.write_all(b"12345").await.unwrap();
+    srv.write_all(b"abc").await.unwrap();
+    let mut buf = [0u8; 3];
+    within("upstream bytes", cli.read_exact(&mut buf))
+        .await
+        .unwrap();
+    srv.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(
+        "client bytes and EOF at the client",
+        cli.read_to_end(&mut got),
+    )
+    .await
+    .unwrap();
+    cli.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("client bytes at upstream", srv.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"12345");
+    let end = within("the report", ends.recv()).await.unwrap();
+    assert_eq!(end.client_to_upstream, 5);
+    assert_eq!(end.upstream_to_client, 3);
+    assert_eq!(end.first_eof, Some(proxy_tower::TunnelSide::Upstream));
+    assert_eq!(end.ending, proxy_tower::TunnelEnding::Clean);
+    assert_eq!(end.protocol.as_deref(), Some("websocket"));
+    assert_eq!(end.client, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(end.upstream, format!("http://{upstream}/").as_str());
+    assert!(end.duration < WAIT);
+    // Once.
+    assert!(ends.try_recv().is_err());
+}

@@ -100,7 +100,7 @@
 // it (its module doc says which). `layer` and `balance` are built on
 // `proxy`; `proxy` on `client` and `tunnel`; those on `body`, `io`,
 // `settings` and the plain values at the bottom (`tunnels`, `sent`,
-// `origin`, `reset`, `tls`, `metrics`).
+// `origin`, `reset`, `tls`, `metrics`, `tunnel_end`).
 mod layer;
 
 mod balance;
@@ -120,6 +120,7 @@ mod reset;
 mod sent;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod tunnel_end;
 mod tunnels;
 
 pub use balance::{BalancedProxy, MAX_EJECTION, UpstreamStatus};
@@ -135,6 +136,7 @@ pub use settings::{
     DEFAULT_POOL_MAX_IDLE, DEFAULT_QUEUE_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_UPSTREAM_MAX_CONNECTIONS,
 };
+pub use tunnel_end::{TunnelEnd, TunnelEnding, TunnelSide};
 pub use tunnels::Tunnels;
 
 /// The boxed error type of bodies and clients.

@@ -21,6 +21,7 @@ pub(crate) type ErrorHandler = Arc<dyn Fn(&ProxyError) -> Response<Bytes> + Send
 pub(crate) type Rewrite = Arc<dyn Fn(&mut request::Parts) + Send + Sync>;
 pub(crate) type ModifyResponse = Arc<dyn Fn(&mut response::Parts) + Send + Sync>;
 pub(crate) type ClientInfoFn = Arc<dyn Fn(&request::Parts) -> ClientInfo + Send + Sync>;
+pub(crate) type OnTunnelEnd = Arc<dyn Fn(&crate::TunnelEnd) + Send + Sync>;
 
 /// Idle upstream connections kept for reuse, at most (nginx's `keepalive`).
 /// Past this many concurrent requests, connections are closed after their
@@ -73,6 +74,7 @@ pub(crate) struct Config {
     pub(crate) rewrite: Option<Rewrite>,
     pub(crate) modify_response: Option<ModifyResponse>,
     pub(crate) client_info: Option<ClientInfoFn>,
+    pub(crate) on_tunnel_end: Option<OnTunnelEnd>,
     pub(crate) tunnels: Tunnels,
     /// More upstreams, for [`Builder::build_balanced`].
     pub(crate) more_upstreams: Vec<http::Uri>,
@@ -124,6 +126,7 @@ impl Config {
             rewrite: None,
             modify_response: None,
             client_info: None,
+            on_tunnel_end: None,
             tunnels: Tunnels::default(),
             more_upstreams: Vec::new(),
             eject_after: DEFAULT_EJECT_AFTER,

@@ -245,6 +245,35 @@ impl Builder {
         self.map(|c| c.modify_response = Some(Arc::new(f)))
     }
 
+    /// Calls `f` when a tunnel ends, however it ends, with what it carried
+    /// and how it closed: for an access log line or an audit record. `f`
+    /// runs on the tunnel's task after both sides are closed; keep it short
+    /// (hand the record to a channel rather than write a file).
+    ///
+    /// ```
+    /// use proxy_tower::ReverseProxy;
+    ///
+    /// let proxy = ReverseProxy::builder("http://127.0.0.1:3000")
+    ///     .on_tunnel_end(|end| {
+    ///         tracing::info!(
+    ///             client = ?end.client,
+    ///             sent = end.client_to_upstream,
+    ///             received = end.upstream_to_client,
+    ///             first_eof = end.first_eof.map(|s| s.as_str()),
+    ///             ending = end.ending.as_str(),
+    ///             "tunnel ended"
+    ///         );
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), proxy_tower::ProxyError>(())
+    /// ```
+    pub fn on_tunnel_end<F>(self, f: F) -> Self
+    where
+        F: Fn(&crate::TunnelEnd) + Send + Sync + 'static,
+    {
+        self.map(|c| c.on_tunnel_end = Some(Arc::new(f)))
+    }
+
     /// Builds the response for a request the proxy could not forward. The default
     /// answers `err.status()` with its reason phrase as a plain-text body; details
     /// are logged with `tracing`, not sent to the client.

@@ -239,6 +239,18 @@ where
             true => tunnel::UpstreamSide::H2Stream,
             false => tunnel::UpstreamSide::Connection,
         };
+        // What the tunnel's end reports, gathered only for a hook.
+        let report = config.on_tunnel_end.clone().map(|hook| tunnel::Report {
+            hook,
+            client: client_info.addr(),
+            protocol: protocol.clone().or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::UPGRADE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            }),
+        });
         tunnel::spawn(
             client_io,
             upstream_io,
@@ -246,6 +258,7 @@ where
             upstream_side,
             config,
             &origin,
+            report,
         );
     } else if let Some(modify) = &config.modify_response {
         modify(&mut parts);

@@ -1,7 +1,8 @@
 //! The one task per upgrade: it waits for both connections to be upgraded,
 //! relays bytes between them with half-close (`halfclose_io`), passes a
 //! reset on as a reset, obeys [`Tunnels`](crate::Tunnels)' shutdown and
-//! reset, and reports how the tunnel ended (log line, metrics).
+//! reset, and reports how the tunnel ended (log line, metrics, and the
+//! `on_tunnel_end` hook).
 //!
 //! `io` holds the two ends as the task sees them. May import the settings,
 //! `tunnels`, `origin`, `metrics` and the crate's IO types; never the proxy
@@ -17,10 +18,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use crate::ResetHandle;
 use crate::origin::Origin;
 use crate::settings::Config;
 use crate::tunnels::Closing;
+use crate::{ResetHandle, TunnelEnd, TunnelEnding, TunnelSide};
 use io::{H2Stream, TunnelIo};
 
 fn side(s: Side) -> &'static str {
@@ -54,6 +55,14 @@ pub(crate) enum ClientSide {
     H2Stream,
 }
 
+/// What a tunnel's end is reported to, and what is known of it at its
+/// start.
+pub(crate) struct Report {
+    pub(crate) hook: crate::settings::OnTunnelEnd,
+    pub(crate) client: Option<std::net::IpAddr>,
+    pub(crate) protocol: Option<String>,
+}
+
 /// What the upstream end of a tunnel is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UpstreamSide {
@@ -72,7 +81,17 @@ pub(crate) fn spawn(
     upstream_side: UpstreamSide,
     config: &Config,
     origin: &Origin,
+    report: Option<Report>,
 ) {
+    // Boxed: every idle tunnel's task holds it, one word when no hook is set.
+    let report = report.map(|r| {
+        Box::new((
+            r,
+            origin.request_id.clone(),
+            config.rules.upstream().clone(),
+            std::time::Instant::now(),
+        ))
+    });
     let span = tracing::info_span!(
         "tunnel",
         method = %origin.method,
@@ -92,17 +111,37 @@ pub(crate) fn spawn(
         async move {
             let _open = open;
             let _gauge = gauge;
-            let ended = |how, t: Option<&halfclose_io::Transfer>| crate::metrics::Ended {
-                how,
-                client_to_upstream: t.map_or(0, |t| t.a_to_b),
-                upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
+            // The metrics of the end, and the hook's report.
+            let ended = |how: TunnelEnding, t: Option<&halfclose_io::Transfer>| {
+                if let Some(report) = &report {
+                    let (r, request_id, upstream, started) = &**report;
+                    (r.hook)(&TunnelEnd {
+                        request_id: request_id.clone(),
+                        client: r.client,
+                        upstream: upstream.clone(),
+                        protocol: r.protocol.clone(),
+                        client_to_upstream: t.map_or(0, |t| t.a_to_b),
+                        upstream_to_client: t.map_or(0, |t| t.b_to_a),
+                        first_eof: t.and_then(|t| t.first_eof).map(|s| match s {
+                            Side::A => TunnelSide::Client,
+                            Side::B => TunnelSide::Upstream,
+                        }),
+                        ending: how,
+                        duration: started.elapsed(),
+                    });
+                }
+                crate::metrics::Ended {
+                    how: how.as_str(),
+                    client_to_upstream: t.map_or(0, |t| t.a_to_b),
+                    upstream_to_client: t.map_or(0, |t| t.b_to_a),
+                    first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
+                }
             };
             let upstream = match upstream.await {
                 Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream connection could not be upgraded");
-                    crate::metrics::tunnel_closed(ended("error", None));
+                    crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
                     return;
                 }
             };
@@ -112,7 +151,7 @@ pub(crate) fn spawn(
                 // client can repeat at will (DEBUG, as refusals are).
                 Err(e) => {
                     tracing::debug!(error = %e, "client connection could not be upgraded");
-                    crate::metrics::tunnel_closed(ended("error", None));
+                    crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
                     return;
                 }
             };
@@ -148,7 +187,7 @@ pub(crate) fn spawn(
                 Err(how) => {
                     close_both(&mut a, &mut b, client_reset.as_ref(), how).await;
                     tracing::info!(how = ?how, "tunnel closed by the proxy");
-                    crate::metrics::tunnel_closed(ended("closed_by_proxy", None));
+                    crate::metrics::tunnel_closed(ended(TunnelEnding::ClosedByProxy, None));
                     return;
                 }
             };
@@ -169,16 +208,16 @@ pub(crate) fn spawn(
                 _ => {}
             }
             crate::metrics::tunnel_closed(match &result {
-                Ok(t) => ended("clean", Some(t)),
+                Ok(t) => ended(TunnelEnding::Clean, Some(t)),
                 Err(e) => ended(
                     if e.is_idle_timeout() {
-                        "idle_timeout"
+                        TunnelEnding::IdleTimeout
                     } else if e.is_half_close_timeout() {
-                        "half_close_timeout"
+                        TunnelEnding::HalfCloseTimeout
                     } else if e.is_reset() {
-                        "reset"
+                        TunnelEnding::Reset
                     } else {
-                        "error"
+                        TunnelEnding::Error
                     },
                     Some(e.transfer()),
                 ),
