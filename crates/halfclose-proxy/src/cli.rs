@@ -266,6 +266,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) workers: Option<u16>,
 
+    /// Write an access log to PATH (`-`: standard output): one line per
+    /// request when its response ends (time, request id, client, method,
+    /// host, path, status, upstream, bytes in and out, time to the response
+    /// head and in all) and one per tunnel when it ends (request id,
+    /// client, upstream, protocol, bytes each way, who sent FIN first, how
+    /// it ended, duration). Written by a thread of its own: a slow disk
+    /// drops lines (counted) rather than slow requests. SIGUSR1 reopens
+    /// the file. Off by default.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) access_log: Option<String>,
+
+    /// The access log's format: `json` (an object per line) or `common`
+    /// (Apache's common log format, with the other fields after it).
+    #[arg(long, value_enum, default_value = "json", value_name = "FORMAT")]
+    pub(crate) access_log_format: crate::access_log::Format,
+
     /// Log level (RUST_LOG, when set, takes precedence).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub(crate) log_level: String,

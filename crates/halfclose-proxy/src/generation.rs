@@ -8,8 +8,8 @@
 //! proxy it started with until it ends (it holds a clone), and the older
 //! generation is freed with the last of them.
 //!
-//! Imports: `config`, `routes`, `stack` (the `Router` it implements) and
-//! `upstreams`.
+//! Imports: `access_log`, `config`, `routes`, `stack` (the `Router` it
+//! implements) and `upstreams`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, RouteOptions};
 use crate::routes::{Entry, Table, request_host, strip_prefix};
 use crate::stack::{Refused, Routed, Router};
@@ -41,6 +42,8 @@ pub(crate) struct Proxy {
 /// Where a route sends its requests.
 struct Target {
     proxy: Upstreams,
+    /// The upstream group's name, for the access log.
+    group: Arc<str>,
     /// With `strip_prefix`: the prefix, as `X-Forwarded-Prefix` says it.
     strip: Option<http::HeaderValue>,
     /// Whether a client's `X-Forwarded-Prefix` goes on (`trust_forwarded`).
@@ -60,6 +63,7 @@ impl Generation {
         config: &Config,
         workers: usize,
         upstream_max_connections: usize,
+        log: &AccessLog,
     ) -> Result<Generation, String> {
         let mut made: HashMap<(&str, RouteOptions), Upstreams> = HashMap::new();
         let mut proxies = Vec::new();
@@ -73,8 +77,15 @@ impl Generation {
             let proxy = match made.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = build_proxy(group, &route.options, workers, upstream_max_connections)
-                        .map_err(|e| format!("upstream group {}: {e}", route.group))?;
+                    let p = build_proxy(
+                        &route.group,
+                        group,
+                        &route.options,
+                        workers,
+                        upstream_max_connections,
+                        log,
+                    )
+                    .map_err(|e| format!("upstream group {}: {e}", route.group))?;
                     made.insert(key, p.clone());
                     proxies.push(Proxy {
                         upstreams: p.clone(),
@@ -92,6 +103,7 @@ impl Generation {
                 prefix: route.path.clone(),
                 value: Target {
                     proxy,
+                    group: Arc::from(route.group.as_str()),
                     strip: match route.strip_prefix {
                         true => Some(
                             http::HeaderValue::from_str(route.path.trim_end_matches('/'))
@@ -174,6 +186,7 @@ impl Router for Current {
         Ok(Routed {
             service: target.proxy.clone(),
             max_body: target.max_body,
+            upstream: Some(target.group.clone()),
         })
     }
 }
@@ -191,7 +204,7 @@ mod tests {
             &Defaults::from_args(&ServeArgs::defaults()),
         )
         .unwrap();
-        let generation = Generation::build(&config, 1, 16).unwrap();
+        let generation = Generation::build(&config, 1, 16, &AccessLog::new()).unwrap();
         Current(watch::Sender::new(Arc::new(generation)).subscribe())
     }
 

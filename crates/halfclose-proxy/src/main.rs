@@ -50,11 +50,13 @@ macro_rules! say {
 }
 
 mod accept;
+mod access_log;
 mod admin;
 mod check;
 mod cli;
 mod config;
 mod conn;
+mod counted;
 #[cfg(feature = "demo")]
 mod demo;
 mod echo;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
+use crate::access_log::AccessLog;
 use crate::cli::ServeArgs;
 use crate::config::{Config, Defaults, Flags};
 #[cfg(feature = "demo")]
@@ -26,7 +27,7 @@ use crate::demo;
 use crate::fds::connection_limit;
 use crate::generation::{Current, Generation};
 use crate::listen::{AtLimit, BACKLOG, Shared, accept_loop, bind};
-use crate::signals::{Hangups, shutdown_signal};
+use crate::signals::{Repeated, shutdown_signal};
 use crate::units::nonzero;
 use crate::upstreams::{Upstreams, check_health, check_upstream};
 use crate::{admin, conn, fds, stack};
@@ -142,7 +143,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
 
     let ids = stack::RequestIds::new();
+    let access_log = AccessLog::new();
     let mut state = State {
+        access_log,
         source,
         defaults,
         workers: Vec::with_capacity(workers),
@@ -214,7 +217,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Listen for signals before saying we are up: from here on, SIGTERM means
         // a graceful shutdown, never the default action, and SIGHUP a reload.
         let shutdown = shutdown_signal();
-        let mut hangups = Hangups::new();
+        let mut hangups = Repeated::hangup();
+        let mut user1 = Repeated::user1();
         let (reload_tx, mut reload_rx) = mpsc::channel::<admin::ReloadReply>(4);
         say!("max connections {max_connections} ({why})");
         if let Some((listener, handle)) = admin {
@@ -249,6 +253,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 _ = hangups.next() => {
                     let _ = state.reload("SIGHUP");
                 }
+                _ = user1.next() => match state.access_log.reopen() {
+                    Ok(()) => tracing::info!("SIGUSR1: access log reopened"),
+                    Err(e) => tracing::warn!(error = %e, "SIGUSR1: access log not reopened; writing on to the file in use"),
+                },
                 Some(reply) = reload_rx.recv() => {
                     let _ = reply.send(state.reload("POST /reload"));
                 }
@@ -357,6 +365,7 @@ struct ConnOptions {
 
 /// What the main thread keeps to apply a config, at start and on reloads.
 struct State {
+    access_log: AccessLog,
     source: Source,
     /// The flags, as defaults of the file's keys.
     defaults: Defaults,
@@ -466,10 +475,20 @@ impl State {
         }
         // 2. Every worker's generation.
         let generations = (0..n)
-            .map(|_| Generation::build(&config, n, self.upstream_max_connections))
+            .map(|_| Generation::build(&config, n, self.upstream_max_connections, &self.access_log))
             .collect::<Result<Vec<_>, _>>()?;
 
-        // 3. Nothing can fail from here on.
+        // 3. Nothing can fail from here on (but the access log, which keeps
+        // the file in use if the new one cannot be opened).
+        if let Err(e) = self
+            .access_log
+            .set(config.access_log.as_ref(), config.access_log_format)
+        {
+            if !reload {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "keeping the access log in use");
+        }
         let settings_of = |l: &crate::config::Listener| -> (Arc<conn::Settings>, bool) {
             let c = &self.connections;
             let settings = conn::Settings::new(
@@ -574,7 +593,11 @@ impl State {
                     at_limit: template.at_limit.clone(),
                     listening: template.listening.clone(),
                 };
-                let edge = stack::build(Current(current), worker.ids.clone());
+                let edge = stack::build(
+                    Current(current),
+                    worker.ids.clone(),
+                    self.access_log.clone(),
+                );
                 worker.handle.spawn(accept_loop(listener, edge, shared));
             }
             let scheme = if tls { "https" } else { "http" };

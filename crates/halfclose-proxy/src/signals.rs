@@ -1,6 +1,6 @@
 //! The process's signals: SIGINT and SIGTERM (Ctrl-C off Unix) start the
 //! graceful shutdown, a second one ends the tunnels at once; SIGHUP asks for
-//! a reload. Listeners are registered when the functions are called, so a
+//! a reload, SIGUSR1 for the access log to be reopened. Listeners are registered when the functions are called, so a
 //! signal is never lost nor left to its default action once the proxy has
 //! said it is up.
 //!
@@ -46,33 +46,51 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// SIGHUP, one after another: each asks for a reload. The listener is
-/// registered by [`new`](Hangups::new), so that SIGHUP never takes its
+/// A signal that asks for something each time it comes: SIGHUP (reload
+/// the config), SIGUSR1 (reopen the access log). The listener is
+/// registered by the constructor, so that the signal never takes its
 /// default action (ending the process) once we said we are up. Off Unix,
-/// and if the listener cannot be registered, [`next`](Hangups::next)
+/// and if the listener cannot be registered, [`next`](Repeated::next)
 /// never resolves.
-pub(crate) struct Hangups {
+pub(crate) struct Repeated {
     #[cfg(unix)]
     signal: Option<tokio::signal::unix::Signal>,
 }
 
-impl Hangups {
-    pub(crate) fn new() -> Hangups {
+impl Repeated {
+    /// SIGHUP.
+    pub(crate) fn hangup() -> Repeated {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let signal = signal(SignalKind::hangup())
-                .inspect_err(|e| {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload");
-                })
-                .ok();
-            Hangups { signal }
-        }
+        return Repeated::unix(
+            tokio::signal::unix::SignalKind::hangup(),
+            "SIGHUP",
+            "reload with POST /reload",
+        );
         #[cfg(not(unix))]
-        Hangups {}
+        Repeated {}
     }
 
-    /// Resolves at the next SIGHUP.
+    /// SIGUSR1.
+    pub(crate) fn user1() -> Repeated {
+        #[cfg(unix)]
+        return Repeated::unix(
+            tokio::signal::unix::SignalKind::user_defined1(),
+            "SIGUSR1",
+            "the access log will not be reopened",
+        );
+        #[cfg(not(unix))]
+        Repeated {}
+    }
+
+    #[cfg(unix)]
+    fn unix(kind: tokio::signal::unix::SignalKind, name: &str, then: &str) -> Repeated {
+        let signal = tokio::signal::unix::signal(kind)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}; {then}"))
+            .ok();
+        Repeated { signal }
+    }
+
+    /// Resolves when the signal next comes.
     pub(crate) async fn next(&mut self) {
         #[cfg(unix)]
         if let Some(s) = &mut self.signal

@@ -9,8 +9,9 @@
 //! 14 us of CPU a small proxied request took (`docs/benchmarks.md`). Here a
 //! feature that is off (no DEBUG, no body limit) costs nothing.
 //!
-//! Imports nothing of the crate: the routes come in through the [`Router`]
-//! trait (`generation` implements it). It knows nothing of connections or
+//! Imports `access_log` and `counted` (the access log's line and bodies);
+//! the routes come in through the [`Router`] trait (`generation`
+//! implements it). It knows nothing of connections or
 //! listeners: `serve` builds it per worker.
 
 use std::convert::Infallible;
@@ -30,6 +31,9 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{Instrument, Level};
 
+use crate::access_log::{AccessLog, RequestRecord};
+use crate::counted::{Counted, Logged, Pending};
+
 /// Chooses the service a request goes to.
 pub(crate) trait Router: Clone + Send + 'static {
     type Service;
@@ -45,6 +49,8 @@ pub(crate) trait Router: Clone + Send + 'static {
 pub(crate) struct Routed<S> {
     pub(crate) service: S,
     pub(crate) max_body: Option<usize>,
+    /// The upstream group's name, for the access log.
+    pub(crate) upstream: Option<Arc<str>>,
 }
 
 /// Why a [`Router`] chose nothing.
@@ -60,12 +66,13 @@ pub(crate) enum Refused {
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request body as the proxy gets it: the client's (`B`: hyper's
-/// `Incoming`), or the same counted against `--max-request-body`.
-pub(crate) type EdgeBody<B = Incoming> = Either<B, Limited<B>>;
+/// `Incoming`), or the same counted against `--max-request-body`; its
+/// bytes counted for the access log when it is on.
+pub(crate) type EdgeBody<B = Incoming> = Either<Counted<B>, Limited<Counted<B>>>;
 
 /// A response body: the proxy's, or one of the proxy's own short answers
-/// (413, 500).
-pub(crate) type EdgeResponseBody<B> = Either<B, Full<Bytes>>;
+/// (404, 413, 500); its line written to the access log when it is dropped.
+pub(crate) type EdgeResponseBody<B> = Logged<Either<B, Full<Bytes>>>;
 
 /// Wraps `proxy` in the request path every client request takes:
 ///
@@ -84,8 +91,8 @@ pub(crate) type EdgeResponseBody<B> = Either<B, Full<Bytes>>;
 ///    `LengthLimitError` to 413 otherwise). Nothing is buffered.
 /// 5. A panic (in a hook of a library user's stack, say) becomes a 500 and an
 ///    ERROR line, not a dropped connection.
-pub(crate) fn build<R: Router>(router: R, ids: RequestIds) -> Edge<R> {
-    Edge { router, ids }
+pub(crate) fn build<R: Router>(router: R, ids: RequestIds, log: AccessLog) -> Edge<R> {
+    Edge { router, ids, log }
 }
 
 /// The service [`build`] makes.
@@ -93,6 +100,7 @@ pub(crate) fn build<R: Router>(router: R, ids: RequestIds) -> Edge<R> {
 pub(crate) struct Edge<R> {
     router: R,
     ids: RequestIds,
+    log: AccessLog,
 }
 
 impl<R, ReqB, B> tower::Service<Request<ReqB>> for Edge<R>
@@ -130,10 +138,13 @@ where
             tracing::Span::none()
         };
         let started = (!span.is_none()).then(Instant::now);
+        // The line of the access log, as far as the request head says it.
+        let mut pending = self.log.enabled().then(|| pending(&self.log, &req, &id));
         let (mut parts, body) = req.into_parts();
         let Routed {
             service: mut inner,
             max_body,
+            upstream,
         } = match self.router.route(&mut parts) {
             Ok(routed) => routed,
             Err(refused) => {
@@ -143,14 +154,20 @@ where
                     }
                     Refused::BadPath => short(StatusCode::BAD_REQUEST, "Bad Request\n"),
                 };
+                let res = logged(res, pending);
                 return Box::pin(std::future::ready(Ok(finish(res, id, &span, started))));
             }
         };
-        let req = Request::from_parts(parts, body);
+        if let Some(p) = &mut pending {
+            p.record.upstream = upstream;
+        }
+        let count = pending.as_ref().map(|p| p.bytes_in.clone());
+        let req = Request::from_parts(parts, Counted::new(body, count));
         let req = match max_body {
             None => req.map(Either::Left),
             Some(limit) if content_length(&req).is_some_and(|n| n > limit) => {
                 let res = short(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+                let res = logged(res, pending);
                 return Box::pin(std::future::ready(Ok(finish(res, id, &span, started))));
             }
             Some(limit) => req.map(|body| Either::Right(Limited::new(body, limit))),
@@ -170,11 +187,65 @@ where
                     },
                     Err(panic) => panicked(panic.as_ref()),
                 };
+                let res = logged(res, pending);
                 Ok(finish(res, id, &tracing::Span::current(), started))
             }
             .instrument(span),
         )
     }
+}
+
+/// The access log line of `req`, to be finished by its response.
+fn pending<B>(log: &AccessLog, req: &Request<B>, id: &HeaderValue) -> Box<Pending> {
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
+    Box::new(Pending {
+        log: log.clone(),
+        record: RequestRecord {
+            time: std::time::SystemTime::now(),
+            request_id: id.clone(),
+            client: req
+                .extensions()
+                .get::<proxy_tower::ClientInfo>()
+                .and_then(|c| c.addr()),
+            method: req.method().clone(),
+            host: host.to_owned(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+            version: req.version(),
+            status: 0,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            head: std::time::Duration::ZERO,
+            duration: std::time::Duration::ZERO,
+        },
+        started: Instant::now(),
+        bytes_in: Arc::default(),
+    })
+}
+
+/// `res`, whose body writes the pending line (with its status and the time
+/// to its head) when it is dropped.
+fn logged<B>(
+    res: Response<Either<B, Full<Bytes>>>,
+    pending: Option<Box<Pending>>,
+) -> Response<EdgeResponseBody<B>> {
+    let pending = pending.map(|mut p| {
+        p.record.status = res.status().as_u16();
+        p.record.head = p.started.elapsed();
+        p
+    });
+    res.map(|body| Logged::new(body, pending))
 }
 
 /// The request's `Content-Length`, when it has one valid value.
@@ -209,7 +280,7 @@ fn finish<B>(
     res
 }
 
-fn short<B>(status: StatusCode, text: &'static str) -> Response<EdgeResponseBody<B>> {
+fn short<B>(status: StatusCode, text: &'static str) -> Response<Either<B, Full<Bytes>>> {
     let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
     ))));
@@ -221,7 +292,7 @@ fn short<B>(status: StatusCode, text: &'static str) -> Response<EdgeResponseBody
     res
 }
 
-fn panicked<B>(panic: &(dyn std::any::Any + Send)) -> Response<EdgeResponseBody<B>> {
+fn panicked<B>(panic: &(dyn std::any::Any + Send)) -> Response<Either<B, Full<Bytes>>> {
     let what = panic
         .downcast_ref::<&str>()
         .copied()
@@ -362,6 +433,7 @@ mod tests {
                 _ => Ok(Routed {
                     service: Inner,
                     max_body: self.0,
+                    upstream: None,
                 }),
             }
         }
@@ -387,6 +459,7 @@ mod tests {
         Edge {
             router: OneRoute(max_body),
             ids: RequestIds::new(),
+            log: AccessLog::new(),
         }
     }
 
@@ -408,7 +481,7 @@ mod tests {
         let res = send(&mut edge, "/", None, "hi").await;
         let id = id_of(&res);
         assert_eq!(id.len(), 16);
-        match res.into_body() {
+        match res.into_body().into_inner() {
             Either::Left(body) => assert_eq!(body, format!("{id} hi")),
             Either::Right(_) => panic!("not the inner service's answer"),
         }

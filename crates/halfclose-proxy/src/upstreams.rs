@@ -5,7 +5,8 @@
 //! proxying (the start-up reachability check, `/readyz`'s TCP check,
 //! `--health-check`).
 //!
-//! Imports: `config` (the options). It knows nothing of serving
+//! Imports: `config` (the options) and `access_log` (tunnel lines). It
+//! knows nothing of serving
 //! (listeners, connections, workers, the admin port): `serve`, `stack` and
 //! `admin` import it, never the other way.
 
@@ -14,6 +15,9 @@ use std::time::Duration;
 use proxy_tower::{BalancedProxy, ForwardedHeaders, HostHeader, ReverseProxy, UpgradePolicy};
 use tokio::net::TcpStream;
 
+use std::sync::Arc;
+
+use crate::access_log::AccessLog;
 use crate::config::{Group, RouteOptions};
 
 fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
@@ -29,10 +33,12 @@ fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
 /// route's `options`; `upstream_max_connections` is the cap when the group
 /// sets none (the `--max-connections` figure).
 pub(crate) fn build_proxy(
+    name: &str,
     group: &Group,
     options: &RouteOptions,
     workers: usize,
     upstream_max_connections: usize,
+    log: &AccessLog,
 ) -> Result<Upstreams, String> {
     let g = &group.options;
     let (first, more) = group.servers.split_first().ok_or("no upstream")?;
@@ -59,6 +65,13 @@ pub(crate) fn build_proxy(
         })
         .pool_idle_timeout(g.idle_timeout)
         .upgrade_policy(upgrade_policy(&options.allow_upgrade));
+    // Each tunnel's line in the access log, if it is on then.
+    let (log, name) = (log.clone(), Arc::<str>::from(name));
+    b = b.on_tunnel_end(move |end| {
+        if log.enabled() {
+            log.tunnel(&name, end);
+        }
+    });
     let cap = g.max_connections.unwrap_or(upstream_max_connections);
     b = b
         .response_timeout(g.response_timeout)

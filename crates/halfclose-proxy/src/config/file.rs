@@ -17,6 +17,10 @@ pub(super) struct File {
     /// After a reload, tunnels opened before it that are still open this
     /// long after it get a FIN each way. Off by default.
     pub(super) drain_timeout: Option<Spanned<String>>,
+    /// `--access-log`: a path, or `-` for standard output.
+    pub(super) access_log: Option<Spanned<String>>,
+    /// `--access-log-format`: `json` or `common`.
+    pub(super) access_log_format: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) listener: Vec<Spanned<Listener>>,
     #[serde(default)]

@@ -10,7 +10,8 @@
 //! flags of the command line are the defaults of the file's keys; the
 //! reference is `docs/config.md`.
 //!
-//! Imports: `cli` (the flags), `routes` (host patterns), `tls`, `units`.
+//! Imports: `access_log` (its destination and format), `cli` (the flags),
+//! `proxy_protocol` (networks), `routes` (host patterns), `tls`, `units`.
 
 mod file;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::access_log::{Destination, Format};
 use crate::cli::ServeArgs;
 use crate::proxy_protocol::Cidr;
 use crate::routes::HostPattern;
@@ -42,6 +44,9 @@ pub(crate) struct Config {
     /// After a reload, tunnels opened before it get a FIN each way once
     /// they have been open this long after it.
     pub(crate) drain_timeout: Option<Duration>,
+    /// Where the access log goes (`None`: off).
+    pub(crate) access_log: Option<Destination>,
+    pub(crate) access_log_format: Format,
 }
 
 /// `[[listener]]`.
@@ -154,6 +159,9 @@ pub(crate) struct CaFile {
 /// The values of keys a file leaves out: the flags'.
 #[derive(Debug, Clone)]
 pub(crate) struct Defaults {
+    /// `--access-log`, `--access-log-format`.
+    pub(crate) access_log: Option<Destination>,
+    pub(crate) access_log_format: Format,
     /// `--proxy-protocol`, `--proxy-protocol-trusted`.
     pub(crate) proxy_protocol: Option<Vec<Cidr>>,
     pub(crate) route: RouteOptions,
@@ -163,6 +171,8 @@ pub(crate) struct Defaults {
 impl Defaults {
     pub(crate) fn from_args(args: &ServeArgs) -> Defaults {
         Defaults {
+            access_log: args.access_log.as_deref().map(Destination::parse),
+            access_log_format: args.access_log_format,
             proxy_protocol: args
                 .proxy_protocol
                 .then(|| args.proxy_protocol_trusted.clone()),
@@ -328,6 +338,8 @@ impl Config {
                 },
             )]),
             drain_timeout: None,
+            access_log: defaults.access_log.clone(),
+            access_log_format: defaults.access_log_format,
         };
         config.load_files()?;
         Ok(config)
@@ -358,6 +370,20 @@ impl Config {
             .and_then(|d| c.duration(d, "drain_timeout"))
             .and_then(nonzero);
 
+        // Relative to the file's directory, as the other paths.
+        let access_log = match &raw.access_log {
+            Some(p) => match Destination::parse(p.get_ref()) {
+                Destination::File(f) => Some(Destination::File(dir.join(f))),
+                stdout => Some(stdout),
+            },
+            None => defaults.access_log.clone(),
+        };
+        let access_log_format = match &raw.access_log_format {
+            Some(f) => Format::parse(f.get_ref())
+                .inspect_err(|e| c.at(f, e.clone()))
+                .unwrap_or_default(),
+            None => defaults.access_log_format,
+        };
         if raw.listener.is_empty() {
             c.error(
                 None,
@@ -540,6 +566,8 @@ impl Config {
                 routes,
                 groups,
                 drain_timeout,
+                access_log,
+                access_log_format,
             }),
             false => Err(c.errors),
         }

@@ -1,0 +1,630 @@
+//! The access log (`--access-log PATH|-`): one line per request and one per
+//! tunnel when it ends, as JSON (one object per line) or in Apache's common
+//! log format.
+//!
+//! Lines are written off the request path: a request formats its line and
+//! hands it to a bounded queue; a thread of the log's own writes the queue
+//! out through a buffer, flushed whenever the queue is empty. A slow disk
+//! never blocks a request: when the queue is full the line is dropped and
+//! counted (`proxy_access_log_dropped_total`), with one WARN line when
+//! dropping starts and one INFO line with the count when the writer has
+//! caught up. SIGUSR1 reopens the file (after logrotate moved it).
+//!
+//! Imports nothing of the crate.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines queued for the writer, at most (a few MiB of text).
+const QUEUE: usize = 16_384;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Destination {
+    /// `-` is standard output, anything else a file path.
+    pub(crate) fn parse(s: &str) -> Destination {
+        match s {
+            "-" => Destination::Stdout,
+            path => Destination::File(PathBuf::from(path)),
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Stdout => f.write_str("-"),
+            Destination::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Apache's common log format, with the fields it lacks appended.
+    Common,
+}
+
+impl Format {
+    pub(crate) fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "json" => Ok(Format::Json),
+            "common" => Ok(Format::Common),
+            _ => Err(format!("invalid access log format {s:?} (json or common)")),
+        }
+    }
+}
+
+enum Msg {
+    Line(String),
+    /// Write to this from now on (`None`: nowhere).
+    Switch(Option<Sink>),
+}
+
+enum Sink {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(BufWriter<File>, PathBuf),
+}
+
+impl Sink {
+    fn open(dest: &Destination) -> Result<Sink, String> {
+        match dest {
+            Destination::Stdout => Ok(Sink::Stdout(BufWriter::new(std::io::stdout()))),
+            Destination::File(path) => File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(|f| Sink::File(BufWriter::with_capacity(64 * 1024, f), path.clone()))
+                .map_err(|e| format!("cannot open access log {}: {e}", path.display())),
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(w) => w,
+            Sink::File(w, _) => w,
+        }
+    }
+}
+
+/// The process's access log; cheap to clone. Off until given a destination.
+#[derive(Clone)]
+pub(crate) struct AccessLog(Arc<Shared>);
+
+struct Shared {
+    on: AtomicBool,
+    format: AtomicU8,
+    tx: SyncSender<Msg>,
+    /// Where it writes now, to reopen on SIGUSR1.
+    destination: Mutex<Option<Destination>>,
+    /// Lines dropped since the writer last caught up.
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// An access log writing nowhere yet; its thread waits for lines.
+    pub(crate) fn new() -> AccessLog {
+        let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let seen = dropped.clone();
+        let _ = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, seen));
+        AccessLog(Arc::new(Shared {
+            on: AtomicBool::new(false),
+            format: AtomicU8::new(Format::Json as u8),
+            tx,
+            destination: Mutex::new(None),
+            dropped,
+        }))
+    }
+
+    /// Writes to `destination` in `format` from now on (`None`: off). A
+    /// file is opened here, so that an error is said at once; the one in
+    /// use stays then.
+    pub(crate) fn set(
+        &self,
+        destination: Option<&Destination>,
+        format: Format,
+    ) -> Result<(), String> {
+        let mut current = self.0.destination.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.format.store(format as u8, Ordering::Relaxed);
+        if current.as_ref() == destination {
+            return Ok(());
+        }
+        let sink = destination.map(Sink::open).transpose()?;
+        self.0.on.store(sink.is_some(), Ordering::Release);
+        // Blocks while the queue is full: a config change is rare, and must
+        // not be lost.
+        let _ = self.0.tx.send(Msg::Switch(sink));
+        *current = destination.cloned();
+        Ok(())
+    }
+
+    /// Opens the file again (SIGUSR1, after logrotate moved it).
+    pub(crate) fn reopen(&self) -> Result<(), String> {
+        let current = self.0.destination.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dest @ Destination::File(_)) = current.as_ref() {
+            let sink = Sink::open(dest)?;
+            let _ = self.0.tx.send(Msg::Switch(Some(sink)));
+        }
+        Ok(())
+    }
+
+    /// Whether lines are written: when not, callers skip gathering them.
+    pub(crate) fn enabled(&self) -> bool {
+        self.0.on.load(Ordering::Relaxed)
+    }
+
+    fn format(&self) -> Format {
+        match self.0.format.load(Ordering::Relaxed) {
+            x if x == Format::Common as u8 => Format::Common,
+            _ => Format::Json,
+        }
+    }
+
+    fn send(&self, line: String) {
+        match self.0.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("proxy_access_log_dropped_total").increment(1);
+                if self.0.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        queue = QUEUE,
+                        "access log: the writer is behind (a slow disk?); dropping lines until it catches up"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Logs a request whose response has ended (or was dropped).
+    pub(crate) fn request(&self, r: &RequestRecord) {
+        let mut line = String::with_capacity(320);
+        match self.format() {
+            Format::Json => r.json(&mut line),
+            Format::Common => r.common(&mut line),
+        }
+        self.send(line);
+    }
+
+    /// Logs a tunnel that has ended; `upstream` is its group's name.
+    pub(crate) fn tunnel(&self, upstream: &str, end: &proxy_tower::TunnelEnd) {
+        let mut line = String::with_capacity(320);
+        let r = TunnelRecord {
+            time: SystemTime::now(),
+            upstream,
+            end,
+        };
+        match self.format() {
+            Format::Json => r.json(&mut line),
+            Format::Common => r.common(&mut line),
+        }
+        self.send(line);
+    }
+}
+
+/// The writer thread: writes lines as they come, flushes when none waits.
+fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
+    let mut sink: Option<Sink> = None;
+    let mut failing = false;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(_) => {
+                // Nothing waiting: the lines so far go out now.
+                if let Some(s) = &mut sink {
+                    write_or_say(s.writer().flush(), &mut failing);
+                }
+                let n = dropped.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    tracing::info!(dropped = n, "access log: the writer caught up");
+                }
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
+        match msg {
+            Msg::Line(line) => {
+                if let Some(s) = &mut sink {
+                    let w = s.writer();
+                    let r = w
+                        .write_all(line.as_bytes())
+                        .and_then(|()| w.write_all(b"\n"));
+                    write_or_say(r, &mut failing);
+                }
+            }
+            Msg::Switch(next) => {
+                if let Some(s) = &mut sink {
+                    let _ = s.writer().flush();
+                }
+                if let Some(Sink::File(_, path)) = &next {
+                    tracing::info!(path = %path.display(), "access log opened");
+                }
+                sink = next;
+                failing = false;
+            }
+        }
+    }
+}
+
+/// Says a write error once, until writes work again.
+fn write_or_say(r: std::io::Result<()>, failing: &mut bool) {
+    match r {
+        Ok(()) => *failing = false,
+        Err(e) if !*failing => {
+            *failing = true;
+            tracing::warn!(error = %e, "access log: cannot write; lines are lost until it can");
+        }
+        Err(_) => {}
+    }
+}
+
+/// What a request's line says.
+pub(crate) struct RequestRecord {
+    pub(crate) time: SystemTime,
+    pub(crate) request_id: http::HeaderValue,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) method: http::Method,
+    pub(crate) host: String,
+    /// The request target as the client sent it (path and query).
+    pub(crate) target: String,
+    pub(crate) version: http::Version,
+    pub(crate) status: u16,
+    /// The route's upstream group; `None` when no route matched.
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) head: Duration,
+    pub(crate) duration: Duration,
+}
+
+impl RequestRecord {
+    fn json(&self, out: &mut String) {
+        out.push_str("{\"time\":\"");
+        rfc3339(self.time, out);
+        out.push_str("\",\"type\":\"request\",\"request_id\":");
+        json_str(self.request_id.to_str().unwrap_or(""), out);
+        out.push_str(",\"client\":");
+        match self.client {
+            Some(ip) => {
+                let _ = write!(out, "\"{ip}\"");
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"method\":");
+        json_str(self.method.as_str(), out);
+        out.push_str(",\"host\":");
+        json_str(&self.host, out);
+        out.push_str(",\"path\":");
+        json_str(&self.target, out);
+        let _ = write!(
+            out,
+            ",\"protocol\":\"{:?}\",\"status\":{}",
+            self.version, self.status
+        );
+        out.push_str(",\"upstream\":");
+        match &self.upstream {
+            Some(u) => json_str(u, out),
+            None => out.push_str("null"),
+        }
+        let _ = write!(
+            out,
+            ",\"bytes_in\":{},\"bytes_out\":{},\"head_us\":{},\"duration_us\":{}}}",
+            self.bytes_in,
+            self.bytes_out,
+            self.head.as_micros(),
+            self.duration.as_micros()
+        );
+    }
+
+    /// `client - - [time] "METHOD target PROTOCOL" status bytes_out`, then
+    /// host, upstream, bytes in, microseconds to the head and in all, and
+    /// the request id.
+    fn common(&self, out: &mut String) {
+        match self.client {
+            Some(ip) => {
+                let _ = write!(out, "{ip}");
+            }
+            None => out.push('-'),
+        }
+        out.push_str(" - - [");
+        clf_time(self.time, out);
+        out.push_str("] \"");
+        clf_str(self.method.as_str(), out);
+        out.push(' ');
+        clf_str(&self.target, out);
+        let _ = write!(
+            out,
+            " {:?}\" {} {}",
+            self.version, self.status, self.bytes_out
+        );
+        out.push_str(" \"");
+        clf_str(&self.host, out);
+        out.push_str("\" ");
+        match &self.upstream {
+            Some(u) => clf_str(u, out),
+            None => out.push('-'),
+        }
+        let _ = write!(
+            out,
+            " {} {} {} ",
+            self.bytes_in,
+            self.head.as_micros(),
+            self.duration.as_micros()
+        );
+        clf_str(self.request_id.to_str().unwrap_or("-"), out);
+    }
+}
+
+/// What a tunnel's line says.
+struct TunnelRecord<'a> {
+    time: SystemTime,
+    upstream: &'a str,
+    end: &'a proxy_tower::TunnelEnd,
+}
+
+impl TunnelRecord<'_> {
+    fn json(&self, out: &mut String) {
+        let e = self.end;
+        out.push_str("{\"time\":\"");
+        rfc3339(self.time, out);
+        out.push_str("\",\"type\":\"tunnel\",\"request_id\":");
+        match e.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(id) => json_str(id, out),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"client\":");
+        match e.client {
+            Some(ip) => {
+                let _ = write!(out, "\"{ip}\"");
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"upstream\":");
+        json_str(self.upstream, out);
+        out.push_str(",\"server\":");
+        json_str(&e.upstream.to_string(), out);
+        out.push_str(",\"protocol\":");
+        match &e.protocol {
+            Some(p) => json_str(p, out),
+            None => out.push_str("null"),
+        }
+        let _ = write!(
+            out,
+            ",\"client_to_upstream\":{},\"upstream_to_client\":{},\"first_fin\":\"{}\",\"end\":\"{}\",\"duration_us\":{}}}",
+            e.client_to_upstream,
+            e.upstream_to_client,
+            e.first_eof.map_or("none", |s| s.as_str()),
+            e.ending.as_str(),
+            e.duration.as_micros()
+        );
+    }
+
+    /// `client - - [time] "TUNNEL protocol" end client_to_upstream
+    /// upstream_to_client first_fin upstream duration_us request_id`.
+    fn common(&self, out: &mut String) {
+        let e = self.end;
+        match e.client {
+            Some(ip) => {
+                let _ = write!(out, "{ip}");
+            }
+            None => out.push('-'),
+        }
+        out.push_str(" - - [");
+        clf_time(self.time, out);
+        out.push_str("] \"TUNNEL ");
+        clf_str(e.protocol.as_deref().unwrap_or("-"), out);
+        let _ = write!(
+            out,
+            "\" {} {} {} {} ",
+            e.ending.as_str(),
+            e.client_to_upstream,
+            e.upstream_to_client,
+            e.first_eof.map_or("none", |s| s.as_str())
+        );
+        clf_str(self.upstream, out);
+        let _ = write!(out, " {} ", e.duration.as_micros());
+        clf_str(
+            e.request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            out,
+        );
+    }
+}
+
+/// `s` as a JSON string: quoted, with `"`, `\` and control bytes escaped.
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `s` in a common-log field: `"`, `\`, spaces and control bytes escaped
+/// as `\xHH` (Apache's way), so that a field never splits a line or a
+/// field.
+fn clf_str(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' | b' ' | 0..=0x1f | 0x7f.. => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+            b => out.push(b as char),
+        }
+    }
+}
+
+/// Days since 1970-01-01 as (year, month, day): Howard Hinnant's
+/// `civil_from_days`.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn split(t: SystemTime) -> ((i64, u32, u32), u64, u32) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    (
+        civil((secs / 86_400) as i64),
+        secs % 86_400,
+        since.subsec_millis(),
+    )
+}
+
+/// `2026-12-03T02:53:30.123Z`.
+fn rfc3339(t: SystemTime, out: &mut String) {
+    let ((y, m, d), s, ms) = split(t);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    );
+}
+
+/// `03/Dec/2026:02:53:30 +0000`.
+fn clf_time(t: SystemTime, out: &mut String) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let ((y, m, d), s, _) = split(t);
+    let _ = write!(
+        out,
+        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn times_are_utc_rfc3339_and_clf() {
+        let mut s = String::new();
+        rfc3339(at(0, 0), &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        // `date -u -d @1796266410` is Thu Dec 3 02:53:30 UTC 2026.
+        rfc3339(at(1_796_266_410, 123), &mut s);
+        assert_eq!(s, "2026-12-03T02:53:30.123Z");
+        s.clear();
+        clf_time(at(1_796_266_410, 0), &mut s);
+        assert_eq!(s, "03/Dec/2026:02:53:30 +0000");
+        s.clear();
+        // A leap day.
+        rfc3339(at(951_782_400, 0), &mut s);
+        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            time: at(1_796_266_410, 5),
+            request_id: http::HeaderValue::from_static("abc\"1"),
+            client: Some("192.0.2.1".parse().unwrap()),
+            method: http::Method::GET,
+            host: "example.test".into(),
+            target: "/a \"b\"\\\n\u{1}é?q=1".into(),
+            version: http::Version::HTTP_11,
+            status: 200,
+            upstream: Some(Arc::from("api")),
+            bytes_in: 3,
+            bytes_out: 64,
+            head: Duration::from_micros(900),
+            duration: Duration::from_micros(1234),
+        }
+    }
+
+    #[test]
+    fn a_request_line_is_json_any_parser_reads_back() {
+        let mut line = String::new();
+        record().json(&mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(v["time"], "2026-12-03T02:53:30.005Z");
+        assert_eq!(v["type"], "request");
+        assert_eq!(v["request_id"], "abc\"1");
+        assert_eq!(v["client"], "192.0.2.1");
+        assert_eq!(v["path"], "/a \"b\"\\\n\u{1}é?q=1");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["upstream"], "api");
+        assert_eq!(v["bytes_in"], 3);
+        assert_eq!(v["bytes_out"], 64);
+        assert_eq!(v["head_us"], 900);
+        assert_eq!(v["duration_us"], 1234);
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_common_line_keeps_its_fields_apart() {
+        let mut line = String::new();
+        record().common(&mut line);
+        assert_eq!(
+            line,
+            "192.0.2.1 - - [03/Dec/2026:02:53:30 +0000] \"GET /a\\x20\\x22b\\x22\\x5c\\x0a\\x01\\xc3\\xa9?q=1 HTTP/1.1\" 200 64 \"example.test\" api 3 900 1234 abc\\x221"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client puts in a field, the line is one JSON object
+        /// that reads back the same.
+        #[test]
+        fn any_string_reads_back_from_json(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = String::new();
+            json_str(&s, &mut out);
+            let back: String = serde_json::from_str(&out).unwrap();
+            proptest::prop_assert_eq!(back, s);
+            proptest::prop_assert!(!out.contains('\n'));
+        }
+    }
+}
