@@ -72,9 +72,12 @@ impl Format {
 }
 
 enum Msg {
-    Line(String),
+    /// Lines, each ending in `\n`.
+    Lines(String),
     /// Write to this from now on (`None`: nowhere).
     Switch(Option<Sink>),
+    /// Flush, then say so.
+    Sync(tokio::sync::oneshot::Sender<()>),
 }
 
 enum Sink {
@@ -179,12 +182,18 @@ impl AccessLog {
         }
     }
 
-    fn send(&self, line: String) {
-        match self.0.tx.try_send(Msg::Line(line)) {
+    /// Hands this thread's batch to the writer.
+    fn send(&self, batch: &mut Batch) {
+        if batch.text.is_empty() {
+            return;
+        }
+        let text = std::mem::replace(&mut batch.text, String::with_capacity(BATCH + 512));
+        let lines = std::mem::take(&mut batch.lines);
+        match self.0.tx.try_send(Msg::Lines(text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                metrics::counter!("proxy_access_log_dropped_total").increment(1);
-                if self.0.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                metrics::counter!("proxy_access_log_dropped_total").increment(lines);
+                if self.0.dropped.fetch_add(lines, Ordering::Relaxed) == 0 {
                     tracing::warn!(
                         queue = QUEUE,
                         "access log: the writer is behind (a slow disk?); dropping lines until it catches up"
@@ -195,29 +204,155 @@ impl AccessLog {
         }
     }
 
+    /// Adds a line to this thread's batch, sent once it is large enough
+    /// (or by [`flush`](AccessLog::flush)).
+    fn add(&self, line: impl FnOnce(&mut String, &mut Clock)) {
+        BATCH_OF_THREAD.with(|b| {
+            let Ok(mut b) = b.try_borrow_mut() else {
+                return;
+            };
+            let b = &mut *b;
+            line(&mut b.text, &mut b.clock);
+            b.text.push('\n');
+            b.lines += 1;
+            if b.text.len() >= BATCH {
+                self.send(b);
+            }
+        });
+    }
+
+    /// Sends this thread's batch now: each worker calls it a few times a
+    /// second, so that a quiet worker's lines are not held back.
+    pub(crate) fn flush(&self) {
+        BATCH_OF_THREAD.with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                self.send(&mut b);
+            }
+        });
+    }
+
+    /// Resolves once every line handed to the writer so far is written (at
+    /// shutdown, after each worker's [`flush`](AccessLog::flush)).
+    pub(crate) async fn sync(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = self.0.clone();
+        // The queue may be full: wait for room off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || log.tx.send(Msg::Sync(tx))).await;
+        let _ = rx.await;
+    }
+
     /// Logs a request whose response has ended (or was dropped).
     pub(crate) fn request(&self, r: &RequestRecord) {
-        let mut line = String::with_capacity(320);
-        match self.format() {
-            Format::Json => r.json(&mut line),
-            Format::Common => r.common(&mut line),
-        }
-        self.send(line);
+        let format = self.format();
+        self.add(|out, clock| match format {
+            Format::Json => r.json(out, clock),
+            Format::Common => r.common(out, clock),
+        });
     }
 
     /// Logs a tunnel that has ended; `upstream` is its group's name.
     pub(crate) fn tunnel(&self, upstream: &str, end: &proxy_tower::TunnelEnd) {
-        let mut line = String::with_capacity(320);
         let r = TunnelRecord {
             time: SystemTime::now(),
             upstream,
             end,
         };
-        match self.format() {
-            Format::Json => r.json(&mut line),
-            Format::Common => r.common(&mut line),
+        let format = self.format();
+        self.add(|out, clock| match format {
+            Format::Json => r.json(out, clock),
+            Format::Common => r.common(out, clock),
+        });
+    }
+}
+
+/// A batch of lines is handed to the writer at this size.
+const BATCH: usize = 16 * 1024;
+
+/// The lines a thread has formatted and not yet handed to the writer.
+struct Batch {
+    text: String,
+    lines: u64,
+    clock: Clock,
+}
+
+thread_local! {
+    static BATCH_OF_THREAD: std::cell::RefCell<Batch> = std::cell::RefCell::new(Batch {
+        text: String::new(),
+        lines: 0,
+        clock: Clock::default(),
+    });
+}
+
+/// The text of the current second, formatted once per second.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    /// `2026-12-03T02:53:30`.
+    rfc3339: String,
+    /// `03/Dec/2026:02:53:30 +0000`.
+    clf: String,
+}
+
+impl Clock {
+    fn at(&mut self, t: SystemTime) -> u32 {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.second || self.rfc3339.is_empty() {
+            self.second = since.as_secs();
+            self.rfc3339.clear();
+            self.clf.clear();
+            rfc3339_seconds(since.as_secs(), &mut self.rfc3339);
+            clf_seconds(since.as_secs(), &mut self.clf);
         }
-        self.send(line);
+        since.subsec_millis()
+    }
+
+    /// `2026-12-03T02:53:30.123Z`.
+    fn rfc3339(&mut self, t: SystemTime, out: &mut String) {
+        let ms = self.at(t);
+        out.push_str(&self.rfc3339);
+        out.push('.');
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+    }
+
+    /// `03/Dec/2026:02:53:30 +0000`.
+    fn clf(&mut self, t: SystemTime, out: &mut String) {
+        self.at(t);
+        out.push_str(&self.clf);
+    }
+}
+
+/// `n` in decimal, without `core::fmt`.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// An address, IPv4 without `core::fmt`.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -245,14 +380,16 @@ fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
             }
         };
         match msg {
-            Msg::Line(line) => {
+            Msg::Lines(lines) => {
                 if let Some(s) = &mut sink {
-                    let w = s.writer();
-                    let r = w
-                        .write_all(line.as_bytes())
-                        .and_then(|()| w.write_all(b"\n"));
-                    write_or_say(r, &mut failing);
+                    write_or_say(s.writer().write_all(lines.as_bytes()), &mut failing);
                 }
+            }
+            Msg::Sync(done) => {
+                if let Some(s) = &mut sink {
+                    write_or_say(s.writer().flush(), &mut failing);
+                }
+                let _ = done.send(());
             }
             Msg::Switch(next) => {
                 if let Some(s) = &mut sink {
@@ -300,65 +437,59 @@ pub(crate) struct RequestRecord {
 }
 
 impl RequestRecord {
-    fn json(&self, out: &mut String) {
+    fn json(&self, out: &mut String, clock: &mut Clock) {
         out.push_str("{\"time\":\"");
-        rfc3339(self.time, out);
+        clock.rfc3339(self.time, out);
         out.push_str("\",\"type\":\"request\",\"request_id\":");
         json_str(self.request_id.to_str().unwrap_or(""), out);
         out.push_str(",\"client\":");
-        match self.client {
-            Some(ip) => {
-                let _ = write!(out, "\"{ip}\"");
-            }
-            None => out.push_str("null"),
-        }
+        json_ip(self.client, out);
         out.push_str(",\"method\":");
         json_str(self.method.as_str(), out);
         out.push_str(",\"host\":");
         json_str(&self.host, out);
         out.push_str(",\"path\":");
         json_str(&self.target, out);
-        let _ = write!(
-            out,
-            ",\"protocol\":\"{:?}\",\"status\":{}",
-            self.version, self.status
-        );
+        out.push_str(",\"protocol\":\"");
+        out.push_str(version(self.version));
+        out.push_str("\",\"status\":");
+        push_u64(out, u64::from(self.status));
         out.push_str(",\"upstream\":");
         match &self.upstream {
             Some(u) => json_str(u, out),
             None => out.push_str("null"),
         }
-        let _ = write!(
-            out,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"head_us\":{},\"duration_us\":{}}}",
-            self.bytes_in,
-            self.bytes_out,
-            self.head.as_micros(),
-            self.duration.as_micros()
-        );
+        out.push_str(",\"bytes_in\":");
+        push_u64(out, self.bytes_in);
+        out.push_str(",\"bytes_out\":");
+        push_u64(out, self.bytes_out);
+        out.push_str(",\"head_us\":");
+        push_u64(out, self.head.as_micros() as u64);
+        out.push_str(",\"duration_us\":");
+        push_u64(out, self.duration.as_micros() as u64);
+        out.push('}');
     }
 
     /// `client - - [time] "METHOD target PROTOCOL" status bytes_out`, then
     /// host, upstream, bytes in, microseconds to the head and in all, and
     /// the request id.
-    fn common(&self, out: &mut String) {
+    fn common(&self, out: &mut String, clock: &mut Clock) {
         match self.client {
-            Some(ip) => {
-                let _ = write!(out, "{ip}");
-            }
+            Some(ip) => push_ip(out, ip),
             None => out.push('-'),
         }
         out.push_str(" - - [");
-        clf_time(self.time, out);
+        clock.clf(self.time, out);
         out.push_str("] \"");
         clf_str(self.method.as_str(), out);
         out.push(' ');
         clf_str(&self.target, out);
-        let _ = write!(
-            out,
-            " {:?}\" {} {}",
-            self.version, self.status, self.bytes_out
-        );
+        out.push(' ');
+        out.push_str(version(self.version));
+        out.push_str("\" ");
+        push_u64(out, u64::from(self.status));
+        out.push(' ');
+        push_u64(out, self.bytes_out);
         out.push_str(" \"");
         clf_str(&self.host, out);
         out.push_str("\" ");
@@ -366,13 +497,15 @@ impl RequestRecord {
             Some(u) => clf_str(u, out),
             None => out.push('-'),
         }
-        let _ = write!(
-            out,
-            " {} {} {} ",
+        for n in [
             self.bytes_in,
-            self.head.as_micros(),
-            self.duration.as_micros()
-        );
+            self.head.as_micros() as u64,
+            self.duration.as_micros() as u64,
+        ] {
+            out.push(' ');
+            push_u64(out, n);
+        }
+        out.push(' ');
         clf_str(self.request_id.to_str().unwrap_or("-"), out);
     }
 }
@@ -385,22 +518,17 @@ struct TunnelRecord<'a> {
 }
 
 impl TunnelRecord<'_> {
-    fn json(&self, out: &mut String) {
+    fn json(&self, out: &mut String, clock: &mut Clock) {
         let e = self.end;
         out.push_str("{\"time\":\"");
-        rfc3339(self.time, out);
+        clock.rfc3339(self.time, out);
         out.push_str("\",\"type\":\"tunnel\",\"request_id\":");
         match e.request_id.as_ref().and_then(|v| v.to_str().ok()) {
             Some(id) => json_str(id, out),
             None => out.push_str("null"),
         }
         out.push_str(",\"client\":");
-        match e.client {
-            Some(ip) => {
-                let _ = write!(out, "\"{ip}\"");
-            }
-            None => out.push_str("null"),
-        }
+        json_ip(e.client, out);
         out.push_str(",\"upstream\":");
         json_str(self.upstream, out);
         out.push_str(",\"server\":");
@@ -410,41 +538,44 @@ impl TunnelRecord<'_> {
             Some(p) => json_str(p, out),
             None => out.push_str("null"),
         }
-        let _ = write!(
-            out,
-            ",\"client_to_upstream\":{},\"upstream_to_client\":{},\"first_fin\":\"{}\",\"end\":\"{}\",\"duration_us\":{}}}",
-            e.client_to_upstream,
-            e.upstream_to_client,
-            e.first_eof.map_or("none", |s| s.as_str()),
-            e.ending.as_str(),
-            e.duration.as_micros()
-        );
+        out.push_str(",\"client_to_upstream\":");
+        push_u64(out, e.client_to_upstream);
+        out.push_str(",\"upstream_to_client\":");
+        push_u64(out, e.upstream_to_client);
+        out.push_str(",\"first_fin\":\"");
+        out.push_str(e.first_eof.map_or("none", |s| s.as_str()));
+        out.push_str("\",\"end\":\"");
+        out.push_str(e.ending.as_str());
+        out.push_str("\",\"duration_us\":");
+        push_u64(out, e.duration.as_micros() as u64);
+        out.push('}');
     }
 
     /// `client - - [time] "TUNNEL protocol" end client_to_upstream
     /// upstream_to_client first_fin upstream duration_us request_id`.
-    fn common(&self, out: &mut String) {
+    fn common(&self, out: &mut String, clock: &mut Clock) {
         let e = self.end;
         match e.client {
-            Some(ip) => {
-                let _ = write!(out, "{ip}");
-            }
+            Some(ip) => push_ip(out, ip),
             None => out.push('-'),
         }
         out.push_str(" - - [");
-        clf_time(self.time, out);
+        clock.clf(self.time, out);
         out.push_str("] \"TUNNEL ");
         clf_str(e.protocol.as_deref().unwrap_or("-"), out);
-        let _ = write!(
-            out,
-            "\" {} {} {} {} ",
-            e.ending.as_str(),
-            e.client_to_upstream,
-            e.upstream_to_client,
-            e.first_eof.map_or("none", |s| s.as_str())
-        );
+        out.push_str("\" ");
+        out.push_str(e.ending.as_str());
+        for n in [e.client_to_upstream, e.upstream_to_client] {
+            out.push(' ');
+            push_u64(out, n);
+        }
+        out.push(' ');
+        out.push_str(e.first_eof.map_or("none", |s| s.as_str()));
+        out.push(' ');
         clf_str(self.upstream, out);
-        let _ = write!(out, " {} ", e.duration.as_micros());
+        out.push(' ');
+        push_u64(out, e.duration.as_micros() as u64);
+        out.push(' ');
         clf_str(
             e.request_id
                 .as_ref()
@@ -452,6 +583,18 @@ impl TunnelRecord<'_> {
                 .unwrap_or("-"),
             out,
         );
+    }
+}
+
+/// An address as a JSON string, or `null`.
+fn json_ip(ip: Option<IpAddr>, out: &mut String) {
+    match ip {
+        Some(ip) => {
+            out.push('"');
+            push_ip(out, ip);
+            out.push('"');
+        }
+        None => out.push_str("null"),
     }
 }
 
@@ -503,34 +646,37 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn split(t: SystemTime) -> ((i64, u32, u32), u64, u32) {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    (
-        civil((secs / 86_400) as i64),
-        secs % 86_400,
-        since.subsec_millis(),
-    )
+/// `HTTP/1.1`, as the request line says it.
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
-/// `2026-12-03T02:53:30.123Z`.
-fn rfc3339(t: SystemTime, out: &mut String) {
-    let ((y, m, d), s, ms) = split(t);
+/// `2026-12-03T02:53:30` for `secs` after the epoch.
+fn rfc3339_seconds(secs: u64, out: &mut String) {
+    let (y, m, d) = civil((secs / 86_400) as i64);
+    let s = secs % 86_400;
     let _ = write!(
         out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         s / 3600,
         s / 60 % 60,
         s % 60
     );
 }
 
-/// `03/Dec/2026:02:53:30 +0000`.
-fn clf_time(t: SystemTime, out: &mut String) {
+/// `03/Dec/2026:02:53:30 +0000` for `secs` after the epoch.
+fn clf_seconds(secs: u64, out: &mut String) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let ((y, m, d), s, _) = split(t);
+    let (y, m, d) = civil((secs / 86_400) as i64);
+    let s = secs % 86_400;
     let _ = write!(
         out,
         "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
@@ -551,20 +697,46 @@ mod tests {
 
     #[test]
     fn times_are_utc_rfc3339_and_clf() {
+        let mut clock = Clock::default();
         let mut s = String::new();
-        rfc3339(at(0, 0), &mut s);
+        clock.rfc3339(at(0, 0), &mut s);
         assert_eq!(s, "1970-01-01T00:00:00.000Z");
         s.clear();
         // `date -u -d @1796266410` is Thu Dec 3 02:53:30 UTC 2026.
-        rfc3339(at(1_796_266_410, 123), &mut s);
+        clock.rfc3339(at(1_796_266_410, 123), &mut s);
         assert_eq!(s, "2026-12-03T02:53:30.123Z");
         s.clear();
-        clf_time(at(1_796_266_410, 0), &mut s);
+        // The same second again, from the cache.
+        clock.rfc3339(at(1_796_266_410, 7), &mut s);
+        assert_eq!(s, "2026-12-03T02:53:30.007Z");
+        s.clear();
+        clock.clf(at(1_796_266_410, 0), &mut s);
         assert_eq!(s, "03/Dec/2026:02:53:30 +0000");
         s.clear();
         // A leap day.
-        rfc3339(at(951_782_400, 0), &mut s);
-        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+        clock.rfc3339(at(951_782_400, 999), &mut s);
+        assert_eq!(s, "2000-02-29T00:00:00.999Z");
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for ip in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     fn record() -> RequestRecord {
@@ -588,7 +760,7 @@ mod tests {
     #[test]
     fn a_request_line_is_json_any_parser_reads_back() {
         let mut line = String::new();
-        record().json(&mut line);
+        record().json(&mut line, &mut Clock::default());
         let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
         assert_eq!(v["time"], "2026-12-03T02:53:30.005Z");
         assert_eq!(v["type"], "request");
@@ -608,7 +780,7 @@ mod tests {
     #[test]
     fn a_common_line_keeps_its_fields_apart() {
         let mut line = String::new();
-        record().common(&mut line);
+        record().common(&mut line, &mut Clock::default());
         assert_eq!(
             line,
             "192.0.2.1 - - [03/Dec/2026:02:53:30 +0000] \"GET /a\\x20\\x22b\\x22\\x5c\\x0a\\x01\\xc3\\xa9?q=1 HTTP/1.1\" 200 64 \"example.test\" api 3 900 1234 abc\\x221"

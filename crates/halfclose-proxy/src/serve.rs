@@ -48,6 +48,9 @@ fn init_tracing(level: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot set up logging: {e}"))
 }
 
+/// How long an access log line may wait in a worker's batch.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_millis(100);
+
 /// How long tunnels get to close once told to, before the process exits.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -180,6 +183,17 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        // Each worker hands its access log lines to the writer at least
+        // this often.
+        let log = state.access_log.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(ACCESS_LOG_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                log.flush();
+            }
+        });
         state.workers.push(Worker {
             handle: rt.handle().clone(),
             current: None,
@@ -307,6 +321,17 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 tunnels.iter().for_each(proxy_tower::Tunnels::reset);
                 let _ = tokio::time::timeout(CLOSE_LIMIT, all_idle()).await;
             }
+        }
+        // The last access log lines: each worker's batch, then the writer's.
+        if state.access_log.enabled() {
+            let flushed = async {
+                for w in &state.workers {
+                    let log = state.access_log.clone();
+                    let _ = w.handle.spawn(async move { log.flush() }).await;
+                }
+                state.access_log.sync().await;
+            };
+            let _ = tokio::time::timeout(CLOSE_LIMIT, flushed).await;
         }
     });
     Ok(ExitCode::SUCCESS)

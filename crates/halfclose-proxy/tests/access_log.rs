@@ -161,7 +161,11 @@ async fn sigusr1_reopens_a_rotated_file() {
     wait_for_line(&path, "/two").await;
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("/one") && !old.contains("/two"), "{old}");
+    // A line still in a worker's batch at shutdown is written before exit.
+    request(proxy.addr, "GET /three HTTP/1.1\r\nHost: x\r\n\r\n").await;
     proxy.stop().await;
+    let new = std::fs::read_to_string(&path).unwrap();
+    assert!(new.contains("/three"), "{new}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
