@@ -198,12 +198,8 @@ where
 /// The access log line of `req`, to be finished by its response.
 fn pending<B>(log: &AccessLog, req: &Request<B>, id: &HeaderValue) -> Box<Pending> {
     let host = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
     };
     Box::new(Pending {
         log: log.clone(),
@@ -215,12 +211,8 @@ fn pending<B>(log: &AccessLog, req: &Request<B>, id: &HeaderValue) -> Box<Pendin
                 .get::<proxy_tower::ClientInfo>()
                 .and_then(|c| c.addr()),
             method: req.method().clone(),
-            host: host.to_owned(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned(),
+            host,
+            target: req.uri().clone(),
             version: req.version(),
             status: 0,
             upstream: None,
