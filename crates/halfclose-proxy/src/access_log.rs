@@ -325,17 +325,32 @@ impl Clock {
     }
 }
 
-/// `n` in decimal, without `core::fmt`.
+/// `n` in decimal, without `core::fmt`: two digits at a time.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -615,23 +630,21 @@ fn json_ip(ip: Option<IpAddr>, out: &mut Vec<u8>) {
 /// `s` as a JSON string: quoted, with `"`, `\` and control bytes escaped.
 fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
-    let bytes = s.as_bytes();
+    let mut bytes = s.as_bytes();
     // Runs of bytes that need no escape are copied whole.
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        start = i + 1;
-        match escape {
-            b"" => out.extend_from_slice(&[
+    while let Some(i) = bytes
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)] & JSON != 0)
+    {
+        out.extend_from_slice(&bytes[..i]);
+        let b = bytes[i];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -639,34 +652,54 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
             ]),
-            e => out.extend_from_slice(e),
         }
+        bytes = &bytes[i + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(bytes);
     out.push(b'"');
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Which bytes each format escapes, a bit per format.
+const JSON: u8 = 1;
+const CLF: u8 = 2;
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let control = b < 0x20 || b == 0x7f;
+        if control || b == b'"' as usize || b == b'\\' as usize {
+            table[b] |= JSON;
+        }
+        if control || b >= 0x80 || b == b'"' as usize || b == b'\\' as usize || b == b' ' as usize {
+            table[b] |= CLF;
+        }
+        b += 1;
+    }
+    table
+};
+
 /// `s` in a common-log field: `"`, `\`, spaces and control bytes escaped
 /// as `\xHH` (Apache's way), so that a field never splits a line or a
 /// field.
 fn clf_str(s: &str, out: &mut Vec<u8>) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if matches!(b, b'"' | b'\\' | b' ' | 0..=0x1f | 0x7f..) {
-            out.extend_from_slice(&bytes[start..i]);
-            out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
-            start = i + 1;
-        }
+    let mut bytes = s.as_bytes();
+    while let Some(i) = bytes
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)] & CLF != 0)
+    {
+        out.extend_from_slice(&bytes[..i]);
+        let b = bytes[i];
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]);
+        bytes = &bytes[i + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(bytes);
 }
 
 /// Days since 1970-01-01 as (year, month, day): Howard Hinnant's
@@ -758,7 +791,7 @@ mod tests {
 
     #[test]
     fn numbers_and_addresses_are_written_as_display_writes_them() {
-        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+        for n in [0, 7, 10, 99, 100, 101, 999, 1_000_001, 12_345, u64::MAX] {
             let mut s = Vec::new();
             push_u64(&mut s, n);
             assert_eq!(s, n.to_string().as_bytes());
@@ -839,6 +872,28 @@ mod tests {
             let back: String = serde_json::from_str(&out).unwrap();
             proptest::prop_assert_eq!(back, s);
             proptest::prop_assert!(!out.contains('\n'));
+        }
+
+        /// A common-log field is one word of printable ASCII whatever it
+        /// holds, and `\xHH` decodes back to it.
+        #[test]
+        fn any_string_is_one_clf_word(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = Vec::new();
+            clf_str(&s, &mut out);
+            proptest::prop_assert!(out.iter().all(|&b| b.is_ascii_graphic() && b != b'"'));
+            let mut back = Vec::new();
+            let mut i = 0;
+            while i < out.len() {
+                if out[i] == b'\\' {
+                    let hex = std::str::from_utf8(&out[i + 2..i + 4]).unwrap();
+                    back.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 4;
+                } else {
+                    back.push(out[i]);
+                    i += 1;
+                }
+            }
+            proptest::prop_assert_eq!(back, s.as_bytes());
         }
     }
 }
