@@ -65,7 +65,8 @@ pub(crate) struct Pending {
     pub(crate) log: AccessLog,
     pub(crate) record: RequestRecord,
     pub(crate) started: Instant,
-    pub(crate) bytes_in: Arc<AtomicU64>,
+    /// Shared with the request body's [`Counted`], when it has a body.
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
 
 /// Writes the line once, when dropped.
@@ -75,7 +76,7 @@ impl Drop for Emit {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
             p.record.duration = p.started.elapsed();
-            p.record.bytes_in = p.bytes_in.load(Ordering::Relaxed);
+            p.record.bytes_in = p.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
             p.log.request(&p.record);
         }
     }

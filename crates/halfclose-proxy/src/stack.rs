@@ -105,6 +105,7 @@ pub(crate) struct Edge<R> {
 
 impl<R, ReqB, B> tower::Service<Request<ReqB>> for Edge<R>
 where
+    ReqB: http_body::Body,
     R: Router,
     R::Service: tower::Service<Request<EdgeBody<ReqB>>, Response = Response<B>, Error = Infallible>,
     <R::Service as tower::Service<Request<EdgeBody<ReqB>>>>::Future: Send + 'static,
@@ -161,7 +162,11 @@ where
         if let Some(p) = &mut pending {
             p.record.upstream = upstream;
         }
-        let count = pending.as_ref().map(|p| p.bytes_in.clone());
+        // A request with no body has nothing to count.
+        let count = match (&mut pending, body.is_end_stream()) {
+            (Some(p), false) => Some(p.bytes_in.get_or_insert_with(Arc::default).clone()),
+            _ => None,
+        };
         let req = Request::from_parts(parts, Counted::new(body, count));
         let req = match max_body {
             None => req.map(Either::Left),
@@ -222,7 +227,7 @@ fn pending<B>(log: &AccessLog, req: &Request<B>, id: &HeaderValue) -> Box<Pendin
             duration: std::time::Duration::ZERO,
         },
         started: Instant::now(),
-        bytes_in: Arc::default(),
+        bytes_in: None,
     })
 }
 
