@@ -195,13 +195,21 @@ impl Target {
     }
 }
 
-/// Our binary in front of `backend`; `balanced`: with the backend given twice,
-/// so that every request goes through the balancer (`BalancedProxy`).
-async fn start_ours(bin: &str, backend: SocketAddr, balanced: bool) -> Result<Target, String> {
+/// Our binary in front of `backend`, as `name` says: `halfclose-proxy`;
+/// `balanced`, with the backend given twice, so that every request goes
+/// through the balancer (`BalancedProxy`); `logged`, writing an access log
+/// (JSON lines) to a file.
+async fn start_ours(bin: &str, backend: SocketAddr, name: &'static str) -> Result<Target, String> {
     let upstream = format!("http://{backend}");
+    let log = std::env::temp_dir()
+        .join(format!("halfclose-bench-access-{}.log", std::process::id()))
+        .display()
+        .to_string();
     let mut args = vec!["--upstream", upstream.as_str()];
-    if balanced {
-        args.extend(["--upstream", upstream.as_str()]);
+    match name {
+        "balanced" => args.extend(["--upstream", upstream.as_str()]),
+        "logged" => args.extend(["--access-log", log.as_str()]),
+        _ => {}
     }
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--log-level", "error"])
@@ -223,11 +231,7 @@ async fn start_ours(bin: &str, backend: SocketAddr, balanced: bool) -> Result<Ta
     // Keep reading what it prints, so that it never writes into a closed pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Target {
-        name: if balanced {
-            "balanced"
-        } else {
-            "halfclose-proxy"
-        },
+        name,
         addr,
         pids: vec![child.id().ok_or("exited")?],
         child: Some(child),
@@ -597,8 +601,9 @@ async fn run(o: Options) -> Result<(), String> {
         Some(t) => targets.push(t),
         None => eprintln!("bench-e2e: nginx not installed or not starting: measured without it"),
     }
-    targets.push(start_ours(&o.proxy, backend, false).await?);
-    targets.push(start_ours(&o.proxy, backend, true).await?);
+    targets.push(start_ours(&o.proxy, backend, "halfclose-proxy").await?);
+    targets.push(start_ours(&o.proxy, backend, "balanced").await?);
+    targets.push(start_ours(&o.proxy, backend, "logged").await?);
     let generator = if wrk(backend, 1, 1).await.is_some() {
         "wrk -t1"
     } else {
@@ -659,8 +664,7 @@ async fn run(o: Options) -> Result<(), String> {
     for t in targets[1..].iter().filter(|_| o.wants("rss")) {
         let fresh = match t.name {
             "nginx" => start_nginx(backend).await,
-            "balanced" => start_ours(&o.proxy, backend, true).await.ok(),
-            _ => start_ours(&o.proxy, backend, false).await.ok(),
+            name => start_ours(&o.proxy, backend, name).await.ok(),
         };
         match fresh {
             Some(fresh) => {
@@ -726,6 +730,24 @@ async fn run(o: Options) -> Result<(), String> {
             balanced / single
         );
     }
+    // The access log's cost: the same proxy writing a JSON line per request.
+    if let (Some(single), Some(logged)) = (single, rps("logged")) {
+        let cpu = |name: &str| {
+            targets
+                .iter()
+                .position(|t| t.name == name)
+                .map(|i| median(samples[2][i].clone()))
+                .filter(|&c| c > 0.0)
+        };
+        print!(
+            "access log: small GET req/s with `--access-log FILE` / without = {:.2}",
+            logged / single
+        );
+        match (cpu("halfclose-proxy"), cpu("logged")) {
+            (Some(plain), Some(logged)) => println!(", CPU per request = {:.2}", logged / plain),
+            _ => println!(),
+        }
+    }
     // A figure of 0 is a failure (nothing got through), not a measurement.
     let failed: Vec<&str> = names
         .iter()
@@ -734,6 +756,9 @@ async fn run(o: Options) -> Result<(), String> {
         .map(|(name, _)| *name)
         .filter(|name| !name.contains("p99") && !name.contains("CPU"))
         .collect();
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("halfclose-bench-access-{}.log", std::process::id())),
+    );
     for t in targets {
         t.stop().await;
     }
