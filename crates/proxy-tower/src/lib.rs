@@ -114,6 +114,8 @@ mod body;
 mod io;
 mod settings;
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod metrics;
 mod origin;
 mod reset;
