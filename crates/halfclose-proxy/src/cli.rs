@@ -68,11 +68,20 @@ pub(crate) struct ServeArgs {
     /// several: requests are then spread over them (power of two choices on
     /// requests in flight), an upstream that keeps refusing connections is
     /// ejected for a while, and a request that could not be sent is retried
-    /// once on another. Without it, a built-in demo upstream is started on a
+    /// once on another. `dns://NAME:PORT` (or `dns+https://`) stands for
+    /// every address of NAME, re-resolved every --dns-interval (a
+    /// Kubernetes headless service, say). Without it, a built-in demo upstream is started on a
     /// loopback port and used (builds with the `demo` feature, the default;
     /// other builds refuse to start without it).
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Vec<String>,
+
+    /// How often an upstream written `dns://NAME:PORT` is resolved again (A
+    /// and AAAA records): addresses that appear get requests, those that
+    /// disappear get no new ones (their requests and tunnels finish). A
+    /// failed resolution keeps the addresses last found.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub(crate) dns_interval: Duration,
 
     /// Trust the CA certificates in FILE (PEM) for an https upstream, instead of
     /// the bundled web PKI roots (with --config: for groups that set no `ca`).

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::config::{Group, RouteOptions};
+use crate::config::{Group, RouteOptions, dns_server};
 
 fn upgrade_policy(allowed: &[String]) -> UpgradePolicy {
     match allowed {
@@ -42,6 +42,13 @@ pub(crate) fn build_proxy(
 ) -> Result<Upstreams, String> {
     let g = &group.options;
     let (first, more) = group.servers.split_first().ok_or("no upstream")?;
+    let discovered = group.servers.iter().any(|s| dns_server(s).is_some());
+    // The URI the options are checked against: a dns:// server's own.
+    let first = match dns_server(first) {
+        Some(dns) => dns?.uri(),
+        None => first.clone(),
+    };
+    let first = first.as_str();
     let forwarded = ForwardedHeaders::default()
         .forwarded(options.forwarded)
         .trust_incoming(options.trust_forwarded);
@@ -92,6 +99,13 @@ pub(crate) fn build_proxy(
     if let Some(pem) = g.ca.as_ref().and_then(|ca| ca.pem.as_ref()) {
         b = b.upstream_ca_pem(pem);
     }
+    if discovered {
+        return b
+            .outlier_detection(g.eject_after, g.ejection_time)
+            .build_discovered(discover(&group.servers, g.dns_interval)?)
+            .map(Upstreams::Many)
+            .map_err(|e| e.to_string());
+    }
     if more.is_empty() {
         return b.build().map(Upstreams::One).map_err(|e| e.to_string());
     }
@@ -102,6 +116,58 @@ pub(crate) fn build_proxy(
         .build_balanced()
         .map(Upstreams::Many)
         .map_err(|e| e.to_string())
+}
+
+/// The servers of a group with `dns://` ones, as one `Discover`: the fixed
+/// ones at once, each name's addresses as they are found. Must be called in
+/// a tokio runtime (the resolving tasks are spawned on it).
+fn discover(
+    servers: &[String],
+    interval: Duration,
+) -> Result<
+    impl tower::discover::Discover<Service = http::Uri, Key = String, Error = std::convert::Infallible>
+    + Send
+    + 'static,
+    String,
+> {
+    use futures_util::StreamExt;
+    use tower::discover::Change;
+    type Changes = futures_util::stream::BoxStream<
+        'static,
+        Result<Change<String, http::Uri>, std::convert::Infallible>,
+    >;
+    let mut streams: Vec<Changes> = Vec::new();
+    let mut fixed = Vec::new();
+    for server in servers {
+        match dns_server(server) {
+            Some(dns) => {
+                let dns = dns?;
+                let name = server.clone();
+                let found = proxy_tower::dns::DnsDiscover::builder(&dns.host, dns.port)
+                    .https(dns.https)
+                    .interval(interval)
+                    .build()
+                    .map(move |change| {
+                        Ok(match change {
+                            Ok(Change::Insert(addr, uri)) => {
+                                Change::Insert(format!("{name} {addr}"), uri)
+                            }
+                            Ok(Change::Remove(addr)) => Change::Remove(format!("{name} {addr}")),
+                            Err(never) => match never {},
+                        })
+                    });
+                streams.push(found.boxed());
+            }
+            None => {
+                let uri: http::Uri = server
+                    .parse()
+                    .map_err(|e| format!("invalid upstream {server:?}: {e}"))?;
+                fixed.push(Ok(Change::Insert(server.clone(), uri)));
+            }
+        }
+    }
+    streams.push(futures_util::stream::iter(fixed).boxed());
+    Ok(futures_util::stream::select_all(streams))
 }
 
 /// The proxy a worker serves: to one upstream, or balanced over several.

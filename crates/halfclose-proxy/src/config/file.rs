@@ -87,6 +87,7 @@ pub(super) struct Group {
     pub(super) health_check_interval: Option<Spanned<String>>,
     pub(super) eject_after: Option<Spanned<u32>>,
     pub(super) ejection_time: Option<Spanned<String>>,
+    pub(super) dns_interval: Option<Spanned<String>>,
     pub(super) ca: Option<Spanned<String>>,
 }
 

@@ -144,6 +144,8 @@ pub(crate) struct GroupOptions {
     pub(crate) health_check_interval: Duration,
     pub(crate) eject_after: u32,
     pub(crate) ejection_time: Duration,
+    /// How often `dns://` servers are resolved again.
+    pub(crate) dns_interval: Duration,
     pub(crate) ca: Option<CaFile>,
 }
 
@@ -199,6 +201,7 @@ impl Defaults {
                 health_check_interval: args.health_check_interval,
                 eject_after: proxy_tower::DEFAULT_EJECT_AFTER,
                 ejection_time: proxy_tower::DEFAULT_BASE_EJECTION,
+                dns_interval: args.dns_interval,
                 #[cfg(feature = "tls")]
                 ca: args.upstream_ca.as_ref().map(|path| CaFile {
                     path: path.clone(),
@@ -477,8 +480,14 @@ impl Config {
             }
             let mut list = Vec::new();
             for s in servers.get_ref() {
-                if let Err(e) = proxy_tower::ReverseProxy::builder(s.get_ref()).build() {
-                    c.at(s, format!("invalid upstream {:?}: {e}", s.get_ref()));
+                match dns_server(s.get_ref()) {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => c.at(s, e),
+                    None => {
+                        if let Err(e) = proxy_tower::ReverseProxy::builder(s.get_ref()).build() {
+                            c.at(s, format!("invalid upstream {:?}: {e}", s.get_ref()));
+                        }
+                    }
                 }
                 list.push(s.get_ref().clone());
             }
@@ -613,6 +622,66 @@ impl Config {
     }
 }
 
+/// An upstream found in DNS: `dns://NAME:PORT` (HTTP to each address of
+/// NAME) or `dns+https://NAME:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DnsServer {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) https: bool,
+}
+
+impl DnsServer {
+    /// The URI the group's options are checked against.
+    pub(crate) fn uri(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match self.host.contains(':') {
+            true => format!("{scheme}://[{}]:{}", self.host, self.port),
+            false => format!("{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// `Some` when `server` is written `dns://` or `dns+https://`: the name
+/// and port, or why they are not valid. The port defaults to 80 (443 with
+/// `dns+https`).
+pub(crate) fn dns_server(server: &str) -> Option<Result<DnsServer, String>> {
+    let (rest, https) = match (
+        server.strip_prefix("dns://"),
+        server.strip_prefix("dns+https://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return None,
+    };
+    let invalid =
+        || format!("invalid upstream {server:?} (try dns://chat.default.svc.cluster.local:8080)");
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => (host, p),
+                _ => return Some(Err(invalid())),
+            }
+        }
+        _ => (rest, if https { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    Some(match valid {
+        true => Ok(DnsServer {
+            host: host.to_owned(),
+            port,
+            https,
+        }),
+        false => Err(invalid()),
+    })
+}
+
 /// A route's `path`: rooted, no query, no dot-segments (which requests
 /// never have once resolved, so such a route would never match).
 fn check_prefix(p: &str) -> Result<(), String> {
@@ -704,6 +773,10 @@ impl Check<'_> {
             Some(v) => self.duration(v, "ejection_time").unwrap_or(d.ejection_time),
             None => d.ejection_time,
         };
+        let dns_interval = match &g.dns_interval {
+            Some(v) => self.duration(v, "dns_interval").unwrap_or(d.dns_interval),
+            None => d.dns_interval,
+        };
         if let Some(h) = &g.health_check
             && !h.get_ref().starts_with('/')
         {
@@ -751,6 +824,7 @@ impl Check<'_> {
                 .as_ref()
                 .map_or(d.eject_after, |n| *n.get_ref()),
             ejection_time,
+            dns_interval: dns_interval.max(Duration::from_millis(100)),
             ca,
         }
     }

@@ -376,3 +376,41 @@ fn proxy_protocol_and_its_trusted_networks_are_checked() {
     let c = Config::parse(&off, Path::new("."), &Defaults::from_args(&args)).unwrap();
     assert_eq!(c.listeners[0].proxy_protocol, None);
 }
+
+#[test]
+fn dns_servers_name_a_host_and_port() {
+    let ok = |s: &str| dns_server(s).unwrap().unwrap();
+    assert_eq!(
+        ok("dns://chat.default.svc.cluster.local:8080"),
+        DnsServer {
+            host: "chat.default.svc.cluster.local".into(),
+            port: 8080,
+            https: false
+        }
+    );
+    assert_eq!(ok("dns://chat").port, 80);
+    assert_eq!(ok("dns+https://chat").port, 443);
+    assert!(ok("dns+https://chat:8443/").https);
+    assert_eq!(ok("dns://[::1]:81").host, "::1");
+    assert_eq!(ok("dns://[::1]:81").uri(), "http://[::1]:81");
+    assert!(dns_server("http://chat").is_none());
+    for bad in [
+        "dns://",
+        "dns://chat:0",
+        "dns://chat:99999",
+        "dns://ch at:80",
+        "dns://chat:x",
+    ] {
+        assert!(dns_server(bad).unwrap().is_err(), "{bad}");
+    }
+    // In a group, next to fixed servers.
+    let text = MINIMAL.replace(
+        "servers = [\"http://127.0.0.1:3000\"]",
+        "servers = [\"http://127.0.0.1:3000\", \"dns://chat.test:8080\"]\ndns_interval = \"2s\"",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.groups["app"].options.dns_interval, Duration::from_secs(2));
+    let (line, msg) = error(&MINIMAL.replace("http://127.0.0.1:3000", "dns://bad host"));
+    assert_eq!(line, Some(9));
+    assert!(msg.contains("dns://"), "{msg}");
+}
