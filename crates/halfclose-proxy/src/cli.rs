@@ -266,6 +266,24 @@ pub(crate) struct ServeArgs {
     #[arg(long = "http2-ping-interval", value_parser = parse_duration, default_value = "20s", value_name = "DURATION")]
     pub(crate) http2_ping_interval: Duration,
 
+    /// Listen on a Unix socket at PATH for the process that replaces this
+    /// one (started with --take-over PATH): it gets this process's
+    /// listening sockets, connections queued on them included, and this
+    /// process then stops accepting and drains as on SIGTERM
+    /// (--shutdown-grace). Linux only.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) handover: Option<std::path::PathBuf>,
+
+    /// Start with the listening sockets of the process listening on PATH
+    /// (its --handover): no connection is refused during the swap. Each is
+    /// used for the listener with the same address (and, with --config,
+    /// the same rank among listeners with that address); the others are
+    /// bound. Linux only.
+    #[cfg(target_os = "linux")]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) take_over: Option<std::path::PathBuf>,
+
     /// On SIGINT/SIGTERM, time given to in-flight requests and tunnels to finish.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub(crate) shutdown_grace: Duration,

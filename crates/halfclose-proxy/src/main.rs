@@ -62,6 +62,8 @@ mod demo;
 mod echo;
 mod fds;
 mod generation;
+#[cfg(target_os = "linux")]
+mod handover;
 mod listen;
 mod pages;
 mod probe;

@@ -147,7 +147,22 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
 
     let ids = stack::RequestIds::new();
     let access_log = AccessLog::new();
+    // The sockets of the process this one replaces, before any is bound.
+    #[cfg(target_os = "linux")]
+    let inherited = match &args.take_over {
+        Some(path) => {
+            let mut map: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+            for (key, socket) in crate::handover::take_over(path)? {
+                map.entry(key).or_default().push(socket);
+            }
+            map
+        }
+        None => Default::default(),
+    };
+    #[cfg(not(target_os = "linux"))]
+    let inherited = Default::default();
     let mut state = State {
+        inherited,
         access_log,
         source,
         defaults,
@@ -221,6 +236,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .join(", ");
     // Every listener is bound and every proxy built before we say we are up.
     control.block_on(async { state.apply(config, false) })?;
+    // Sockets handed over that no listener of ours wants: closed (their
+    // queued connections are lost, as when the old process closes them).
+    for ((addr, rank), sockets) in state.inherited.drain() {
+        tracing::warn!(%addr, rank, sockets = sockets.len(), "a listener handed over that this config does not have; closed");
+    }
+    #[cfg(target_os = "linux")]
+    let mut handover = match &args.handover {
+        Some(path) => Some(control.block_on(async { crate::handover::Handover::bind(path) })?),
+        None => None,
+    };
 
     control.block_on(async {
         if demo_addr.is_none() {
@@ -262,8 +287,25 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            #[cfg(target_os = "linux")]
+            let asked = async {
+                match &mut handover {
+                    Some(h) => h.asked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(target_os = "linux"))]
+            let asked = std::future::pending::<()>();
             tokio::select! {
                 _ = &mut shutdown => break,
+                stream = asked => {
+                    #[cfg(target_os = "linux")]
+                    if state.hand_over(handover.take(), stream) {
+                        break;
+                    }
+                    #[cfg(not(target_os = "linux"))]
+                    let _ = stream;
+                }
                 _ = hangups.next() => {
                     let _ = state.reload("SIGHUP");
                 }
@@ -369,6 +411,15 @@ struct Running {
     tls: bool,
     settings: watch::Sender<Arc<conn::Settings>>,
     removed: watch::Sender<bool>,
+    /// Copies of its listening sockets, for `--handover`.
+    #[cfg(unix)]
+    sockets: Vec<std::os::fd::OwnedFd>,
+}
+
+/// A listening socket to serve: bound here, or handed over.
+enum Socket {
+    Fresh(tokio::net::TcpSocket),
+    Inherited(std::net::TcpListener),
 }
 
 /// What every accept loop gets, but its listener's own settings.
@@ -391,6 +442,9 @@ struct ConnOptions {
 /// What the main thread keeps to apply a config, at start and on reloads.
 struct State {
     access_log: AccessLog,
+    /// Listening sockets handed over by the process this one replaces
+    /// (`--take-over`), until a listener takes them.
+    inherited: std::collections::HashMap<(SocketAddr, usize), Vec<std::net::TcpListener>>,
     source: Source,
     /// The flags, as defaults of the file's keys.
     defaults: Defaults,
@@ -411,6 +465,38 @@ struct State {
 }
 
 impl State {
+    /// Gives every listening socket to the process on `stream`: true when
+    /// it took them, and this process is to drain and exit.
+    #[cfg(target_os = "linux")]
+    fn hand_over(
+        &mut self,
+        handover: Option<crate::handover::Handover>,
+        stream: tokio::net::UnixStream,
+    ) -> bool {
+        let Some(handover) = handover else {
+            return false;
+        };
+        use std::os::fd::AsFd;
+        let sockets: Vec<_> = self
+            .listeners
+            .iter()
+            .flat_map(|r| r.sockets.iter().map(move |fd| (r.key, fd.as_fd())))
+            .collect();
+        match handover.give(stream, &sockets) {
+            Ok(()) => {
+                say!(
+                    "handed {} listening socket(s) over to the new process; draining",
+                    sockets.len()
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "hand-over failed; serving on (and no longer listening for a new process)");
+                false
+            }
+        }
+    }
+
     #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     fn scheme(&self) -> &'static str {
         match self.listeners.first() {
@@ -482,19 +568,34 @@ impl State {
         };
         let n = self.workers.len();
         let number = self.generation + 1;
-        // 1. Bind the new listeners, a socket per worker.
+        // 1. Bind the new listeners, a socket per worker, or take those a
+        // process handed over (and bind more if there are more workers).
         let mut fresh = Vec::new();
         for l in &config.listeners {
             if self.listeners.iter().any(|r| r.key == l.key) {
                 continue;
             }
-            let first = bind(l.address, n > 1)
-                .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
-            let local = first.local_addr().map_err(|e| e.to_string())?;
-            let mut sockets = vec![first];
-            for _ in 1..n {
-                sockets
-                    .push(bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?);
+            let mut sockets: Vec<Socket> = self
+                .inherited
+                .remove(&l.key)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Socket::Inherited)
+                .collect();
+            let local = match sockets.first() {
+                Some(Socket::Inherited(s)) => s.local_addr().map_err(|e| e.to_string())?,
+                _ => {
+                    let first = bind(l.address, n > 1)
+                        .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+                    let local = first.local_addr().map_err(|e| e.to_string())?;
+                    sockets.push(Socket::Fresh(first));
+                    local
+                }
+            };
+            while sockets.len() < n {
+                let more =
+                    bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?;
+                sockets.push(Socket::Fresh(more));
             }
             fresh.push((l.key, local, sockets));
         }
@@ -595,10 +696,20 @@ impl State {
             let (settings, tls) = settings_of(l);
             let (settings_tx, settings_rx) = watch::channel(settings);
             let (removed_tx, removed_rx) = watch::channel(false);
-            for (worker, socket) in self.workers.iter().zip(sockets) {
+            let mut handed = Vec::new();
+            // Worker i takes sockets i, i + n...: more sockets than workers
+            // (handed over by a process with more) are all accepted from.
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let worker = &self.workers[i % n];
                 let listener = {
                     let _entered = worker.handle.enter();
-                    match socket.listen(BACKLOG) {
+                    let listening = match socket {
+                        Socket::Fresh(s) => s.listen(BACKLOG),
+                        Socket::Inherited(s) => s
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpListener::from_std(s)),
+                    };
+                    match listening {
                         Ok(l) => l,
                         Err(e) => {
                             tracing::error!(%local, error = %e, "cannot listen; this worker skips the listener");
@@ -606,6 +717,11 @@ impl State {
                         }
                     }
                 };
+                // A copy to hand over to the next process.
+                #[cfg(unix)]
+                if let Ok(fd) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() {
+                    handed.push(fd);
+                }
                 let Some(current) = worker.subscribe() else {
                     continue;
                 };
@@ -633,6 +749,8 @@ impl State {
                 tls,
                 settings: settings_tx,
                 removed: removed_tx,
+                #[cfg(unix)]
+                sockets: handed,
             });
         }
         // Config order, as it was said at start.
