@@ -18,25 +18,31 @@
 //! no module imports one that imports it, directly or through others.
 //!
 //! ```text
-//! main       -> check, cli, pages, probe, serve  the entry point
-//! check      -> cli, config, routes              `check-config FILE`
-//! serve      -> admin, cli, config, conn, demo,  runs the workers, the listeners,
-//!               fds, generation, listen,         the admin port, the demo, the
-//!               signals, stack, units,           reloads and the shutdown
-//!               upstreams
-//! admin      -> accept, generation, upstreams    --admin-listen
-//! generation -> config, routes, stack,           one worker's proxies and routes
-//!               upstreams                        for one config; the router
-//! upstreams  -> config                           the proxy of an upstream group
-//! config     -> cli, routes, tls, units          the --config file, or the flags
-//! cli        -> probe, units                     the clap types
-//! probe      -> echo, tls, units                 the half-close checker (a client)
-//! listen     -> accept, conn                     a worker's socket and accept loop
-//! demo       -> accept, echo                     the demo upstream (feature `demo`)
-//! conn       -> (its own submodules only)        one client connection
-//! stack, routes, signals                         the request path around the proxy,
-//!                                                the routing table, the signals
-//! accept, echo, fds, pages, tls, units           nothing of the crate
+//! main        -> check, cli, pages, probe, serve  the entry point
+//! check       -> cli, config, routes              `check-config FILE`
+//! serve       -> access_log, admin, cli, config,  runs the workers, the listeners,
+//!                conn, demo, fds, generation,     the admin port, the demo, the
+//!                handover, listen, signals,       reloads, the hand-over and the
+//!                stack, units, upstreams          shutdown
+//! admin       -> accept, generation, upstreams    --admin-listen
+//! generation  -> access_log, config, routes,      one worker's proxies and routes
+//!                stack, upstreams                 for one config; the router
+//! upstreams   -> access_log, config               the proxy of an upstream group
+//! config      -> access_log, cli, proxy_protocol, the --config file, or the flags
+//!                routes, tls, units
+//! cli         -> access_log, probe,               the clap types
+//!                proxy_protocol, units
+//! probe       -> echo, tls, units                 the half-close checker (a client)
+//! stack       -> access_log, counted              the request path around the proxy
+//! counted     -> access_log                       the bodies the access log counts
+//! listen      -> accept, conn                     a worker's socket and accept loop
+//! conn        -> proxy_protocol (and its own      one client connection
+//!                submodules)
+//! demo        -> accept, echo                     the demo upstream (feature `demo`)
+//! routes, signals, handover, proxy_protocol,      the routing table, the signals,
+//! access_log, accept, echo, fds, pages, tls,      socket hand-over, PROXY headers,
+//! units                                           the access log...: nothing of
+//!                                                 the crate
 //! ```
 
 // Before the modules: a macro is in scope in the files declared after it.

@@ -161,7 +161,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
     #[cfg(not(target_os = "linux"))]
     let inherited = Default::default();
+    #[cfg(target_os = "linux")]
+    let keep_sockets = args.handover.is_some();
+    #[cfg(not(target_os = "linux"))]
+    let keep_sockets = false;
     let mut state = State {
+        keep_sockets,
         inherited,
         access_log,
         source,
@@ -320,6 +325,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
 
         let second_signal = shutdown_signal();
+        // The copies kept for a hand-over go first: once the accept loops
+        // drop theirs, the listening sockets close (or live on in the
+        // process they were handed to).
+        #[cfg(unix)]
+        for r in &mut state.listeners {
+            r.sockets.clear();
+        }
         let _ = stop.send(true);
         // The accept loops hold a sender each, and the template one.
         state.template = None;
@@ -441,6 +453,8 @@ struct ConnOptions {
 
 /// What the main thread keeps to apply a config, at start and on reloads.
 struct State {
+    /// Whether listeners keep a copy of their sockets (`--handover`).
+    keep_sockets: bool,
     access_log: AccessLog,
     /// Listening sockets handed over by the process this one replaces
     /// (`--take-over`), until a listener takes them.
@@ -717,9 +731,12 @@ impl State {
                         }
                     }
                 };
-                // A copy to hand over to the next process.
+                // A copy to hand over to the next process (closed with the
+                // listener, or at shutdown).
                 #[cfg(unix)]
-                if let Ok(fd) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() {
+                if self.keep_sockets
+                    && let Ok(fd) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()
+                {
                     handed.push(fd);
                 }
                 let Some(current) = worker.subscribe() else {
