@@ -17,7 +17,7 @@ use std::io::{BufWriter, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -388,10 +388,10 @@ fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
                 if n > 0 {
                     tracing::info!(dropped = n, "access log: the writer caught up");
                 }
-                match rx.recv_timeout(Duration::from_secs(1)) {
+                // Everything is out: sleep until the next message.
+                match rx.recv() {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 }
             }
         };
