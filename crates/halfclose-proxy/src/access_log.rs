@@ -21,8 +21,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Lines queued for the writer, at most (a few MiB of text).
-const QUEUE: usize = 16_384;
+/// Batches queued for the writer, at most: 64 of about 16 KiB, 1 MiB of
+/// text.
+const QUEUE: usize = 64;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,11 +147,13 @@ impl AccessLog {
         format: Format,
     ) -> Result<(), String> {
         let mut current = self.0.destination.lock().unwrap_or_else(|e| e.into_inner());
-        self.0.format.store(format as u8, Ordering::Relaxed);
         if current.as_ref() == destination {
+            self.0.format.store(format as u8, Ordering::Relaxed);
             return Ok(());
         }
+        // Nothing changes, format included, if the file cannot be opened.
         let sink = destination.map(Sink::open).transpose()?;
+        self.0.format.store(format as u8, Ordering::Relaxed);
         self.0.on.store(sink.is_some(), Ordering::Release);
         // Blocks while the queue is full: a config change is rare, and must
         // not be lost.
@@ -571,7 +574,7 @@ impl TunnelRecord<'_> {
         push_u64(out, e.client_to_upstream);
         out.extend_from_slice(b",\"upstream_to_client\":");
         push_u64(out, e.upstream_to_client);
-        out.extend_from_slice(b",\"first_fin\":\"");
+        out.extend_from_slice(b",\"first_eof\":\"");
         out.extend_from_slice(e.first_eof.map_or("none", |s| s.as_str()).as_bytes());
         out.extend_from_slice(b"\",\"end\":\"");
         out.extend_from_slice(e.ending.as_str().as_bytes());
@@ -581,7 +584,7 @@ impl TunnelRecord<'_> {
     }
 
     /// `client - - [time] "TUNNEL protocol" end client_to_upstream
-    /// upstream_to_client first_fin upstream duration_us request_id`.
+    /// upstream_to_client first_eof upstream duration_us request_id`.
     fn common(&self, out: &mut Vec<u8>, clock: &mut Clock) {
         let e = self.end;
         match e.client {

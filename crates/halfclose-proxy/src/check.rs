@@ -179,7 +179,15 @@ pub(crate) fn routing_table(config: &Config) -> String {
             time(o.idle_timeout),
             if o.http2 { "; http2" } else { "" },
             match &o.health_check {
-                Some(_) if g.servers.len() < 2 => "; no health check (one server)".to_owned(),
+                Some(_)
+                    if g.servers.len() < 2
+                        && !g
+                            .servers
+                            .iter()
+                            .any(|s| crate::config::dns_server(s).is_some()) =>
+                {
+                    "; no health check (one server)".to_owned()
+                }
                 Some(p) => format!(
                     "; health check GET {p} every {}",
                     time(Some(o.health_check_interval))

@@ -1,9 +1,10 @@
-//! The command line: `halfclose-proxy [OPTIONS]` (serve) and `halfclose-proxy
-//! probe URL`, as clap types. It owns the options' names, defaults and help
-//! text, and nothing they do.
+//! The command line: `halfclose-proxy [OPTIONS]` (serve), `halfclose-proxy
+//! check-config FILE` and `halfclose-proxy probe URL`, as clap types. It
+//! owns the options' names, defaults and help text, and nothing they do.
 //!
-//! Imports: `units` (the value parsers) and `probe` (its own arguments).
-//! Nothing else: the modules that act on the options import this one.
+//! Imports: `units` and `proxy_protocol` (value parsers), `access_log` (its
+//! format) and `probe` (its own arguments). Nothing else: the modules that
+//! act on the options import this one.
 
 use std::net::SocketAddr;
 use std::time::Duration;

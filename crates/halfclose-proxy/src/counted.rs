@@ -70,7 +70,28 @@ pub(crate) struct Pending {
 }
 
 /// Writes the line once, when dropped.
-struct Emit(Option<Box<Pending>>);
+pub(crate) struct Emit(Option<Box<Pending>>);
+
+/// The status logged for a request whose client went away before its
+/// response head (nginx's 499, "client closed request").
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+impl Emit {
+    /// Holds the line while the response is awaited: dropped before
+    /// [`take`](Emit::take) (the client went away), it writes it with
+    /// status 499.
+    pub(crate) fn awaiting(pending: Option<Box<Pending>>) -> Emit {
+        Emit(pending.map(|mut p| {
+            p.record.status = CLIENT_CLOSED;
+            p
+        }))
+    }
+
+    /// The line, for the response's body to write.
+    pub(crate) fn take(&mut self) -> Option<Box<Pending>> {
+        self.0.take()
+    }
+}
 
 impl Drop for Emit {
     fn drop(&mut self) {

@@ -83,7 +83,7 @@ impl Generation {
                         &route.options,
                         workers,
                         upstream_max_connections,
-                        log,
+                        config.access_log.is_some().then_some(log),
                     )
                     .map_err(|e| format!("upstream group {}: {e}", route.group))?;
                     made.insert(key, p.clone());

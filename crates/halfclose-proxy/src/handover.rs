@@ -19,14 +19,16 @@
 //!    listener's address as configured, and its rank among listeners with
 //!    that address), and the sockets themselves, in that order.
 //! 4. The new process uses each socket for the listener with the same
-//!    address and rank (binding the others), and says it is up; the old
-//!    process shuts down as on SIGTERM: it stops accepting, gives requests
-//!    and tunnels `--shutdown-grace`, then ends the tunnels left with a FIN
-//!    each way.
+//!    address and rank (binding the others), and once it serves, writes
+//!    `ok\n`. Then, and only then, the old process shuts down as on
+//!    SIGTERM: it stops accepting, gives requests and tunnels
+//!    `--shutdown-grace`, then ends the tunnels left with a FIN each way.
+//!    A new process that fails to start (or takes longer than 30 s) leaves
+//!    the old one serving, listening on PATH again.
 //!
 //! Linux only. Imports nothing of the crate.
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -50,8 +52,28 @@ const LIMIT: Duration = Duration::from_secs(5);
 /// rank among listeners with that address.
 pub(crate) type Key = (SocketAddr, usize);
 
+/// The new process's side of the exchange, until it says it serves.
+pub(crate) struct Taken {
+    pub(crate) sockets: Vec<(Key, std::net::TcpListener)>,
+    stream: UnixStream,
+}
+
+impl Taken {
+    /// Tells the old process that this one serves: it may drain.
+    pub(crate) fn serving(mut self) -> Result<(), String> {
+        self.stream
+            .write_all(CONFIRM)
+            .map_err(|e| format!("cannot tell the old process we serve: {e}"))
+    }
+}
+
+/// What the new process writes once it serves.
+const CONFIRM: &[u8] = b"ok\n";
+/// How long the old process waits for it.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(30);
+
 /// Connects to the old process at `path` and takes its listening sockets.
-pub(crate) fn take_over(path: &Path) -> Result<Vec<(Key, std::net::TcpListener)>, String> {
+pub(crate) fn take_over(path: &Path) -> Result<Taken, String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot take over from {}: {e}", path.display());
     let mut stream = UnixStream::connect(path).map_err(|e| fail(&e))?;
     stream.set_read_timeout(Some(LIMIT)).map_err(|e| fail(&e))?;
@@ -78,20 +100,19 @@ pub(crate) fn take_over(path: &Path) -> Result<Vec<(Key, std::net::TcpListener)>
     }
     let text = std::str::from_utf8(&text[..got.bytes]).map_err(|e| fail(&e))?;
     let keys = parse_keys(text).map_err(|e| fail(&e))?;
-    if keys.len() != fds.len() {
+    if keys.len() != fds.len() || keys.is_empty() {
         return Err(fail(&format!(
             "{} socket(s) announced, {} received",
             keys.len(),
             fds.len()
         )));
     }
-    // Read to the end: the old process closes once it has answered.
-    let _ = stream.read(&mut [0u8; 1]);
-    Ok(keys
+    let sockets = keys
         .into_iter()
         .zip(fds)
         .map(|(key, fd)| (key, std::net::TcpListener::from(fd)))
-        .collect())
+        .collect();
+    Ok(Taken { sockets, stream })
 }
 
 /// The lines `ADDRESS RANK` of a hand-over.
@@ -147,19 +168,25 @@ impl Handover {
         }
     }
 
-    /// Removes the path, then gives `sockets` to the process on `stream`.
-    pub(crate) fn give(
+    /// The path it listens on.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the path, gives `sockets` to the process on `stream`, and
+    /// waits for it to say it serves.
+    pub(crate) async fn give(
         self,
         stream: tokio::net::UnixStream,
         sockets: &[(Key, BorrowedFd<'_>)],
     ) -> Result<(), String> {
-        let _ = std::fs::remove_file(&self.path);
-        if sockets.len() > MAX_SOCKETS {
+        if sockets.len() > MAX_SOCKETS || sockets.is_empty() {
             return Err(format!(
-                "{} listening sockets: more than a hand-over carries ({MAX_SOCKETS})",
+                "{} listening sockets: a hand-over carries 1 to {MAX_SOCKETS}",
                 sockets.len()
             ));
         }
+        let _ = std::fs::remove_file(&self.path);
         let text: String = sockets
             .iter()
             .map(|((addr, rank), _)| format!("{addr} {rank}\n"))
@@ -183,7 +210,21 @@ impl Handover {
             SendFlags::empty(),
         )
         .map_err(|e| format!("--handover: cannot send the sockets: {e}"))?;
-        Ok(())
+        // Until the new process serves, this one does.
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("--handover: {e}"))?;
+        let mut stream =
+            tokio::net::UnixStream::from_std(stream).map_err(|e| format!("--handover: {e}"))?;
+        let mut confirm = [0u8; CONFIRM.len()];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(CONFIRM_LIMIT, stream.read_exact(&mut confirm)).await {
+            Ok(Ok(_)) if confirm == CONFIRM => Ok(()),
+            Ok(_) => Err("the new process did not start".into()),
+            Err(_) => Err(format!(
+                "the new process did not say it serves within {CONFIRM_LIMIT:?}"
+            )),
+        }
     }
 }
 
@@ -209,7 +250,7 @@ mod tests {
 
     /// The sockets cross: a connection queued on the listener before the
     /// hand-over is accepted from the copy received.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sockets_cross_and_keep_their_queue() {
         let dir = std::env::temp_dir().join(format!("halfclose-handover-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -226,17 +267,56 @@ mod tests {
         };
         let stream = handover.asked().await;
         let key: Key = ("127.0.0.1:0".parse().unwrap(), 0);
-        handover.give(stream, &[(key, listener.as_fd())]).unwrap();
+        let sockets = [(key, listener.as_fd())];
+        let give = handover.give(stream, &sockets);
+        let (given, taken) = tokio::join!(give, async {
+            let taken = tokio::task::spawn_blocking(move || taker.join().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!path.exists(), "the path is free for the next swap");
+            let sockets = taken
+                .sockets
+                .iter()
+                .map(|(k, l)| (*k, l.try_clone().unwrap()))
+                .collect::<Vec<_>>();
+            taken.serving().unwrap();
+            sockets
+        });
+        given.unwrap();
         drop(listener);
-        assert!(!path.exists(), "the path is free for the next swap");
-
-        let taken = taker.join().unwrap().unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0, key);
         assert_eq!(taken[0].1.local_addr().unwrap(), addr);
         taken[0].1.set_nonblocking(false).unwrap();
         let (accepted, _) = taken[0].1.accept().unwrap();
         assert_eq!(accepted.local_addr().unwrap(), addr);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A new process that takes the sockets but never says it serves
+    /// leaves the old one serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_process_that_fails_leaves_the_old_one_serving() {
+        let dir =
+            std::env::temp_dir().join(format!("halfclose-handover-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.sock");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut handover = Handover::bind(&path).unwrap();
+        let taker = {
+            let path = path.clone();
+            // Takes the sockets, then exits without a word.
+            std::thread::spawn(move || drop(take_over(&path).unwrap()))
+        };
+        let stream = handover.asked().await;
+        let key: Key = ("127.0.0.1:0".parse().unwrap(), 0);
+        let e = handover
+            .give(stream, &[(key, listener.as_fd())])
+            .await
+            .unwrap_err();
+        assert!(e.contains("did not start"), "{e}");
+        taker.join().unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

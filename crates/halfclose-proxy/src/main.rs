@@ -11,8 +11,8 @@
 //! - `halfclose-proxy probe URL` checks whether half-close survives the path to URL.
 //!
 //! This file is the entry point only: the global allocator, the `say!`
-//! macro, the module list, and `main` (parse the command line, run `serve`
-//! or `probe`, print an error as one line). No module imports it.
+//! macro, the module list, and `main` (parse the command line, run `serve`,
+//! `check` or `probe`, print an error as one line). No module imports it.
 //!
 //! The modules and what each imports of the crate. The arrows point one way:
 //! no module imports one that imports it, directly or through others.

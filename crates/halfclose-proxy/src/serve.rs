@@ -1,14 +1,16 @@
 //! `halfclose-proxy [OPTIONS]`: runs the proxy, and owns the order of
-//! things: logging, the file-descriptor plan and the connection limit, every
-//! listener bound before anything starts, the demo upstream, one worker
-//! thread per `--workers` (a single-threaded runtime with its own proxy and
-//! accept loop), the admin port, the lines on stdout, and the graceful
-//! shutdown (stop accepting, wait for connections and tunnels within
-//! `--shutdown-grace`, then close what is left).
+//! things: logging, the file-descriptor plan and the connection limit, the
+//! config (file or flags), every listener bound (or taken over) before
+//! anything starts, the demo upstream, one worker thread per `--workers` (a
+//! single-threaded runtime with its accept loops and its generation of
+//! proxies), the admin port, the lines on stdout, reloads (SIGHUP, `POST
+//! /reload`), the access log's reopening (SIGUSR1), the hand-over to a new
+//! process, and the graceful shutdown (stop accepting, wait for connections
+//! and tunnels within `--shutdown-grace`, then close what is left).
 //!
-//! Imports: `cli`, `units`, `fds`, `listen`, `conn`, `stack`, `upstreams`,
-//! `admin`, `demo`, `signals`, `tls`. It is the top of the serving side:
-//! only `main` imports it.
+//! Imports: `access_log`, `admin`, `cli`, `config`, `conn`, `demo`, `fds`,
+//! `generation`, `handover`, `listen`, `signals`, `stack`, `units`,
+//! `upstreams`. It is the top of the serving side: only `main` imports it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,15 +151,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let access_log = AccessLog::new();
     // The sockets of the process this one replaces, before any is bound.
     #[cfg(target_os = "linux")]
-    let inherited = match &args.take_over {
+    let (inherited, mut taken) = match &args.take_over {
         Some(path) => {
+            let mut taken = crate::handover::take_over(path)?;
             let mut map: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
-            for (key, socket) in crate::handover::take_over(path)? {
+            for (key, socket) in std::mem::take(&mut taken.sockets) {
                 map.entry(key).or_default().push(socket);
             }
-            map
+            (map, Some(taken))
         }
-        None => Default::default(),
+        None => (Default::default(), None),
     };
     #[cfg(not(target_os = "linux"))]
     let inherited = Default::default();
@@ -251,6 +254,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Some(path) => Some(control.block_on(async { crate::handover::Handover::bind(path) })?),
         None => None,
     };
+    // The process we replace may drain now.
+    #[cfg(target_os = "linux")]
+    if let Some(taken) = taken.take() {
+        taken.serving()?;
+    }
 
     control.block_on(async {
         if demo_addr.is_none() {
@@ -305,8 +313,15 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 _ = &mut shutdown => break,
                 stream = asked => {
                     #[cfg(target_os = "linux")]
-                    if state.hand_over(handover.take(), stream) {
-                        break;
+                    if let Some(h) = handover.take() {
+                        let path = h.path().to_owned();
+                        if state.hand_over(h, stream).await {
+                            break;
+                        }
+                        // Still serving: ready for another try.
+                        handover = crate::handover::Handover::bind(&path)
+                            .inspect_err(|e| tracing::error!(error = %e, "--handover"))
+                            .ok();
                     }
                     #[cfg(not(target_os = "linux"))]
                     let _ = stream;
@@ -315,6 +330,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                     let _ = state.reload("SIGHUP");
                 }
                 _ = user1.next() => match state.access_log.reopen() {
+                    Ok(()) if !state.access_log.enabled() => tracing::info!("SIGUSR1: no access log to reopen"),
                     Ok(()) => tracing::info!("SIGUSR1: access log reopened"),
                     Err(e) => tracing::warn!(error = %e, "SIGUSR1: access log not reopened; writing on to the file in use"),
                 },
@@ -482,21 +498,18 @@ impl State {
     /// Gives every listening socket to the process on `stream`: true when
     /// it took them, and this process is to drain and exit.
     #[cfg(target_os = "linux")]
-    fn hand_over(
+    async fn hand_over(
         &mut self,
-        handover: Option<crate::handover::Handover>,
+        handover: crate::handover::Handover,
         stream: tokio::net::UnixStream,
     ) -> bool {
-        let Some(handover) = handover else {
-            return false;
-        };
         use std::os::fd::AsFd;
         let sockets: Vec<_> = self
             .listeners
             .iter()
             .flat_map(|r| r.sockets.iter().map(move |fd| (r.key, fd.as_fd())))
             .collect();
-        match handover.give(stream, &sockets) {
+        match handover.give(stream, &sockets).await {
             Ok(()) => {
                 say!(
                     "handed {} listening socket(s) over to the new process; draining",
@@ -505,7 +518,7 @@ impl State {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "hand-over failed; serving on (and no longer listening for a new process)");
+                tracing::error!(error = %e, "hand-over failed; serving on");
                 false
             }
         }
@@ -606,10 +619,20 @@ impl State {
                     local
                 }
             };
+            // More workers than sockets: handed-over sockets are shared
+            // (a copy each: it may not have SO_REUSEPORT to bind more).
+            let inherited = sockets.len();
             while sockets.len() < n {
-                let more =
-                    bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?;
-                sockets.push(Socket::Fresh(more));
+                let more = match sockets.get(sockets.len() % inherited.max(1)) {
+                    Some(Socket::Inherited(s)) if inherited > 0 => Socket::Inherited(
+                        s.try_clone()
+                            .map_err(|e| format!("cannot share the socket of {local}: {e}"))?,
+                    ),
+                    _ => Socket::Fresh(
+                        bind(local, true).map_err(|e| format!("cannot listen on {local}: {e}"))?,
+                    ),
+                };
+                sockets.push(more);
             }
             fresh.push((l.key, local, sockets));
         }

@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use tracing::{Instrument, Level};
 
 use crate::access_log::{AccessLog, RequestRecord};
-use crate::counted::{Counted, Logged, Pending};
+use crate::counted::{Counted, Emit, Logged, Pending};
 
 /// Chooses the service a request goes to.
 pub(crate) trait Router: Clone + Send + 'static {
@@ -182,6 +182,8 @@ where
             let _enter = span.enter();
             inner.call(req)
         }));
+        // Written with 499 if the client goes away before the head.
+        let mut awaiting = Emit::awaiting(pending);
         Box::pin(
             async move {
                 let res = match call {
@@ -192,7 +194,7 @@ where
                     },
                     Err(panic) => panicked(panic.as_ref()),
                 };
-                let res = logged(res, pending);
+                let res = logged(res, awaiting.take());
                 Ok(finish(res, id, &tracing::Span::current(), started))
             }
             .instrument(span),

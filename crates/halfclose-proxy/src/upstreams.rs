@@ -38,7 +38,7 @@ pub(crate) fn build_proxy(
     options: &RouteOptions,
     workers: usize,
     upstream_max_connections: usize,
-    log: &AccessLog,
+    log: Option<&AccessLog>,
 ) -> Result<Upstreams, String> {
     let g = &group.options;
     let (first, more) = group.servers.split_first().ok_or("no upstream")?;
@@ -72,13 +72,16 @@ pub(crate) fn build_proxy(
         })
         .pool_idle_timeout(g.idle_timeout)
         .upgrade_policy(upgrade_policy(&options.allow_upgrade));
-    // Each tunnel's line in the access log, if it is on then.
-    let (log, name) = (log.clone(), Arc::<str>::from(name));
-    b = b.on_tunnel_end(move |end| {
-        if log.enabled() {
-            log.tunnel(&name, end);
-        }
-    });
+    // Each tunnel's line in the access log, when the config has one (a
+    // reload that turns it on builds new proxies).
+    if let Some(log) = log {
+        let (log, name) = (log.clone(), Arc::<str>::from(name));
+        b = b.on_tunnel_end(move |end| {
+            if log.enabled() {
+                log.tunnel(&name, end);
+            }
+        });
+    }
     let cap = g.max_connections.unwrap_or(upstream_max_connections);
     b = b
         .response_timeout(g.response_timeout)

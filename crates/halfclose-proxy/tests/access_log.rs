@@ -111,7 +111,7 @@ async fn requests_and_tunnels_are_logged_as_json() {
     assert_eq!(line["protocol"], "echo");
     assert_eq!(line["client_to_upstream"], 6);
     assert_eq!(line["upstream_to_client"], 6);
-    assert_eq!(line["first_fin"], "client");
+    assert_eq!(line["first_eof"], "client");
     assert_eq!(line["end"], "clean");
     proxy.stop().await;
 }

@@ -79,7 +79,17 @@ async fn a_swap_refuses_nothing_and_drains_the_old_process() {
         .unwrap();
 
     // The new process takes the sockets over: same port, no gap.
-    let new = Proxy::start(&["--upstream", &up, "--take-over", &path, "--handover", &path]).await;
+    let new = Proxy::start(&[
+        "--upstream",
+        &up,
+        "--take-over",
+        &path,
+        "--handover",
+        &path,
+        "--workers",
+        "3",
+    ])
+    .await;
     assert_eq!(new.addr, addr, "the same listening socket");
     let mut old = old;
     old.line_starting("handed ").await;

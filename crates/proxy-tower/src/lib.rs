@@ -100,7 +100,7 @@
 // it (its module doc says which). `layer` and `balance` are built on
 // `proxy`; `proxy` on `client` and `tunnel`; those on `body`, `io`,
 // `settings` and the plain values at the bottom (`tunnels`, `sent`,
-// `origin`, `reset`, `tls`, `metrics`, `tunnel_end`).
+// `origin`, `reset`, `tls`, `metrics`, `tunnel_end`, `dns`).
 mod layer;
 
 mod balance;

@@ -201,7 +201,7 @@ impl Defaults {
                 health_check_interval: args.health_check_interval,
                 eject_after: proxy_tower::DEFAULT_EJECT_AFTER,
                 ejection_time: proxy_tower::DEFAULT_BASE_EJECTION,
-                dns_interval: args.dns_interval,
+                dns_interval: args.dns_interval.max(Duration::from_millis(100)),
                 #[cfg(feature = "tls")]
                 ca: args.upstream_ca.as_ref().map(|path| CaFile {
                     path: path.clone(),

@@ -22,9 +22,10 @@
 //!   wake-ups for the loop's rare events; hyper's header-read timer, one per
 //!   connection; the settings, signals, service trait and protocol.
 //!
-//! This module re-exports what `listen` and `serve` use. It imports nothing
-//! of the crate outside `conn`: it knows nothing of `serve`, `listen` or the
-//! upstreams (the service comes in as a type parameter).
+//! This module re-exports what `listen` and `serve` use. Outside `conn` it
+//! imports `proxy_protocol` alone (the header a listener may expect): it
+//! knows nothing of `serve`, `listen` or the upstreams (the service comes
+//! in as a type parameter).
 
 mod doorbell;
 mod head_timer;
