@@ -2,9 +2,11 @@
 //! tunnel when it ends, as JSON (one object per line) or in Apache's common
 //! log format.
 //!
-//! Lines are written off the request path: a request formats its line and
-//! hands it to a bounded queue; a thread of the log's own writes the queue
-//! out through a buffer, flushed whenever the queue is empty. A slow disk
+//! Lines are written off the request path: a request formats its line
+//! into its worker's batch, handed (at 16 KiB, or every 100 ms) to a queue
+//! bounded in bytes (4 MiB); a thread of the log's own writes the queue out
+//! through a buffer, flushed whenever the queue is empty. Control messages
+//! (a new file, a flush) never wait. A slow disk
 //! never blocks a request: when the queue is full the line is dropped and
 //! counted (`proxy_access_log_dropped_total`), with one WARN line when
 //! dropping starts and one INFO line with the count when the writer has
@@ -16,14 +18,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Batches queued for the writer, at most: 64 of about 16 KiB, 1 MiB of
-/// text.
-const QUEUE: usize = 64;
+/// Bytes of lines queued for the writer, at most (what a disk that stops
+/// may hold in memory): past it, batches are dropped and counted.
+const QUEUE: usize = 4 * 1024 * 1024;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +116,10 @@ pub(crate) struct AccessLog(Arc<Shared>);
 struct Shared {
     on: AtomicBool,
     format: AtomicU8,
-    tx: SyncSender<Msg>,
+    /// Never blocks: the lines' bytes are bounded by `queued`.
+    tx: Sender<Msg>,
+    /// Bytes of lines sent and not yet written.
+    queued: Arc<AtomicUsize>,
     /// Where it writes now, to reopen on SIGUSR1.
     destination: Mutex<Option<Destination>>,
     /// Lines dropped since the writer last caught up.
@@ -123,16 +129,18 @@ struct Shared {
 impl AccessLog {
     /// An access log writing nowhere yet; its thread waits for lines.
     pub(crate) fn new() -> AccessLog {
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = channel();
         let dropped = Arc::new(AtomicU64::new(0));
-        let seen = dropped.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (seen, written) = (dropped.clone(), queued.clone());
         let _ = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, seen));
+            .spawn(move || write_lines(rx, seen, written));
         AccessLog(Arc::new(Shared {
             on: AtomicBool::new(false),
             format: AtomicU8::new(Format::Json as u8),
             tx,
+            queued,
             destination: Mutex::new(None),
             dropped,
         }))
@@ -155,8 +163,6 @@ impl AccessLog {
         let sink = destination.map(Sink::open).transpose()?;
         self.0.format.store(format as u8, Ordering::Relaxed);
         self.0.on.store(sink.is_some(), Ordering::Release);
-        // Blocks while the queue is full: a config change is rare, and must
-        // not be lost.
         let _ = self.0.tx.send(Msg::Switch(sink));
         *current = destination.cloned();
         Ok(())
@@ -191,18 +197,20 @@ impl AccessLog {
         }
         let text = std::mem::replace(&mut batch.text, Vec::with_capacity(BATCH + 512));
         let lines = std::mem::take(&mut batch.lines);
-        match self.0.tx.try_send(Msg::Lines(text)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!("proxy_access_log_dropped_total").increment(lines);
-                if self.0.dropped.fetch_add(lines, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        queue = QUEUE,
-                        "access log: the writer is behind (a slow disk?); dropping lines until it catches up"
-                    );
-                }
+        let len = text.len();
+        if self.0.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE {
+            self.0.queued.fetch_sub(len, Ordering::Relaxed);
+            metrics::counter!("proxy_access_log_dropped_total").increment(lines);
+            if self.0.dropped.fetch_add(lines, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    queued_bytes = QUEUE,
+                    "access log: the writer is behind (a slow disk?); dropping lines until it catches up"
+                );
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            return;
+        }
+        if self.0.tx.send(Msg::Lines(text)).is_err() {
+            self.0.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
 
@@ -237,9 +245,7 @@ impl AccessLog {
     /// shutdown, after each worker's [`flush`](AccessLog::flush)).
     pub(crate) async fn sync(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let log = self.0.clone();
-        // The queue may be full: wait for room off the runtime's thread.
-        let _ = tokio::task::spawn_blocking(move || log.tx.send(Msg::Sync(tx))).await;
+        let _ = self.0.tx.send(Msg::Sync(tx));
         let _ = rx.await;
     }
 
@@ -376,7 +382,7 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// The writer thread: writes lines as they come, flushes when none waits.
-fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
+fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>, queued: Arc<AtomicUsize>) {
     let mut sink: Option<Sink> = None;
     let mut failing = false;
     loop {
@@ -403,6 +409,7 @@ fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
                 if let Some(s) = &mut sink {
                     write_or_say(s.writer().write_all(&lines), &mut failing);
                 }
+                queued.fetch_sub(lines.len(), Ordering::Relaxed);
             }
             Msg::Sync(done) => {
                 if let Some(s) = &mut sink {

@@ -34,6 +34,8 @@ pub(crate) struct Generation {
 /// A proxy of a generation: an upstream group with one set of route
 /// options (routes that share both share it, and its pool and bounds).
 pub(crate) struct Proxy {
+    /// Its upstream group's name.
+    pub(crate) group: String,
     pub(crate) upstreams: Upstreams,
     /// `GET path` every interval, for a balanced group.
     pub(crate) health_check: Option<(String, Duration)>,
@@ -64,6 +66,7 @@ impl Generation {
         workers: usize,
         upstream_max_connections: usize,
         log: &AccessLog,
+        seeds: &HashMap<String, Vec<std::net::SocketAddr>>,
     ) -> Result<Generation, String> {
         let mut made: HashMap<(&str, RouteOptions), Upstreams> = HashMap::new();
         let mut proxies = Vec::new();
@@ -84,10 +87,12 @@ impl Generation {
                         workers,
                         upstream_max_connections,
                         config.access_log.is_some().then_some(log),
+                        seeds.get(&route.group).map_or(&[][..], Vec::as_slice),
                     )
                     .map_err(|e| format!("upstream group {}: {e}", route.group))?;
                     made.insert(key, p.clone());
                     proxies.push(Proxy {
+                        group: route.group.clone(),
                         upstreams: p.clone(),
                         health_check: group
                             .options
@@ -122,6 +127,60 @@ impl Generation {
         })
     }
 
+    /// The addresses the balanced groups with `dns://` servers (in the new
+    /// `config`) know now, by group, less their fixed servers: what a new
+    /// generation starts with while its own resolvers ask again. (A group
+    /// whose names changed starts with the old names' addresses, until its
+    /// first answers.)
+    pub(crate) fn dns_addresses(
+        &self,
+        config: &Config,
+    ) -> HashMap<String, Vec<std::net::SocketAddr>> {
+        let mut seeds: HashMap<String, Vec<std::net::SocketAddr>> = HashMap::new();
+        for p in &self.proxies {
+            let (Upstreams::Many(balanced), Some(group)) =
+                (&p.upstreams, config.groups.get(&p.group))
+            else {
+                continue;
+            };
+            if !group
+                .servers
+                .iter()
+                .any(|s| crate::config::dns_server(s).is_some())
+            {
+                continue;
+            }
+            let fixed: Vec<String> = group
+                .servers
+                .iter()
+                .filter_map(|s| {
+                    Some(
+                        s.parse::<http::Uri>()
+                            .ok()?
+                            .authority()?
+                            .as_str()
+                            .to_owned(),
+                    )
+                })
+                .collect();
+            let found = seeds.entry(p.group.clone()).or_default();
+            for u in balanced.upstreams() {
+                let Some(authority) = u.uri.authority() else {
+                    continue;
+                };
+                if fixed.iter().any(|f| f == authority.as_str()) {
+                    continue;
+                }
+                if let Ok(addr) = authority.as_str().parse() {
+                    if !found.contains(&addr) {
+                        found.push(addr);
+                    }
+                }
+            }
+        }
+        seeds
+    }
+
     /// Every tunnel registry of this generation.
     pub(crate) fn tunnels(&self) -> impl Iterator<Item = proxy_tower::Tunnels> + '_ {
         self.proxies.iter().map(|p| p.upstreams.tunnels())
@@ -139,6 +198,15 @@ impl Router for Current {
         // Matched (and forwarded) with its dot-segments resolved, so that
         // `/api/../admin` is `/admin` to both.
         let path = proxy_core::normalize_path(parts.uri.path()).map_err(|_| Refused::BadPath)?;
+        // `user@host` in a request's authority: an error (RFC 9110
+        // section 4.2.4), and two parsers would read two hosts.
+        if parts
+            .uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err(Refused::BadPath);
+        }
         let generation = self.0.borrow();
         let host = match (generation.table.by_host(), parts.uri.authority()) {
             (false, _) => None,
@@ -204,7 +272,8 @@ mod tests {
             &Defaults::from_args(&ServeArgs::defaults()),
         )
         .unwrap();
-        let generation = Generation::build(&config, 1, 16, &AccessLog::new()).unwrap();
+        let generation =
+            Generation::build(&config, 1, 16, &AccessLog::new(), &HashMap::new()).unwrap();
         Current(watch::Sender::new(Arc::new(generation)).subscribe())
     }
 
@@ -279,6 +348,10 @@ servers = ["http://127.0.0.1:3000"]
         assert_eq!(route(&r, "/", None).unwrap_err(), Refused::NoRoute);
         assert_eq!(
             route(&r, "/api/..%2fadmin", Some("example.test")).unwrap_err(),
+            Refused::BadPath
+        );
+        assert_eq!(
+            route(&r, "http://other.test:x@example.test/", None).unwrap_err(),
             Refused::BadPath
         );
     }

@@ -13,9 +13,10 @@
 //!   the connection's own address is used.
 //! - v2 is binary: the 12-byte signature, version 2 and a command (LOCAL
 //!   or PROXY), an address family and transport, a 16-bit length, then the
-//!   addresses and TLVs. LOCAL (a balancer's own health check) and the
-//!   UNSPEC or UNIX families keep the connection's own address; INET and
-//!   INET6 must be long enough for their addresses. TLVs are skipped
+//!   addresses and TLVs. LOCAL (a balancer's own health check) keeps the
+//!   connection's own address, its family and block ignored, as the spec
+//!   says; so do the UNSPEC and UNIX families of PROXY. INET and INET6 must
+//!   be long enough for their addresses. TLVs are skipped
 //!   unread. Other versions, commands, families or transports are refused.
 //! - A v2 header longer than [`MAX_V2`] is refused: a balancer's TLVs are a
 //!   few hundred bytes, and a connection must not make us buffer 64 KiB.
@@ -146,6 +147,14 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
     if command > 1 {
         return Parsed::Invalid("PROXY v2 command neither LOCAL nor PROXY");
+    }
+    // LOCAL (a balancer's own connection, a health check): the family and
+    // the addresses are to be ignored, whatever they say.
+    if command == 0 {
+        return match buf.len() < len {
+            true => Parsed::Incomplete,
+            false => Parsed::Header { len, source: None },
+        };
     }
     if family > 3 || transport > 2 {
         return Parsed::Invalid("PROXY v2 unknown address family or transport");

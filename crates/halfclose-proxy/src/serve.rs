@@ -254,11 +254,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Some(path) => Some(control.block_on(async { crate::handover::Handover::bind(path) })?),
         None => None,
     };
-    // The process we replace may drain now.
-    #[cfg(target_os = "linux")]
-    if let Some(taken) = taken.take() {
-        taken.serving()?;
-    }
 
     control.block_on(async {
         if demo_addr.is_none() {
@@ -271,6 +266,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         let shutdown = shutdown_signal();
         let mut hangups = Repeated::hangup();
         let mut user1 = Repeated::user1();
+        // The process we replace may drain now: we serve, and our signals
+        // are ours.
+        #[cfg(target_os = "linux")]
+        if let Some(taken) = taken.take() {
+            if let Err(e) = taken.serving() {
+                tracing::warn!(error = %e, "the old process may not drain on its own; stop it with SIGTERM");
+            }
+        }
         let (reload_tx, mut reload_rx) = mpsc::channel::<admin::ReloadReply>(4);
         say!("max connections {max_connections} ({why})");
         if let Some((listener, handle)) = admin {
@@ -354,7 +357,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // Every listener is closed before we say so.
         let _ = all_closed.recv().await;
         let grace = args.shutdown_grace;
-        let tunnels = std::mem::take(&mut state.tunnels);
+        let mut tunnels = std::mem::take(&mut state.tunnels);
+        tunnels.append(&mut state.current_tunnels);
         let open_tunnels = || {
             tunnels
                 .iter()
@@ -488,7 +492,8 @@ struct State {
     generation: u64,
     /// The current generation's health checks.
     health: Vec<tokio::task::AbortHandle>,
-    /// The tunnels of every generation, for the shutdown.
+    /// The tunnels of retired generations that had some open at the last
+    /// reload, for the shutdown.
     tunnels: Vec<proxy_tower::Tunnels>,
     /// The current generation's, for a drain after a reload.
     current_tunnels: Vec<proxy_tower::Tunnels>,
@@ -634,11 +639,31 @@ impl State {
                 };
                 sockets.push(more);
             }
-            fresh.push((l.key, local, sockets));
+            // Copies of one socket are handed over once.
+            let distinct = match sockets.first() {
+                Some(Socket::Inherited(_)) => inherited,
+                _ => sockets.len(),
+            };
+            fresh.push((l.key, local, sockets, distinct));
         }
-        // 2. Every worker's generation.
+        // 2. Every worker's generation, its DNS groups starting with the
+        // addresses found so far.
+        let seeds = self
+            .workers
+            .first()
+            .and_then(Worker::subscribe)
+            .map(|current| current.borrow().dns_addresses(&config))
+            .unwrap_or_default();
         let generations = (0..n)
-            .map(|_| Generation::build(&config, n, self.upstream_max_connections, &self.access_log))
+            .map(|_| {
+                Generation::build(
+                    &config,
+                    n,
+                    self.upstream_max_connections,
+                    &self.access_log,
+                    &seeds,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         // 3. Nothing can fail from here on (but the access log, which keeps
@@ -684,8 +709,11 @@ impl State {
                 None => worker.current = Some(watch::Sender::new(generation)),
             }
         }
-        self.tunnels.extend(tunnels.iter().cloned());
+        // Tunnels of retired generations are kept while open, for the
+        // shutdown (a bounded list: those with none open go).
         let old_tunnels = std::mem::replace(&mut self.current_tunnels, tunnels);
+        self.tunnels.retain(|t| t.active() > 0);
+        self.tunnels.extend(old_tunnels.iter().cloned());
         self.generation = number;
         metrics::gauge!("proxy_config_generation").set(number as f64);
 
@@ -726,7 +754,7 @@ impl State {
                     false
                 }
             });
-        for (key, local, sockets) in fresh {
+        for (key, local, sockets, distinct) in fresh {
             let Some(l) = config.listeners.iter().find(|l| l.key == key) else {
                 continue;
             };
@@ -758,6 +786,7 @@ impl State {
                 // listener, or at shutdown).
                 #[cfg(unix)]
                 if self.keep_sockets
+                    && i < distinct
                     && let Ok(fd) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()
                 {
                     handed.push(fd);

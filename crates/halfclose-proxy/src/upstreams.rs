@@ -39,6 +39,7 @@ pub(crate) fn build_proxy(
     workers: usize,
     upstream_max_connections: usize,
     log: Option<&AccessLog>,
+    seed: &[std::net::SocketAddr],
 ) -> Result<Upstreams, String> {
     let g = &group.options;
     let (first, more) = group.servers.split_first().ok_or("no upstream")?;
@@ -105,7 +106,7 @@ pub(crate) fn build_proxy(
     if discovered {
         return b
             .outlier_detection(g.eject_after, g.ejection_time)
-            .build_discovered(discover(&group.servers, g.dns_interval)?)
+            .build_discovered(discover(&group.servers, g.dns_interval, seed)?)
             .map(Upstreams::Many)
             .map_err(|e| e.to_string());
     }
@@ -127,6 +128,7 @@ pub(crate) fn build_proxy(
 fn discover(
     servers: &[String],
     interval: Duration,
+    seed: &[std::net::SocketAddr],
 ) -> Result<
     impl tower::discover::Discover<Service = http::Uri, Key = String, Error = std::convert::Infallible>
     + Send
@@ -149,6 +151,7 @@ fn discover(
                 let found = proxy_tower::dns::DnsDiscover::builder(&dns.host, dns.port)
                     .https(dns.https)
                     .interval(interval)
+                    .seed(seed.iter().copied())
                     .build()
                     .map(move |change| {
                         Ok(match change {

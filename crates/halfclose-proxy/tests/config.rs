@@ -314,12 +314,14 @@ async fn the_drain_limit_ends_older_tunnels_with_a_fin_each_way() {
     let file = dir.write("proxy.toml", &config);
     let (mut proxy, _logs) = Proxy::with_config(&file, &[]).await;
     let (mut old_cli, mut old_srv) = tunnel(proxy.addr, "ws.example.test", &mut heads).await;
+    // Sent before the reload, so relayed before the drain's FIN however
+    // slow the machine.
+    old_cli.write_all(b"last").await.unwrap();
     dir.write("proxy.toml", &config.replace("/a", "/b"));
     proxy.signal("HUP");
     proxy.line_starting("reloaded ").await;
     let (mut new_cli, mut new_srv) = tunnel(proxy.addr, "ws.example.test", &mut heads).await;
     // Bytes relayed before the FIN arrive, then the FIN, on both sides.
-    old_cli.write_all(b"last").await.unwrap();
     let mut got = Vec::new();
     within("the FIN at the upstream", old_srv.read_to_end(&mut got))
         .await

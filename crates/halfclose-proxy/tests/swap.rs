@@ -29,7 +29,7 @@ async fn a_swap_refuses_nothing_and_drains_the_old_process() {
         "--handover",
         &path,
         "--shutdown-grace",
-        "2s",
+        "5s",
     ])
     .await;
     let addr = old.addr;

@@ -90,6 +90,7 @@ pub struct Builder {
     https: bool,
     interval: Duration,
     resolver: Arc<dyn Resolve>,
+    seed: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -118,6 +119,15 @@ impl Builder {
         self
     }
 
+    /// Starts with these addresses, known at once (before the first
+    /// resolution, which then adds and removes as it finds): the addresses
+    /// an earlier `DnsDiscover` of the same name found, so that a new
+    /// balancer is never empty while it resolves.
+    pub fn seed(mut self, addresses: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.seed = addresses.into_iter().collect();
+        self
+    }
+
     /// Resolves with `resolver` instead of the system's.
     pub fn resolver(mut self, resolver: impl Resolve) -> Self {
         self.resolver = Arc::new(resolver);
@@ -133,7 +143,12 @@ impl Builder {
     pub fn build(self) -> DnsDiscover {
         // Changes wait here until the balancer takes them in (at its next
         // request); when it is full, resolving waits for room.
-        let (tx, rx) = mpsc::channel(CHANGES);
+        let (tx, rx) = mpsc::channel(CHANGES.max(self.seed.len()));
+        for addr in &self.seed {
+            if let Some(uri) = uri_of(*addr, self.https) {
+                let _ = tx.try_send(Change::Insert(*addr, uri));
+            }
+        }
         let task = tokio::spawn(resolve_every(self, tx));
         DnsDiscover {
             changes: rx,
@@ -165,6 +180,7 @@ impl DnsDiscover {
             https: false,
             interval: DEFAULT_INTERVAL,
             resolver: Arc::new(SystemResolver),
+            seed: Vec::new(),
         }
     }
 }
@@ -196,7 +212,7 @@ fn uri_of(addr: SocketAddr, https: bool) -> Option<Uri> {
 /// The resolving task: each turn, the addresses that appeared are inserted
 /// and those that disappeared removed.
 async fn resolve_every(b: Builder, tx: mpsc::Sender<Change<SocketAddr, Uri>>) {
-    let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut known: BTreeSet<SocketAddr> = b.seed.iter().copied().collect();
     let mut failing = false;
     let mut tick = tokio::time::interval(b.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,18 +249,20 @@ async fn resolve_every(b: Builder, tx: mpsc::Sender<Change<SocketAddr, Uri>>) {
             failing = false;
             tracing::info!(host = %b.host, addresses = found.len(), "DNS resolution works again");
         }
-        for gone in known.difference(&found) {
-            tracing::info!(host = %b.host, address = %gone, "upstream address gone from DNS");
-            if tx.send(Change::Remove(*gone)).await.is_err() {
-                return;
-            }
-        }
+        // Insertions first: a request between the two never finds the
+        // group empty when one address replaces another.
         for new in found.difference(&known) {
             let Some(uri) = uri_of(*new, b.https) else {
                 continue;
             };
             tracing::info!(host = %b.host, address = %new, "upstream address found in DNS");
             if tx.send(Change::Insert(*new, uri)).await.is_err() {
+                return;
+            }
+        }
+        for gone in known.difference(&found) {
+            tracing::info!(host = %b.host, address = %gone, "upstream address gone from DNS");
+            if tx.send(Change::Remove(*gone)).await.is_err() {
                 return;
             }
         }

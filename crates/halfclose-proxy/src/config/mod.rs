@@ -198,7 +198,7 @@ impl Defaults {
                 idle_timeout: nonzero(args.upstream_idle_timeout),
                 http2: args.http2_upstream,
                 health_check: args.health_check.clone(),
-                health_check_interval: args.health_check_interval,
+                health_check_interval: args.health_check_interval.max(Duration::from_millis(100)),
                 eject_after: proxy_tower::DEFAULT_EJECT_AFTER,
                 ejection_time: proxy_tower::DEFAULT_BASE_EJECTION,
                 dns_interval: args.dns_interval.max(Duration::from_millis(100)),

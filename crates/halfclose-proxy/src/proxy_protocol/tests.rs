@@ -140,6 +140,9 @@ fn v2_inet_and_inet6_give_the_source_and_skip_tlvs() {
 fn v2_local_unspec_and_unix_keep_the_connections_address() {
     for h in [
         v2(0x20, 0x11, &inet_body([192, 0, 2, 1], 1)),
+        // LOCAL ignores its family: TCP4 with no addresses is fine.
+        v2(0x20, 0x11, &[]),
+        v2(0x20, 0x45, &[1]),
         v2(0x20, 0x00, &[]),
         v2(0x21, 0x00, &[1, 2, 3]),
         v2(0x21, 0x31, &[0; 216]),
@@ -349,6 +352,8 @@ proptest! {
             }
             // The spec says to ignore what follows UNKNOWN; ppp reads it.
             (Parsed::Header { source: None, .. }, _) if bytes.starts_with(b"PROXY UNKNOWN") => {}
+            // So it says to ignore a LOCAL header's family; ppp checks it.
+            (Parsed::Header { source: None, .. }, _) if bytes.get(12) == Some(&0x20) => {}
             (Parsed::Header { .. }, other) => {
                 prop_assert!(false, "we accept what ppp does not: {:?} {:?}", ours, other)
             }
