@@ -32,7 +32,9 @@ struct Options {
     fins: usize,
     idle_tunnels: usize,
     connections: usize,
-    /// Figure groups to measure (`--only get,tunnel,fin,many,open,rss`); all when empty.
+    /// Clients of the reconnect storm, all upgrading at once.
+    storm: usize,
+    /// Figure groups to measure (`--only get,tunnel,fin,many,open,storm,rss`); all when empty.
     only: Vec<String>,
 }
 
@@ -42,7 +44,7 @@ impl Options {
     }
 }
 
-const GROUPS: [&str; 6] = ["get", "tunnel", "fin", "many", "open", "rss"];
+const GROUPS: [&str; 7] = ["get", "tunnel", "fin", "many", "open", "storm", "rss"];
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -53,12 +55,20 @@ fn parse_args() -> Result<Options, String> {
         fins: 200,
         idle_tunnels: 3000,
         connections: 64,
+        storm: 5000,
         only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--quick" {
-            (o.rounds, o.seconds, o.tunnel_mib, o.fins, o.idle_tunnels) = (1, 1, 8, 10, 50);
+            (
+                o.rounds,
+                o.seconds,
+                o.tunnel_mib,
+                o.fins,
+                o.idle_tunnels,
+                o.storm,
+            ) = (1, 1, 8, 10, 50, 100);
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -71,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
             "--fins" => o.fins = num()?.max(1),
             "--idle-tunnels" => o.idle_tunnels = num()?,
             "--connections" => o.connections = num()?.max(1),
+            "--storm" => o.storm = num()?.max(1),
             "--only" => {
                 for group in value.split(',') {
                     if !GROUPS.contains(&group) {
@@ -534,6 +545,50 @@ async fn tunnels_per_second(addr: SocketAddr, secs: u64) -> f64 {
     total as f64 / secs as f64
 }
 
+/// A reconnect storm: `n` clients dial and upgrade at once, each waiting
+/// for its 101 and one echoed byte, and hold their tunnel until all are
+/// open. Returns tunnels opened per second (n over the time until the last
+/// is open), the p99 time to open one in ms, and the clients that failed.
+async fn storm(addr: SocketAddr, n: usize) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let mut tcp =
+                    tokio::time::timeout(Duration::from_secs(30), upgrade(addr, "echo", 0))
+                        .await
+                        .ok()?
+                        .ok()?;
+                let mut b = [0u8; 1];
+                tcp.write_all(b"x").await.ok()?;
+                tokio::time::timeout(Duration::from_secs(30), tcp.read_exact(&mut b))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some((t.elapsed(), tcp))
+            })
+        })
+        .collect();
+    let mut open = Vec::with_capacity(n);
+    let mut errors = 0usize;
+    for c in clients {
+        match c.await {
+            Ok(Some(done)) => open.push(done),
+            _ => errors += 1,
+        }
+    }
+    let all = start.elapsed();
+    let mut times: Vec<Duration> = open.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    let p99 = times
+        .get((times.len() * 99 / 100).min(times.len().saturating_sub(1)))
+        .map_or(0.0, |t| t.as_secs_f64() * 1000.0);
+    // Closed together, after the measure.
+    drop(open);
+    ((n - errors) as f64 / all.as_secs_f64(), p99, errors as f64)
+}
+
 /// p50 in microseconds from a client's FIN to the echo upstream's FIN back.
 async fn fin_round_trip(addr: SocketAddr, n: usize) -> f64 {
     let mut times = Vec::with_capacity(n);
@@ -622,6 +677,10 @@ async fn run(o: Options) -> Result<(), String> {
         "8 tunnels at once, upload MiB/s",
         "8 tunnels at once, download MiB/s",
         "tunnels opened per second (16 dialers)",
+        "storm: tunnels opened per second (all at once)",
+        "storm: p99 ms to open a tunnel",
+        "storm: CPU us per tunnel opened (proxy)",
+        "storm: failed clients",
     ];
     let mut samples = vec![vec![Vec::new(); targets.len()]; names.len()];
     for round in 0..o.rounds {
@@ -655,6 +714,14 @@ async fn run(o: Options) -> Result<(), String> {
             if o.wants("open") {
                 samples[9][i].push(tunnels_per_second(t.addr, o.seconds).await);
             }
+            if o.wants("storm") {
+                let cpu = cpu_secs(&t.pids);
+                let (rate, p99, failed) = storm(t.addr, o.storm).await;
+                samples[10][i].push(rate);
+                samples[11][i].push(p99);
+                samples[12][i].push((cpu_secs(&t.pids) - cpu) * 1e6 / o.storm as f64);
+                samples[13][i].push(failed);
+            }
         }
         eprintln!("bench-e2e: round {} of {} done", round + 1, o.rounds);
     }
@@ -676,8 +743,8 @@ async fn run(o: Options) -> Result<(), String> {
     }
 
     println!(
-        "end-to-end benchmark: medians of {} interleaved round(s); small GETs by {generator}, {} connections, {} s; tunnels of {} MiB; {} FINs",
-        o.rounds, o.connections, o.seconds, o.tunnel_mib, o.fins
+        "end-to-end benchmark: medians of {} interleaved round(s); small GETs by {generator}, {} connections, {} s; tunnels of {} MiB; {} FINs; storms of {} clients",
+        o.rounds, o.connections, o.seconds, o.tunnel_mib, o.fins, o.storm
     );
     print!("| figure |");
     for t in &targets {
@@ -754,8 +821,13 @@ async fn run(o: Options) -> Result<(), String> {
         .zip(&samples)
         .filter(|(_, per_target)| per_target.iter().any(|s| s.contains(&0.0)))
         .map(|(name, _)| *name)
-        .filter(|name| !name.contains("p99") && !name.contains("CPU"))
+        .filter(|name| !name.contains("p99") && !name.contains("CPU") && !name.contains("failed"))
         .collect();
+    // And a storm client that failed is a failure (the figure must be 0).
+    let mut failed = failed;
+    if samples[13].iter().flatten().any(|&n| n > 0.0) {
+        failed.push("storm: failed clients");
+    }
     let _ = std::fs::remove_file(
         std::env::temp_dir().join(format!("halfclose-bench-access-{}.log", std::process::id())),
     );
