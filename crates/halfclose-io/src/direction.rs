@@ -136,18 +136,24 @@ where
     }
 }
 
-/// The state of one copy direction.
+/// The state of one copy direction. (A splice direction drives its
+/// `state`, `read_eof` and `copied` too, while it moves bytes by pipe.)
 #[derive(Debug)]
 pub(crate) struct OneWay {
-    state: State,
+    pub(crate) state: State,
     /// Bytes read but not yet taken by the destination; `None` when there are none.
     buf: Option<Box<[u8]>>,
-    /// Pending bytes are `buf[pos..]`.
-    pos: usize,
+    /// Pending bytes are `buf[pos..]` (reads are capped at `u32::MAX`
+    /// bytes, so a `u32` holds it, and the state of an idle tunnel stays
+    /// small).
+    pos: u32,
     /// The source returned EOF.
-    read_eof: bool,
+    pub(crate) read_eof: bool,
     /// Bytes were written since the last flush.
     need_flush: bool,
+    /// The last read brought at least half a buffer: a bulk transfer, which
+    /// a splice direction then moves by pipe.
+    pub(crate) bulk: bool,
     /// Bytes written to the destination.
     pub(crate) copied: u64,
 }
@@ -189,6 +195,7 @@ impl OneWay {
             pos: 0,
             read_eof: false,
             need_flush: false,
+            bulk: false,
             copied: 0,
         }
     }
@@ -267,13 +274,14 @@ impl OneWay {
         let Some(buf) = self.buf.as_deref() else {
             return Poll::Ready(Ok(()));
         };
-        while self.pos < buf.len() {
-            let n =
-                ready!(writer.as_mut().poll_write(cx, &buf[self.pos..])).map_err(Failure::write)?;
+        while (self.pos as usize) < buf.len() {
+            let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos as usize..]))
+                .map_err(Failure::write)?;
             if n == 0 {
                 return Poll::Ready(Err(write_zero()));
             }
-            self.pos += n;
+            // At most what is left, which fits.
+            self.pos += n as u32;
             self.copied += n as u64;
             self.need_flush = true;
         }
@@ -296,11 +304,13 @@ impl OneWay {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        let buffer_size = buffer_size.min(u32::MAX as usize);
         with_scratch(buffer_size, |scratch| {
             let mut rb = ReadBuf::uninit(scratch);
             ready!(reader.poll_read(cx, &mut rb)).map_err(Failure::read)?;
             let data = rb.filled();
             let n = data.len();
+            self.bulk = n > 0 && n >= buffer_size / 2;
             let mut written = 0;
             while written < n {
                 match writer.as_mut().poll_write(cx, &data[written..]) {

@@ -1,9 +1,12 @@
 //! One copy direction between two TCP sockets with `splice(2)`: socket to pipe,
 //! pipe to socket, the bytes never entering user space. Linux only.
 //!
-//! The state machine is the one of [`OneWay`]: bytes already in the pipe go
-//! out before anything more is read; EOF on the source becomes a shutdown of
-//! the destination's write half once the pipe is empty. A direction takes a
+//! A direction copies through user space, as [`OneWay`] does, until one read
+//! brings at least half a buffer (a bulk transfer); from then on it moves
+//! its bytes by pipe. The state machine is the one of [`OneWay`]: bytes
+//! already in the pipe go out before anything more is read; EOF on the
+//! source becomes a shutdown of the destination's write half once the pipe
+//! is empty. A direction takes a
 //! pipe from a pool shared by the process when bytes first flow and gives it
 //! back whenever it waits for its source with the pipe empty, so an idle
 //! tunnel holds no pipe. At most [`MAX_SPLICE_PIPES`] pipes are open in the
@@ -121,31 +124,32 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     )?)
 }
 
-/// One direction moved by splice.
+/// One direction between two TCP sockets: it copies through user space
+/// (the thread's scratch buffer, as [`OneWay`] does) until one read brings
+/// at least half a buffer, then moves its bytes by pipe for the rest of its
+/// life. Small messages (most WebSocket traffic, and the handshakes of every
+/// tunnel) cost a `recv` and a `send`, while two `splice` calls and a pipe
+/// from the pool would cost more; bulk transfers never enter user space.
 pub(crate) struct SpliceDuplex {
-    state: State,
+    /// The copy through user space; its `state`, `read_eof` and `copied` are
+    /// the direction's whichever way the bytes move.
+    copy: OneWay,
+    /// Bytes move by pipe (else through `copy`: before the first bulk
+    /// read, and while no pipe can be had).
+    spliced: bool,
     pipe: Option<Pipe>,
-    /// Bytes in the pipe, not yet written to the destination (a `u32`, and
-    /// reads capped to fit, so that the fallback below costs no room).
+    /// Bytes in the pipe, not yet written to the destination.
     in_pipe: u32,
-    read_eof: bool,
-    copied: u64,
-    /// Set while this direction copies through user space, for want of a
-    /// pipe; dropped when it is idle again. Boxed: it is rare, and the
-    /// tunnel's future stays small.
-    fallback: Option<Box<OneWay>>,
 }
 
 impl SpliceDuplex {
     pub(crate) fn new() -> Self {
         LIVE.fetch_add(1, Ordering::AcqRel);
         SpliceDuplex {
-            state: State::Copying,
+            copy: OneWay::new(),
+            spliced: false,
             pipe: None,
             in_pipe: 0,
-            read_eof: false,
-            copied: 0,
-            fallback: None,
         }
     }
 
@@ -163,7 +167,7 @@ impl SpliceDuplex {
                 Ok(n) => {
                     // At most what was asked for, which fits.
                     self.in_pipe -= n as u32;
-                    self.copied += n as u64;
+                    self.copy.copied += n as u64;
                 }
                 // Readiness was cleared: the next `poll_write_ready` waits.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -173,86 +177,39 @@ impl SpliceDuplex {
         Poll::Ready(Ok(()))
     }
 
-    /// No pipe to be had: copy through user space until idle. Called with
-    /// no pipe and the source not at EOF, so nothing is lost or repeated.
-    fn fall_back(&mut self) -> &mut OneWay {
-        let mut copy = OneWay::new();
-        copy.copied = self.copied;
-        self.fallback.insert(Box::new(copy))
-    }
-
-    /// Drives the user-space copy; once it waits for its source with nothing
-    /// held, the next bytes go through a pipe again.
-    fn poll_fallback(
+    /// Drives the copy through user space. Once it waits for its source
+    /// with nothing held after a bulk read (or after it fell back for want
+    /// of a pipe, which counts as one), the next bytes go by pipe. Called
+    /// with no pipe and nothing in one, so nothing is lost or repeated.
+    fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
         buffer_size: usize,
         from: &mut TcpStream,
         to: &mut TcpStream,
     ) -> Poll<Result<(), Failure>> {
-        let Some(copy) = &mut self.fallback else {
-            unreachable!("no fallback to drive")
-        };
-        let polled = copy.poll_pump(cx, buffer_size, from, to);
-        if polled.is_pending() && copy.is_idle() {
-            self.copied = copy.copied;
-            self.fallback = None;
+        let polled = self.copy.poll_pump(cx, buffer_size, from, to);
+        if polled.is_pending() && self.copy.is_idle() && self.copy.bulk {
+            self.spliced = true;
         }
         polled
     }
-}
 
-impl Drop for SpliceDuplex {
-    fn drop(&mut self) {
-        // One direction fewer: fewer pipes kept. A pipe with bytes in it is
-        // closed; an empty one may be reused.
-        LIVE.fetch_sub(1, Ordering::AcqRel);
-        let pipe = self.pipe.take().filter(|_| self.in_pipe == 0);
-        give_back(pipe);
-    }
-}
-
-impl Progress for SpliceDuplex {
-    fn read_eof(&self) -> bool {
-        match &self.fallback {
-            Some(copy) => copy.read_eof(),
-            None => self.read_eof,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        match &self.fallback {
-            Some(copy) => copy.is_done(),
-            None => self.state == State::Done,
-        }
-    }
-
-    fn copied(&self) -> u64 {
-        match &self.fallback {
-            Some(copy) => copy.copied(),
-            None => self.copied,
-        }
-    }
-}
-
-impl Pump<TcpStream, TcpStream> for SpliceDuplex {
-    fn poll_pump(
+    /// Moves bytes by pipe.
+    fn poll_splice(
         &mut self,
         cx: &mut Context<'_>,
         buffer_size: usize,
         from: &mut TcpStream,
         to: &mut TcpStream,
     ) -> Poll<Result<(), Failure>> {
-        if self.fallback.is_some() {
-            return self.poll_fallback(cx, buffer_size, from, to);
-        }
         loop {
-            match self.state {
+            match self.copy.state {
                 State::Copying => {
                     // 1. Bytes already read go out before anything else is read.
                     ready!(self.poll_drain(cx, to))?;
-                    if self.read_eof {
-                        self.state = State::ShuttingDown;
+                    if self.copy.read_eof {
+                        self.copy.state = State::ShuttingDown;
                         continue;
                     }
                     // 2. Read more into the (empty) pipe.
@@ -270,15 +227,16 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                     let pipe = match self.pipe.take().or_else(take_pipe) {
                         Some(p) => p,
                         None => {
-                            self.fall_back();
-                            return self.poll_fallback(cx, buffer_size, from, to);
+                            self.spliced = false;
+                            self.copy.bulk = true;
+                            return self.poll_copy(cx, buffer_size, from, to);
                         }
                     };
                     let pipe = self.pipe.insert(pipe);
                     let src: &TcpStream = from;
                     let len = buffer_size.min(u32::MAX as usize);
                     match src.try_io(Interest::READABLE, || splice(src, &pipe.write, len)) {
-                        Ok(0) => self.read_eof = true,
+                        Ok(0) => self.copy.read_eof = true,
                         Ok(n) => self.in_pipe = n as u32,
                         // Readiness was cleared: the next `poll_read_ready` waits.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -290,17 +248,56 @@ impl Pump<TcpStream, TcpStream> for SpliceDuplex {
                     if let Some(pipe) = self.pipe.take() {
                         give_back(Some(pipe));
                     }
-                    self.state = State::Done;
+                    self.copy.state = State::Done;
                 }
                 State::Done => return Poll::Ready(Ok(())),
             }
         }
     }
+}
+
+impl Drop for SpliceDuplex {
+    fn drop(&mut self) {
+        // One direction fewer: fewer pipes kept. A pipe with bytes in it is
+        // closed; an empty one may be reused.
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+        let pipe = self.pipe.take().filter(|_| self.in_pipe == 0);
+        give_back(pipe);
+    }
+}
+
+impl Progress for SpliceDuplex {
+    fn read_eof(&self) -> bool {
+        self.copy.read_eof
+    }
+
+    fn is_done(&self) -> bool {
+        self.copy.state == State::Done
+    }
+
+    fn copied(&self) -> u64 {
+        self.copy.copied
+    }
+}
+
+impl Pump<TcpStream, TcpStream> for SpliceDuplex {
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffer_size: usize,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+    ) -> Poll<Result<(), Failure>> {
+        match self.spliced {
+            false => self.poll_copy(cx, buffer_size, from, to),
+            true => self.poll_splice(cx, buffer_size, from, to),
+        }
+    }
 
     fn salvage(&mut self, cx: &mut Context<'_>, to: &mut TcpStream) {
-        match &mut self.fallback {
-            Some(copy) => Pump::<TcpStream, TcpStream>::salvage(&mut **copy, cx, to),
-            None => {
+        match self.spliced {
+            false => Pump::<TcpStream, TcpStream>::salvage(&mut self.copy, cx, to),
+            true => {
                 let _ = self.poll_drain(cx, to);
             }
         }

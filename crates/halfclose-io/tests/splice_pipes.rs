@@ -68,8 +68,15 @@ async fn across(from: &mut TcpStream, to: &mut TcpStream, byte: u8) {
 /// Opens a tunnel over two socket pairs and moves bytes each way through it.
 async fn start(ends: [TcpStream; 4]) -> Open {
     let [mut client, mut a, mut b, mut server] = ends;
-    // The splice directions are made at the first poll, on this thread.
-    let mut tunnel: Running = Box::pin(async move { Tunnel::new().copy_tcp(&mut a, &mut b).await });
+    // The splice directions are made at the first poll, on this thread. A
+    // 4 KiB buffer, so that a read of a chunk is a bulk one, which moves the
+    // direction to splice.
+    let mut tunnel: Running = Box::pin(async move {
+        Tunnel::new()
+            .buffer_size(2 * CHUNK)
+            .copy_tcp(&mut a, &mut b)
+            .await
+    });
     let traffic = async {
         across(&mut client, &mut server, b'c').await;
         across(&mut server, &mut client, b's').await;

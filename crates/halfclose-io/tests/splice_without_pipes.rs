@@ -117,7 +117,9 @@ fn out_of_fds() {
             client.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty());
         };
-        let copy = Tunnel::new().copy_tcp(&mut a, &mut b);
+        // A small buffer: any read of 2 KiB is a bulk one, which moves a
+        // direction to splice (or tries to).
+        let copy = Tunnel::new().buffer_size(4096).copy_tcp(&mut a, &mut b);
         let (transfer, ()) = within("the tunnel without pipes", async {
             tokio::join!(copy, traffic)
         })
