@@ -38,7 +38,8 @@ fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuar
 // subscriber set for it.
 #[tokio::test]
 async fn tunnel_outcome_is_logged() {
-    let (out, _guard) = capture(tracing::Level::INFO);
+    // A clean end is a DEBUG line.
+    let (out, _guard) = capture(tracing::Level::DEBUG);
 
     let (upstream, mut heads) = raw_upstream().await;
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();
@@ -80,7 +81,7 @@ async fn tunnel_outcome_is_logged() {
 /// line, and reaches the upstream.
 #[tokio::test]
 async fn tunnel_log_names_the_request_id() {
-    let (out, _guard) = capture(tracing::Level::INFO);
+    let (out, _guard) = capture(tracing::Level::DEBUG);
 
     let (upstream, mut heads) = raw_upstream().await;
     let proxy = ReverseProxy::new(&format!("http://{upstream}")).unwrap();

@@ -86,6 +86,8 @@ pub(crate) struct Upstream {
     ejections: metrics::Counter,
     tunnels_opened: metrics::Counter,
     tunnels_open: metrics::Gauge,
+    /// The upstream's URI, as labels and log lines name it.
+    name: SharedString,
 }
 
 impl Upstream {
@@ -99,6 +101,7 @@ impl Upstream {
             ejections: metrics::counter!(EJECTIONS, "upstream" => u()),
             tunnels_opened: metrics::counter!(TUNNELS_OPENED, "upstream" => u()),
             tunnels_open: metrics::gauge!(TUNNELS_OPEN),
+            name: upstream.clone(),
         }
     }
 
@@ -138,6 +141,13 @@ impl Upstream {
 
 /// One tunnel in [`TUNNELS_OPEN`]; dropping it takes the tunnel out.
 pub(crate) struct OpenTunnel(Arc<Upstream>);
+
+impl OpenTunnel {
+    /// The upstream's URI, for the tunnel's log lines.
+    pub(crate) fn upstream(&self) -> &str {
+        &self.0.name
+    }
+}
 
 impl Drop for OpenTunnel {
     fn drop(&mut self) {

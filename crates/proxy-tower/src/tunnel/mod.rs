@@ -16,7 +16,6 @@ use futures_util::future::Either;
 use halfclose_io::{Side, Tunnel, TunnelError};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tracing::Instrument;
 
 use crate::origin::Origin;
 use crate::settings::Config;
@@ -72,6 +71,62 @@ pub(crate) enum UpstreamSide {
     H2Stream,
 }
 
+/// What names a tunnel in its log lines besides its upstream (which its
+/// gauge holds): the method, path and request id, as one string
+/// (`"GET /chat req-42"`), made only when a WARN line can be written, so
+/// that an idle tunnel holds two words and one small allocation for it. (A
+/// tracing span held for the tunnel's life cost an idle tunnel some 600
+/// bytes in the subscriber's registry at the default level.)
+struct Label(Box<str>);
+
+impl Label {
+    fn new(origin: &Origin) -> Self {
+        let (method, path) = (origin.method.as_str(), origin.uri.path());
+        let id = origin.request_id().unwrap_or_default();
+        let mut s = String::with_capacity(method.len() + path.len() + id.len() + 2);
+        for part in [method, " ", path, " ", id] {
+            s.push_str(part);
+        }
+        Label(s.into_boxed_str())
+    }
+
+    /// Method, path and request id (a path has no space in it; the id,
+    /// last, may).
+    fn fields(&self) -> (&str, &str, Option<&str>) {
+        let mut parts = self.0.splitn(3, ' ');
+        let method = parts.next().unwrap_or_default();
+        let path = parts.next().unwrap_or_default();
+        let id = parts.next().filter(|id| !id.is_empty());
+        (method, path, id)
+    }
+}
+
+/// What the `on_tunnel_end` hook is told beyond the log line's fields;
+/// boxed, and only with a hook.
+struct Reported {
+    report: Report,
+    request_id: Option<http::HeaderValue>,
+    upstream: http::Uri,
+    started: std::time::Instant,
+}
+
+/// The fields that name a tunnel in its log lines: method, path and request
+/// id. (Taken where a line is written, not held across an `await`, where
+/// they would take room in every idle tunnel's task.)
+fn named(
+    label: &Option<Label>,
+) -> (
+    Option<tracing::field::DisplayValue<&str>>,
+    Option<&str>,
+    Option<&str>,
+) {
+    match label.as_ref().map(Label::fields) {
+        // The method as a word (`method=GET`), the others quoted.
+        Some((method, path, id)) => (Some(tracing::field::display(method)), Some(path), id),
+        None => (None, None, None),
+    }
+}
+
 /// Spawns one task that waits for both connections to be upgraded, then relays
 /// bytes between them with half-close, and reports how it ended.
 pub(crate) fn spawn(
@@ -83,184 +138,220 @@ pub(crate) fn spawn(
     origin: &Origin,
     report: Option<Report>,
 ) {
-    // Boxed: every idle tunnel's task holds it, one word when no hook is set.
-    let report = report.map(|r| {
-        Box::new((
-            r,
-            origin.request_id.clone(),
-            config.rules.upstream().clone(),
-            std::time::Instant::now(),
-        ))
+    let label = tracing::enabled!(tracing::Level::WARN).then(|| Label::new(origin));
+    let reported = report.map(|report| {
+        Box::new(Reported {
+            report,
+            request_id: origin.request_id.clone(),
+            upstream: config.rules.upstream().clone(),
+            started: std::time::Instant::now(),
+        })
     });
-    let span = tracing::info_span!(
-        "tunnel",
-        method = %origin.method,
-        path = origin.uri.path(),
-        request_id = tracing::field::Empty,
-        upstream = %config.rules.upstream(),
-    );
-    if let Some(id) = origin.request_id() {
-        span.record("request_id", id);
-    }
     let tunnel: Tunnel = config.tunnel;
     let open = config.tunnels.enter();
     let tunnels = config.tunnels.clone();
     // Counted open until the task's future is dropped, however it ends.
     let gauge = config.metrics.clone().tunnel_opened();
-    tokio::spawn(
-        async move {
-            let _open = open;
-            let _gauge = gauge;
-            // The metrics of the end, and the hook's report.
-            let ended = |how: TunnelEnding, t: Option<&halfclose_io::Transfer>| {
-                if let Some(report) = &report {
-                    let (r, request_id, upstream, started) = &**report;
-                    (r.hook)(&TunnelEnd {
-                        request_id: request_id.clone(),
-                        client: r.client,
-                        upstream: upstream.clone(),
-                        protocol: r.protocol.clone(),
-                        client_to_upstream: t.map_or(0, |t| t.a_to_b),
-                        upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                        first_eof: t.and_then(|t| t.first_eof).map(|s| match s {
-                            Side::A => TunnelSide::Client,
-                            Side::B => TunnelSide::Upstream,
-                        }),
-                        ending: how,
-                        duration: started.elapsed(),
-                    });
-                }
-                crate::metrics::Ended {
-                    how: how.as_str(),
+    tokio::spawn(async move {
+        // Held until the task ends (mentioned here so that they are moved
+        // in, and not moved again: each move is another slot in every idle
+        // tunnel's task).
+        let _ = (&open, &gauge);
+        // The metrics of the end, and the hook's report.
+        let ended = |how: TunnelEnding, t: Option<&halfclose_io::Transfer>| {
+            if let Some(Reported {
+                report: r,
+                request_id,
+                upstream,
+                started,
+            }) = reported.as_deref()
+            {
+                (r.hook)(&TunnelEnd {
+                    request_id: request_id.clone(),
+                    client: r.client,
+                    upstream: upstream.clone(),
+                    protocol: r.protocol.clone(),
                     client_to_upstream: t.map_or(0, |t| t.a_to_b),
                     upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                    first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
+                    first_eof: t.and_then(|t| t.first_eof).map(|s| match s {
+                        Side::A => TunnelSide::Client,
+                        Side::B => TunnelSide::Upstream,
+                    }),
+                    ending: how,
+                    duration: started.elapsed(),
+                });
+            }
+            crate::metrics::Ended {
+                how: how.as_str(),
+                client_to_upstream: t.map_or(0, |t| t.a_to_b),
+                upstream_to_client: t.map_or(0, |t| t.b_to_a),
+                first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
+            }
+        };
+        let upstream = match upstream.await {
+            Ok(io) => io,
+            Err(e) => {
+                let (method, path, request_id) = named(&label);
+                tracing::warn!(
+                    error = %e,
+                    method,
+                    path,
+                    request_id,
+                    upstream = gauge.upstream(),
+                    "upstream connection could not be upgraded"
+                );
+                crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
+                return;
+            }
+        };
+        let client = match client.await {
+            Ok(io) => io,
+            // The client went away before its 101: its doing, and one a
+            // client can repeat at will (DEBUG, as refusals are).
+            Err(e) => {
+                let (method, path, request_id) = named(&label);
+                tracing::debug!(
+                    error = %e,
+                    method,
+                    path,
+                    request_id,
+                    upstream = gauge.upstream(),
+                    "client connection could not be upgraded"
+                );
+                crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
+                return;
+            }
+        };
+        let (mut a, client_reset) = match client_side {
+            ClientSide::Connection(reset) => (TunnelIo::client(client), reset),
+            ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
+        };
+        let mut b = match upstream_side {
+            UpstreamSide::Connection => TunnelIo::upstream(upstream),
+            UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
+        };
+        // This state is what every idle tunnel holds: keep it small (the
+        // copy is a plain future, not an `async` block around one).
+        // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
+        // side are written first by the generic path.
+        let result = {
+            let copy = match (a.bare_tcp(), b.bare_tcp()) {
+                (Some(a), Some(b)) => Either::Left(tunnel.copy_tcp(a, b)),
+                _ => Either::Right(tunnel.copy(&mut a, &mut b)),
+            };
+            let closed = tunnels.closed();
+            let (mut copy, mut closed) = (std::pin::pin!(copy), std::pin::pin!(closed));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = copy.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(r));
                 }
-            };
-            let upstream = match upstream.await {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream connection could not be upgraded");
-                    crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
-                    return;
-                }
-            };
-            let client = match client.await {
-                Ok(io) => io,
-                // The client went away before its 101: its doing, and one a
-                // client can repeat at will (DEBUG, as refusals are).
-                Err(e) => {
-                    tracing::debug!(error = %e, "client connection could not be upgraded");
-                    crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
-                    return;
-                }
-            };
-            let (mut a, client_reset) = match client_side {
-                ClientSide::Connection(reset) => (TunnelIo::client(client), reset),
-                ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
-            };
-            let mut b = match upstream_side {
-                UpstreamSide::Connection => TunnelIo::upstream(upstream),
-                UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
-            };
-            // This state is what every idle tunnel holds: keep it small (the
-            // copy is a plain future, not an `async` block around one).
-            // Two bare sockets: splice(2) on Linux. Bytes read ahead on either
-            // side are written first by the generic path.
-            let result = {
-                let copy = match (a.bare_tcp(), b.bare_tcp()) {
-                    (Some(a), Some(b)) => Either::Left(tunnel.copy_tcp(a, b)),
-                    _ => Either::Right(tunnel.copy(&mut a, &mut b)),
-                };
-                let closed = tunnels.closed();
-                let (mut copy, mut closed) = (std::pin::pin!(copy), std::pin::pin!(closed));
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = copy.as_mut().poll(cx) {
-                        return Poll::Ready(Ok(r));
-                    }
-                    closed.as_mut().poll(cx).map(Err)
-                })
-                .await
-            };
-            let result = match result {
-                Ok(r) => r,
-                Err(how) => {
-                    close_both(&mut a, &mut b, client_reset.as_ref(), how).await;
-                    tracing::info!(how = ?how, "tunnel closed by the proxy");
-                    crate::metrics::tunnel_closed(ended(TunnelEnding::ClosedByProxy, None));
-                    return;
-                }
-            };
-            // Pass an abortive close on as one: reset, not FIN.
-            match result.as_ref().err().and_then(TunnelError::reset_side) {
-                Some(Side::A) if b.reset_on_drop() => {
-                    crate::metrics::reset_passed("upstream");
-                }
-                Some(Side::B) if a.reset_on_drop() => {
+                closed.as_mut().poll(cx).map(Err)
+            })
+            .await
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(how) => {
+                close_both(&mut a, &mut b, client_reset.as_ref(), how).await;
+                let (method, path, request_id) = named(&label);
+                tracing::info!(
+                    how = ?how,
+                    method,
+                    path,
+                    request_id,
+                    upstream = gauge.upstream(),
+                    "tunnel closed by the proxy"
+                );
+                crate::metrics::tunnel_closed(ended(TunnelEnding::ClosedByProxy, None));
+                return;
+            }
+        };
+        // Pass an abortive close on as one: reset, not FIN.
+        match result.as_ref().err().and_then(TunnelError::reset_side) {
+            Some(Side::A) if b.reset_on_drop() => {
+                crate::metrics::reset_passed("upstream");
+            }
+            Some(Side::B) if a.reset_on_drop() => {
+                crate::metrics::reset_passed("client");
+            }
+            Some(Side::B) => {
+                if let Some(reset) = &client_reset {
+                    reset.reset();
                     crate::metrics::reset_passed("client");
                 }
-                Some(Side::B) => {
-                    if let Some(reset) = &client_reset {
-                        reset.reset();
-                        crate::metrics::reset_passed("client");
-                    }
-                }
-                _ => {}
             }
-            crate::metrics::tunnel_closed(match &result {
-                Ok(t) => ended(TunnelEnding::Clean, Some(t)),
-                Err(e) => ended(
-                    if e.is_idle_timeout() {
-                        TunnelEnding::IdleTimeout
-                    } else if e.is_half_close_timeout() {
-                        TunnelEnding::HalfCloseTimeout
-                    } else if e.is_reset() {
-                        TunnelEnding::Reset
-                    } else {
-                        TunnelEnding::Error
-                    },
-                    Some(e.transfer()),
-                ),
-            });
-            match result {
-                Ok(t) => tracing::info!(
+            _ => {}
+        }
+        crate::metrics::tunnel_closed(match &result {
+            Ok(t) => ended(TunnelEnding::Clean, Some(t)),
+            Err(e) => ended(
+                if e.is_idle_timeout() {
+                    TunnelEnding::IdleTimeout
+                } else if e.is_half_close_timeout() {
+                    TunnelEnding::HalfCloseTimeout
+                } else if e.is_reset() {
+                    TunnelEnding::Reset
+                } else {
+                    TunnelEnding::Error
+                },
+                Some(e.transfer()),
+            ),
+        });
+        let (method, path, request_id) = named(&label);
+        match result {
+            // DEBUG: a tunnel that ended well is news to nobody, and a line
+            // per tunnel at the default level costs a reconnect storm
+            // thousands of lines (the binary's access log has a line per
+            // tunnel, and `on_tunnel_end` the same facts, for who wants
+            // them).
+            Ok(t) => tracing::debug!(
+                client_to_upstream = t.a_to_b,
+                upstream_to_client = t.b_to_a,
+                first_eof = t.first_eof.map(side),
+                duration_ms = t.duration.as_millis() as u64,
+                method,
+                path,
+                request_id,
+                upstream = gauge.upstream(),
+                "tunnel closed"
+            ),
+            // Ended by the client (a reset, a write it refused): DEBUG, as
+            // other events a client causes at will; by the upstream or a
+            // timeout: WARN.
+            Err(e) if failing_side(&e) == Some(Side::A) => {
+                let t = e.transfer();
+                tracing::debug!(
+                    error = %e,
+                    failed = "client",
                     client_to_upstream = t.a_to_b,
                     upstream_to_client = t.b_to_a,
                     first_eof = t.first_eof.map(side),
                     duration_ms = t.duration.as_millis() as u64,
-                    "tunnel closed"
-                ),
-                // Ended by the client (a reset, a write it refused): DEBUG, as
-                // other events a client causes at will; by the upstream or a
-                // timeout: WARN.
-                Err(e) if failing_side(&e) == Some(Side::A) => {
-                    let t = e.transfer();
-                    tracing::debug!(
-                        error = %e,
-                        failed = "client",
-                        client_to_upstream = t.a_to_b,
-                        upstream_to_client = t.b_to_a,
-                        first_eof = t.first_eof.map(side),
-                        duration_ms = t.duration.as_millis() as u64,
-                        "tunnel failed"
-                    );
-                }
-                Err(e) => {
-                    let t = e.transfer();
-                    tracing::warn!(
-                        error = %e,
-                        failed = failing_side(&e).map(side),
-                        client_to_upstream = t.a_to_b,
-                        upstream_to_client = t.b_to_a,
-                        first_eof = t.first_eof.map(side),
-                        duration_ms = t.duration.as_millis() as u64,
-                        "tunnel failed"
-                    );
-                }
+                    method,
+                    path,
+                    request_id,
+                    upstream = gauge.upstream(),
+                    "tunnel failed"
+                );
+            }
+            Err(e) => {
+                let t = e.transfer();
+                tracing::warn!(
+                    error = %e,
+                    failed = failing_side(&e).map(side),
+                    client_to_upstream = t.a_to_b,
+                    upstream_to_client = t.b_to_a,
+                    first_eof = t.first_eof.map(side),
+                    duration_ms = t.duration.as_millis() as u64,
+                    method,
+                    path,
+                    request_id,
+                    upstream = gauge.upstream(),
+                    "tunnel failed"
+                );
             }
         }
-        .instrument(span),
-    );
+    });
 }
 
 /// How long a FIN may take to be written when the proxy closes a tunnel.
