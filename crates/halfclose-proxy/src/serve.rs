@@ -217,6 +217,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 log.flush();
             }
         });
+        // And gives the allocator's free pages back (after a burst of
+        // connections, an idle worker would keep them).
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(crate::pages::GIVE_BACK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::pages::give_back();
+            }
+        });
         state.workers.push(Worker {
             handle: rt.handle().clone(),
             current: None,
