@@ -219,7 +219,17 @@ where
         Err(e) => return error_response(config, &origin, e),
     };
     if outcome == Outcome::Tunnel {
-        let upstream_upgrade = parts.extensions.remove::<OnUpgrade>();
+        // From the default client's own HTTP/1.1 path, the connection
+        // itself; from hyper's, the promise of it.
+        let upstream_upgrade = match parts.extensions.remove::<crate::client::h1::Upgraded>() {
+            Some(ready) => ready
+                .take()
+                .map(|r| tunnel::UpstreamEnd::Ready(Box::new(r))),
+            None => parts
+                .extensions
+                .remove::<OnUpgrade>()
+                .map(tunnel::UpstreamEnd::Pending),
+        };
         let (Some(client_io), Some(upstream_io)) = (client_upgrade, upstream_upgrade) else {
             return error_response(
                 config,

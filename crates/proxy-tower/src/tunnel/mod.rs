@@ -62,6 +62,17 @@ pub(crate) struct Report {
     pub(crate) protocol: Option<String>,
 }
 
+/// The upstream connection of a tunnel, as the client answered the 101.
+pub(crate) enum UpstreamEnd {
+    /// Upgraded by hyper (hyper-util's pooled client, HTTP/2), once the
+    /// response is handed over.
+    Pending(OnUpgrade),
+    /// The connection itself, and the bytes of the new protocol read with
+    /// the head (the default client's HTTP/1.1 path). Boxed: the task keeps
+    /// the room of what it was spawned with for its whole life.
+    Ready(Box<(tokio::net::TcpStream, bytes::Bytes)>),
+}
+
 /// What the upstream end of a tunnel is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UpstreamSide {
@@ -131,7 +142,7 @@ fn named(
 /// bytes between them with half-close, and reports how it ended.
 pub(crate) fn spawn(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: UpstreamEnd,
     client_side: ClientSide,
     upstream_side: UpstreamSide,
     config: &Config,
@@ -188,7 +199,20 @@ pub(crate) fn spawn(
                 first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
             }
         };
-        let upstream = match upstream.await {
+        let upstream = match upstream {
+            UpstreamEnd::Ready(ready) => {
+                let (tcp, read_ahead) = *ready;
+                Ok(TunnelIo::Upstream(crate::io::Prefixed::new(
+                    read_ahead,
+                    crate::client::UpstreamIo::Tcp(tcp),
+                )))
+            }
+            UpstreamEnd::Pending(upgrade) => upgrade.await.map(|io| match upstream_side {
+                UpstreamSide::Connection => TunnelIo::upstream(io),
+                UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(io))),
+            }),
+        };
+        let mut b = match upstream {
             Ok(io) => io,
             Err(e) => {
                 let (method, path, request_id) = named(&label);
@@ -225,10 +249,6 @@ pub(crate) fn spawn(
         let (mut a, client_reset) = match client_side {
             ClientSide::Connection(reset) => (TunnelIo::client(client), reset),
             ClientSide::H2Stream => (TunnelIo::H2Stream(H2Stream(TokioIo::new(client))), None),
-        };
-        let mut b = match upstream_side {
-            UpstreamSide::Connection => TunnelIo::upstream(upstream),
-            UpstreamSide::H2Stream => TunnelIo::H2Stream(H2Stream(TokioIo::new(upstream))),
         };
         // This state is what every idle tunnel holds: keep it small (the
         // copy is a plain future, not an `async` block around one).

@@ -71,6 +71,16 @@ impl Body {
         Ok(body)
     }
 
+    /// No body, and no connection behind it: a `101`'s, whose connection
+    /// the tunnel takes.
+    pub(super) fn empty(pool: &Arc<Pool>) -> Self {
+        Body {
+            state: State::Done,
+            keep_alive: false,
+            pool: Arc::downgrade(pool),
+        }
+    }
+
     /// The body has been read to its end: its connection goes back to the
     /// pool (if nothing is left over in it).
     fn finish(&mut self) {

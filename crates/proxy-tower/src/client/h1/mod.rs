@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use crate::{BoxError, RequestBody};
@@ -49,13 +49,31 @@ pub(crate) use pool::Pool;
 const MAX_BODY: u64 = 64 * 1024;
 
 /// True if `req` can take the fast path: no body, or one of a known length
-/// up to [`MAX_BODY`]; no upgrade; not CONNECT.
+/// up to [`MAX_BODY`]; not CONNECT; and an upgrade only without a body.
 pub(crate) fn fits(req: &Request<RequestBody>) -> bool {
     use http_body::Body as _;
     let body = req.body();
-    (body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= MAX_BODY))
-        && req.method() != Method::CONNECT
-        && !req.headers().contains_key(http::header::UPGRADE)
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let body_fits = match upgrade {
+        true => body.is_end_stream(),
+        false => body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= MAX_BODY),
+    };
+    body_fits && req.method() != Method::CONNECT
+}
+
+/// The upstream connection of a `101 Switching Protocols` answered on the
+/// fast path, and the bytes of the new protocol read with the head: a
+/// response extension, which the proxy takes for the tunnel's upstream end.
+/// (Dropped unused, it closes the connection.)
+#[derive(Clone)]
+pub(crate) struct Upgraded(Arc<std::sync::Mutex<Option<(tokio::net::TcpStream, Bytes)>>>);
+
+impl Upgraded {
+    /// The connection and the bytes already read from it; `None` once
+    /// taken.
+    pub(crate) fn take(&self) -> Option<(tokio::net::TcpStream, Bytes)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// The whole body of a request that [`fits`], and its trailers; its errors
@@ -93,6 +111,7 @@ pub(crate) async fn send(
     let request = codec::encode_request(&parts, &body, trailers.as_ref());
     let mut retry = is_idempotent(&parts);
     let mut fresh = false;
+    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     loop {
         let idle = if fresh { None } else { pool.checkout() };
         let reused = idle.is_some();
@@ -100,7 +119,23 @@ pub(crate) async fn send(
             Some(conn) => conn,
             None => pool.connect().await?,
         };
-        match round_trip(conn, &request, &parts.method).await {
+        match round_trip(conn, &request, &parts.method, upgrade).await {
+            // The connection is the tunnel's now, never the pool's.
+            Ok((head, conn))
+                if upgrade && head.response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let pool::Conn { io, buf } = conn;
+                // Copied out: a slice would keep the whole read buffer
+                // alive for the tunnel's life.
+                let rest = match buf.is_empty() {
+                    true => Bytes::new(),
+                    false => Bytes::copy_from_slice(&buf),
+                };
+                let mut res = head.response.map(|()| Body::empty(&pool));
+                res.extensions_mut()
+                    .insert(Upgraded(Arc::new(std::sync::Mutex::new(Some((io, rest))))));
+                return Ok(res);
+            }
             Ok((head, conn)) => {
                 let decoder = BodyDecoder::new(head.body);
                 let body = Body::new(&pool, conn, decoder, head.keep_alive)?;
@@ -130,12 +165,13 @@ async fn round_trip(
     mut conn: Conn,
     request: &[u8],
     method: &Method,
+    upgrade: bool,
 ) -> Result<(codec::Head, Conn), Failed> {
     // If the write fails, the upstream may still have answered before it
     // closed (a 408 on an old connection, a 413 before the body): that
     // answer is read, and relayed, and the connection not reused.
     let write_error = conn.io.write_all(request).await.err();
-    let mut reader = ResponseReader::new(method);
+    let mut reader = ResponseReader::new(method).upgrading(upgrade);
     loop {
         match reader.read(&mut conn.buf) {
             Ok(Some(mut head)) => {

@@ -42,6 +42,8 @@ pub(crate) struct Head {
 #[derive(Debug)]
 pub(crate) struct ResponseReader {
     head_request: bool,
+    /// The request asked to switch protocols: a 101 is its final answer.
+    upgrade: bool,
     informational: usize,
     /// Bytes at the front of the buffer known to hold no head's end: a head
     /// is parsed once its end may be there, not at every read (an upstream
@@ -55,9 +57,18 @@ impl ResponseReader {
     pub(crate) fn new(method: &Method) -> Self {
         ResponseReader {
             head_request: method == Method::HEAD,
+            upgrade: false,
             informational: 0,
             scanned: 0,
         }
+    }
+
+    /// For a request that asks to switch protocols (`Upgrade`): a `101
+    /// Switching Protocols` is then the final head, and the bytes after it
+    /// are the new protocol's (left in the buffer).
+    pub(crate) fn upgrading(mut self, upgrade: bool) -> Self {
+        self.upgrade = upgrade;
+        self
     }
 
     /// The final response head, taken off the front of `buf`; `None` until
@@ -86,13 +97,16 @@ impl ResponseReader {
             if !status.is_informational() {
                 return Ok(Some(head));
             }
-            // 100 Continue, 103 Early Hints: not relayed (hyper's client does
-            // not either). This path never asks to upgrade.
             if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(invalid(
-                    "101 Switching Protocols to a request without Upgrade",
-                ));
+                return match self.upgrade {
+                    true => Ok(Some(head)),
+                    false => Err(invalid(
+                        "101 Switching Protocols to a request without Upgrade",
+                    )),
+                };
             }
+            // 100 Continue, 103 Early Hints: not relayed (hyper's client does
+            // not either).
             self.informational += 1;
             if self.informational > MAX_INFORMATIONAL {
                 return Err(Error::TooLarge("more than 8 informational responses"));

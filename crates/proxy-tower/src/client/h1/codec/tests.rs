@@ -396,6 +396,34 @@ fn informational_responses_are_skipped_up_to_a_bound() {
     )));
 }
 
+// RFC 9110 section 15.2.2: to a request that asked to switch protocols, a
+// 101 is the final answer, after any other 1xx, and the bytes after its head
+// are the new protocol's, left where they are.
+#[test]
+fn a_101_ends_the_exchange_of_an_upgrade() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nhello"[..],
+    );
+    let mut reader = ResponseReader::new(&Method::GET).upgrading(true);
+    let head = reader.read(&mut buf).unwrap().expect("a final head");
+    assert_eq!(head.response.status(), 101);
+    assert_eq!(head.response.headers()["upgrade"], "echo");
+    assert_eq!(&buf[..], b"hello", "the new protocol's bytes stay in the buffer");
+    // Cut anywhere, it waits for the rest of the head.
+    let whole = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n";
+    for cut in 1..whole.len() {
+        let mut buf = BytesMut::from(&whole[..cut]);
+        let mut reader = ResponseReader::new(&Method::GET).upgrading(true);
+        assert!(reader.read(&mut buf).unwrap().is_none(), "cut at {cut}");
+        buf.extend_from_slice(&whole[cut..]);
+        assert_eq!(reader.read(&mut buf).unwrap().unwrap().response.status(), 101);
+        assert!(buf.is_empty());
+    }
+    // Without the ask, still refused.
+    let mut buf = BytesMut::from(&whole[..]);
+    assert!(ResponseReader::new(&Method::GET).read(&mut buf).is_err());
+}
+
 // Section 6.1: no Transfer-Encoding in HTTP/1.0; chunked once, and last.
 #[test]
 fn transfer_encoding_rules() {
