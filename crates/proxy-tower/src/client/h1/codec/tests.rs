@@ -408,7 +408,11 @@ fn a_101_ends_the_exchange_of_an_upgrade() {
     let head = reader.read(&mut buf).unwrap().expect("a final head");
     assert_eq!(head.response.status(), 101);
     assert_eq!(head.response.headers()["upgrade"], "echo");
-    assert_eq!(&buf[..], b"hello", "the new protocol's bytes stay in the buffer");
+    assert_eq!(
+        &buf[..],
+        b"hello",
+        "the new protocol's bytes stay in the buffer"
+    );
     // Cut anywhere, it waits for the rest of the head.
     let whole = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n";
     for cut in 1..whole.len() {
@@ -416,7 +420,10 @@ fn a_101_ends_the_exchange_of_an_upgrade() {
         let mut reader = ResponseReader::new(&Method::GET).upgrading(true);
         assert!(reader.read(&mut buf).unwrap().is_none(), "cut at {cut}");
         buf.extend_from_slice(&whole[cut..]);
-        assert_eq!(reader.read(&mut buf).unwrap().unwrap().response.status(), 101);
+        assert_eq!(
+            reader.read(&mut buf).unwrap().unwrap().response.status(),
+            101
+        );
         assert!(buf.is_empty());
     }
     // Without the ask, still refused.
