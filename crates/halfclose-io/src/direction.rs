@@ -201,8 +201,8 @@ impl OneWay {
     }
 
     /// Waiting for its source with nothing held: no pending bytes, nothing
-    /// to flush, no EOF yet (what a splice direction that had to copy waits
-    /// for before it takes a pipe again).
+    /// to flush, no EOF yet (what a splice direction that copies waits for
+    /// before its next bytes go by pipe).
     #[cfg(all(target_os = "linux", feature = "splice"))]
     pub(crate) fn is_idle(&self) -> bool {
         self.state == State::Copying && self.buf.is_none() && !self.read_eof && !self.need_flush

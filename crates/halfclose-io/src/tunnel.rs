@@ -123,9 +123,11 @@ impl Tunnel {
     }
 
     /// Like [`copy`](Tunnel::copy), for two TCP sockets: on Linux (with the
-    /// default `splice` feature) the bytes move with `splice(2)` through a pipe
-    /// per direction and never enter user space; elsewhere this is `copy`. The
-    /// contract is the same, FIN for FIN.
+    /// default `splice` feature) a direction copies through user space until
+    /// one read brings at least half of [`buffer_size`](Tunnel::buffer_size)
+    /// (a bulk transfer), then moves its bytes with `splice(2)` through a
+    /// pipe, never entering user space; small messages cost less the first
+    /// way. Elsewhere this is `copy`. The contract is the same, FIN for FIN.
     ///
     /// Pipes are taken from a small pool shared by the process when bytes
     /// first flow and given back whenever a direction is idle with its pipe

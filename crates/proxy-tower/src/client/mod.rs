@@ -45,12 +45,13 @@ use slots::{Refusals, Slots};
 /// [`http2_only`](crate::Builder::http2_only), one multiplexed HTTP/2
 /// connection, made again when it closes.
 ///
-/// To a plain `http` upstream, a request that is not an upgrade and has no
-/// body, or one of a known length up to 64 KiB (most GETs, small POSTs), is
-/// sent and answered in the task that calls the client, on an HTTP/1.1 path
-/// of this crate: no connection task, no channel, and the connection goes
-/// back to the pool as soon as the response body has been read (before the
-/// response is returned, when the body came with the head). Such a request
+/// To a plain `http` upstream, a request with no body, or one of a known
+/// length up to 64 KiB (most GETs, small POSTs; an upgrade only without a
+/// body), is sent and answered in the task that calls the client, on an
+/// HTTP/1.1 path of this crate: no connection task, no channel, and the
+/// connection goes back to the pool as soon as the response body has been
+/// read (before the response is returned, when the body came with the
+/// head), or, after a `101`, to the tunnel. Such a request
 /// body is read whole first and sent with the head in one write; a body that
 /// fails is not sent at all. Idle connections are then kept per thread
 /// (taken from the caller's thread first), up to `pool_max_idle` in all.

@@ -13,9 +13,11 @@
 //! taken from the caller's thread first, so that with one runtime per thread
 //! a connection is used on the runtime that opened it.
 //!
-//! Larger or streamed request bodies, upgrades and `https` upstreams still
-//! go through hyper-util: sending a long body while the response may already
-//! be coming back needs a task of its own anyway.
+//! An upgrade request (no body) takes this path too: a `101` hands the
+//! connection, and the bytes read after the head, to the tunnel through the
+//! response's [`Upgraded`] extension. Larger or streamed request bodies and
+//! `https` upstreams still go through hyper-util: sending a long body while
+//! the response may already be coming back needs a task of its own anyway.
 //!
 //! By concern: [`codec`] is the wire format, sans-IO (every parsing and
 //! framing rule, tested and fuzzed on byte slices); [`pool`] the idle
