@@ -65,7 +65,8 @@ impl TunnelEnding {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TunnelEnd {
-    /// The upgrade request's `X-Request-Id`, if it had one.
+    /// The upgrade request's `X-Request-Id`, if it had one made of visible
+    /// ASCII (as log lines name it; any other is left out).
     pub request_id: Option<http::HeaderValue>,
     /// The client's address, as the request's
     /// [`ClientInfo`](crate::ClientInfo) gave it.

@@ -112,12 +112,11 @@ impl Label {
     }
 }
 
-/// What the `on_tunnel_end` hook is told beyond the log line's fields;
-/// boxed, and only with a hook.
+/// What the `on_tunnel_end` hook is told beyond the log line's fields (the
+/// request id is the label's, the upstream the gauge's, both made into
+/// their types again at the end); boxed, and only with a hook.
 struct Reported {
     report: Report,
-    request_id: Option<http::HeaderValue>,
-    upstream: http::Uri,
     started: std::time::Instant,
 }
 
@@ -149,12 +148,11 @@ pub(crate) fn spawn(
     origin: &Origin,
     report: Option<Report>,
 ) {
-    let label = tracing::enabled!(tracing::Level::WARN).then(|| Label::new(origin));
+    let label =
+        (report.is_some() || tracing::enabled!(tracing::Level::WARN)).then(|| Label::new(origin));
     let reported = report.map(|report| {
         Box::new(Reported {
             report,
-            request_id: origin.request_id.clone(),
-            upstream: config.rules.upstream().clone(),
             started: std::time::Instant::now(),
         })
     });
@@ -170,17 +168,13 @@ pub(crate) fn spawn(
         let _ = (&open, &gauge);
         // The metrics of the end, and the hook's report.
         let ended = |how: TunnelEnding, t: Option<&halfclose_io::Transfer>| {
-            if let Some(Reported {
-                report: r,
-                request_id,
-                upstream,
-                started,
-            }) = reported.as_deref()
-            {
+            if let Some(Reported { report: r, started }) = reported.as_deref() {
+                let (_, _, request_id) = named(&label);
                 (r.hook)(&TunnelEnd {
-                    request_id: request_id.clone(),
+                    request_id: request_id.and_then(|id| http::HeaderValue::from_str(id).ok()),
                     client: r.client,
-                    upstream: upstream.clone(),
+                    // The URI the gauge was named after, so it parses.
+                    upstream: gauge.upstream().parse().unwrap_or_default(),
                     protocol: r.protocol.clone(),
                     client_to_upstream: t.map_or(0, |t| t.a_to_b),
                     upstream_to_client: t.map_or(0, |t| t.b_to_a),
