@@ -109,3 +109,77 @@ fn may_trail(name: &HeaderName) -> bool {
             | TRANSFER_ENCODING
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn requests_are_framed_by_the_body_sent() {
+        let parts = request(
+            "POST",
+            "http://up:8080/a?b=c",
+            &[
+                ("content-length", "99"),
+                ("transfer-encoding", "chunked"),
+                ("x-a", "1"),
+            ],
+        );
+        let out = encode_request(&parts, b"hello", None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=c HTTP/1.1\r\nhost: up:8080\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        // No body and no length stated: no length sent.
+        let parts = request("GET", "http://up/", &[("host", "front")]);
+        assert_eq!(
+            String::from_utf8(encode_request(&parts, b"", None)).unwrap(),
+            "GET / HTTP/1.1\r\nhost: front\r\n\r\n"
+        );
+        // A stated empty length stays.
+        let parts = request("POST", "http://up/", &[("content-length", "0")]);
+        assert!(
+            String::from_utf8(encode_request(&parts, b"", None))
+                .unwrap()
+                .ends_with("content-length: 0\r\n\r\n")
+        );
+    }
+
+    // Request trailers are never dropped: the body goes chunked with them; the
+    // fields that may not trail are left out (RFC 9110 section 6.5.1).
+    #[test]
+    fn request_trailers_go_chunked() {
+        let parts = request("POST", "http://up/", &[("content-length", "5")]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert("content-length", HeaderValue::from_static("1"));
+        let out = encode_request(&parts, b"hello", Some(&trailers));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"
+        );
+        let empty = encode_request(&parts, b"", Some(&trailers));
+        assert!(
+            String::from_utf8(empty)
+                .unwrap()
+                .ends_with("transfer-encoding: chunked\r\n\r\n0\r\nx-checksum: abc\r\n\r\n")
+        );
+        // An empty trailer map is no trailers.
+        let out = encode_request(&parts, b"hello", Some(&HeaderMap::new()));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("content-length: 5")
+        );
+    }
+}
