@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::dns::DnsServer;
 use super::*;
 use crate::cli::ServeArgs;
 
