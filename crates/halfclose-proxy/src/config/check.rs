@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{CaFile, GroupOptions, RouteOptions, file};
+use super::file;
+use super::options::{CaFile, GroupOptions, RouteOptions};
 use crate::units::{nonzero, parse_duration, parse_size};
 
 /// One thing wrong with a config, at a line of its file when it has one.

@@ -441,23 +441,3 @@ fn print_demo_help(scheme: &str, local: SocketAddr, demo: SocketAddr) {
         ),
     }
 }
-
-/// The certificate files of `config`'s listeners, for messages.
-fn certificate_paths(config: &Config) -> Vec<String> {
-    #[cfg(feature = "tls")]
-    return config
-        .listeners
-        .iter()
-        .filter_map(|l| l.certificates.as_ref())
-        .flat_map(|c| {
-            c.paths()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = config;
-        Vec::new()
-    }
-}

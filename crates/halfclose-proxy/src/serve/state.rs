@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::certificate_paths;
 use crate::access_log::AccessLog;
 use crate::config::{Config, Defaults, Flags};
 use crate::generation::{Current, Generation};
@@ -459,5 +458,25 @@ impl State {
         }
         drop(retired);
         Ok(())
+    }
+}
+
+/// The certificate files of `config`'s listeners, for messages.
+fn certificate_paths(config: &Config) -> Vec<String> {
+    #[cfg(feature = "tls")]
+    return config
+        .listeners
+        .iter()
+        .filter_map(|l| l.certificates.as_ref())
+        .flat_map(|c| {
+            c.paths()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = config;
+        Vec::new()
     }
 }
