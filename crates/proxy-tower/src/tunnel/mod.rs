@@ -193,6 +193,14 @@ pub(crate) fn spawn(
                 first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
             }
         };
+        // A line about this tunnel: the fields that name it (its request
+        // and upstream) first, then the line's own fields and message.
+        macro_rules! log_tunnel {
+            ($level:ident, $($rest:tt)+) => {{
+                let (method, path, request_id) = named(&label);
+                tracing::$level!(method, path, request_id, upstream = gauge.upstream(), $($rest)+)
+            }};
+        }
         let upstream = match upstream {
             UpstreamEnd::Ready(ready) => {
                 let (tcp, read_ahead) = *ready;
@@ -209,13 +217,9 @@ pub(crate) fn spawn(
         let mut b = match upstream {
             Ok(io) => io,
             Err(e) => {
-                let (method, path, request_id) = named(&label);
-                tracing::warn!(
+                log_tunnel!(
+                    warn,
                     error = %e,
-                    method,
-                    path,
-                    request_id,
-                    upstream = gauge.upstream(),
                     "upstream connection could not be upgraded"
                 );
                 crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
@@ -227,13 +231,9 @@ pub(crate) fn spawn(
             // The client went away before its 101: its doing, and one a
             // client can repeat at will (DEBUG, as refusals are).
             Err(e) => {
-                let (method, path, request_id) = named(&label);
-                tracing::debug!(
+                log_tunnel!(
+                    debug,
                     error = %e,
-                    method,
-                    path,
-                    request_id,
-                    upstream = gauge.upstream(),
                     "client connection could not be upgraded"
                 );
                 crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
@@ -267,13 +267,9 @@ pub(crate) fn spawn(
             Ok(r) => r,
             Err(how) => {
                 close_both(&mut a, &mut b, client_reset.as_ref(), how).await;
-                let (method, path, request_id) = named(&label);
-                tracing::info!(
+                log_tunnel!(
+                    info,
                     how = ?how,
-                    method,
-                    path,
-                    request_id,
-                    upstream = gauge.upstream(),
                     "tunnel closed by the proxy"
                 );
                 crate::metrics::tunnel_closed(ended(TunnelEnding::ClosedByProxy, None));
@@ -311,59 +307,41 @@ pub(crate) fn spawn(
                 Some(e.transfer()),
             ),
         });
-        let (method, path, request_id) = named(&label);
-        match result {
+        let t = match &result {
+            Ok(t) => t,
+            Err(e) => e.transfer(),
+        };
+        macro_rules! log_end {
+            ($level:ident, $($rest:tt)+) => {
+                log_tunnel!(
+                    $level,
+                    client_to_upstream = t.a_to_b,
+                    upstream_to_client = t.b_to_a,
+                    first_eof = t.first_eof.map(side),
+                    duration_ms = t.duration.as_millis() as u64,
+                    $($rest)+
+                )
+            };
+        }
+        match &result {
             // DEBUG: a tunnel that ended well is news to nobody, and a line
             // per tunnel at the default level costs a reconnect storm
             // thousands of lines (the binary's access log has a line per
             // tunnel, and `on_tunnel_end` the same facts, for who wants
             // them).
-            Ok(t) => tracing::debug!(
-                client_to_upstream = t.a_to_b,
-                upstream_to_client = t.b_to_a,
-                first_eof = t.first_eof.map(side),
-                duration_ms = t.duration.as_millis() as u64,
-                method,
-                path,
-                request_id,
-                upstream = gauge.upstream(),
-                "tunnel closed"
-            ),
+            Ok(_) => log_end!(debug, "tunnel closed"),
             // Ended by the client (a reset, a write it refused): DEBUG, as
             // other events a client causes at will; by the upstream or a
             // timeout: WARN.
-            Err(e) if failing_side(&e) == Some(Side::A) => {
-                let t = e.transfer();
-                tracing::debug!(
-                    error = %e,
-                    failed = "client",
-                    client_to_upstream = t.a_to_b,
-                    upstream_to_client = t.b_to_a,
-                    first_eof = t.first_eof.map(side),
-                    duration_ms = t.duration.as_millis() as u64,
-                    method,
-                    path,
-                    request_id,
-                    upstream = gauge.upstream(),
-                    "tunnel failed"
-                );
+            Err(e) if failing_side(e) == Some(Side::A) => {
+                log_end!(debug, error = %e, failed = "client", "tunnel failed")
             }
-            Err(e) => {
-                let t = e.transfer();
-                tracing::warn!(
-                    error = %e,
-                    failed = failing_side(&e).map(side),
-                    client_to_upstream = t.a_to_b,
-                    upstream_to_client = t.b_to_a,
-                    first_eof = t.first_eof.map(side),
-                    duration_ms = t.duration.as_millis() as u64,
-                    method,
-                    path,
-                    request_id,
-                    upstream = gauge.upstream(),
-                    "tunnel failed"
-                );
-            }
+            Err(e) => log_end!(
+                warn,
+                error = %e,
+                failed = failing_side(e).map(side),
+                "tunnel failed"
+            ),
         }
     });
 }
