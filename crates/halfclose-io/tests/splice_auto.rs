@@ -12,19 +12,10 @@ mod common;
 
 const SPLICED: bool = true;
 
-use common::{tcp_pair, within};
+use common::{pipes, tcp_pair, within};
 use halfclose_io::Tunnel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Pipes open in this process.
-fn pipes() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
-        .count()
-}
 
 /// Sends `msg` on `from` and reads it whole at `to`.
 async fn across(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {

@@ -12,7 +12,7 @@ mod common;
 
 const SPLICED: bool = true;
 
-use common::{tcp_pair, within};
+use common::{pipes, tcp_pair, within};
 use halfclose_io::Tunnel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,15 +67,6 @@ async fn round(client: &mut TcpStream, server: &mut TcpStream, up: &[u8], down: 
     .unwrap();
     assert!(at_server == up, "the upstream got other bytes");
     assert!(at_client == down, "the client got other bytes");
-}
-
-/// Pipes open in this process (stdout and stderr may be some).
-fn pipes() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
-        .count()
 }
 
 fn out_of_fds() {
