@@ -84,7 +84,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The errors of one [`Config::parse`].
+/// The errors of one [`Config::parse`](super::Config::parse).
 pub(super) struct Check<'a> {
     pub(super) text: &'a str,
     pub(super) dir: &'a Path,
