@@ -36,3 +36,47 @@ mod watch;
 
 pub(crate) use open::serve;
 pub(crate) use shared::{Pressure, RequestService, Settings, Signals, shutting_down};
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::body::Incoming;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{Semaphore, mpsc, watch};
+
+    use super::*;
+
+    /// A connection's task holds room for its opening steps alone: hyper's
+    /// HTTP/1 or HTTP/2 connection, and TLS, are boxed once known. Every
+    /// spawn copies the task's future whole, and so does its end; in place,
+    /// they made it 9.8 KB, which cost a reconnect storm 12% more CPU per
+    /// tunnel.
+    #[tokio::test]
+    async fn a_connection_task_holds_no_protocol_in_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = tcp.local_addr().unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let service = tower::service_fn(|_: http::Request<Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(Empty::<Bytes>::new()))
+        });
+        let settings = Arc::new(Settings::new(Duration::from_secs(1), None, None, 100));
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        let (running, _done) = mpsc::channel(1);
+        let signals = Signals {
+            shutdown,
+            pressure: Pressure::new(),
+            running,
+        };
+        let task = serve(tcp, peer, permit, service, settings, signals);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "a connection's task is {size} bytes");
+    }
+}

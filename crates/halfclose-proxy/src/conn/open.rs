@@ -153,22 +153,28 @@ pub(crate) async fn serve<S, B>(
     };
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &settings.tls {
-        // The handshake counts against the header-read timeout: a stalled one
-        // holds its slot no longer than a silent plain socket.
-        let handshake = acceptor.accept(
-            ClientIo::new(tcp)
-                .with_prefix(read)
-                .hold(permit)
-                .count_bytes_read(received.clone()),
-        );
-        let Some(tls) = opening.step(handshake, "TLS handshake").await else {
-            return;
-        };
-        let protocol = match tls.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Protocol::Http2,
-            _ => Protocol::Http1,
-        };
-        return conn(true, protocol).run(TokioIo::new(tls)).await;
+        // In a box of its own: the handshake's state and the TLS stream take
+        // kilobytes that a plain connection's task should not hold room for.
+        let count = received.clone();
+        return Box::pin(async move {
+            // The handshake counts against the header-read timeout: a stalled
+            // one holds its slot no longer than a silent plain socket.
+            let handshake = acceptor.accept(
+                ClientIo::new(tcp)
+                    .with_prefix(read)
+                    .hold(permit)
+                    .count_bytes_read(count),
+            );
+            let Some(tls) = opening.step(handshake, "TLS handshake").await else {
+                return;
+            };
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            conn(true, protocol).run(TokioIo::new(tls)).await
+        })
+        .await;
     }
     let Some(Some((protocol, prefix))) = opening.step(sniff(&mut tcp, read), "first request").await
     else {

@@ -103,13 +103,15 @@ impl<S> Conn<'_, S> {
                 let mut http1 = settings.http1.clone();
                 http1.timer(HeadTimer::new(settings.header_read_timeout, received));
                 let conn = http1.serve_connection(io, svc).with_upgrades();
-                watch
-                    .drive(conn, Some(first_head_by), |c| c.graceful_shutdown())
-                    .await
+                // Boxed, each protocol in a box of its size: in place, the
+                // larger of the two took room in every connection's task
+                // (which every spawn and end copies whole), HTTP/2's 4 KB
+                // in an HTTP/1 connection's.
+                Box::pin(watch.drive(conn, Some(first_head_by), |c| c.graceful_shutdown())).await
             }
             Protocol::Http2 => {
                 let conn = settings.http2.serve_connection(io, svc);
-                watch.drive(conn, None, |c| c.graceful_shutdown()).await
+                Box::pin(watch.drive(conn, None, |c| c.graceful_shutdown())).await
             }
         }
     }
