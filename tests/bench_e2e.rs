@@ -1,8 +1,8 @@
 //! `bench-e2e`: the end-to-end benchmark (`cargo xtask bench e2e`).
 //!
 //! Starts an in-tree backend (hyper: a 64-byte GET, and `Upgrade: sink`,
-//! `source`, `echo`), the halfclose-proxy binary in front of it, and nginx too
-//! when it is installed, then measures each figure straight to the backend and
+//! `source`, `echo`), the halfclose-proxy binary in front of it, and nginx and
+//! HAProxy too when they are installed, then measures each figure straight to the backend and
 //! through each proxy, interleaved and repeated, and prints medians and ratios.
 //! Small requests use `wrk` when it is installed, else an in-tree load
 //! generator.
@@ -325,6 +325,58 @@ http {{
         name: "nginx",
         addr,
         pids: workers,
+        child: Some(child),
+    })
+}
+
+/// HAProxy as a careful user configures it, when it is installed: HTTP
+/// mode, one process with a thread per core (its default), keep-alive to
+/// the backend with its default connection reuse, no logging.
+async fn start_haproxy(backend: SocketAddr) -> Option<Target> {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bench-e2e-haproxy-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let addr = free_port().await.ok()?;
+    let conf = format!(
+        // No `maxconn`: HAProxy derives it from the file descriptor limit.
+        r#"defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend bench
+  bind {addr}
+  default_backend backend
+backend backend
+  server backend {backend}
+"#
+    );
+    std::fs::write(dir.join("haproxy.cfg"), conf).ok()?;
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        // In the foreground: one process, the one whose CPU and RSS count.
+        .arg("-db")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let pid = child.id()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(Target {
+        name: "haproxy",
+        addr,
+        pids: vec![pid],
         child: Some(child),
     })
 }
@@ -704,6 +756,10 @@ async fn run(o: Options) -> Result<(), String> {
         Some(t) => targets.push(t),
         None => eprintln!("bench-e2e: nginx not installed or not starting: measured without it"),
     }
+    match start_haproxy(backend).await {
+        Some(t) => targets.push(t),
+        None => eprintln!("bench-e2e: haproxy not installed or not starting: measured without it"),
+    }
     targets.push(start_ours(&o.proxy, backend, "halfclose-proxy").await?);
     targets.push(start_ours(&o.proxy, backend, "balanced").await?);
     targets.push(start_ours(&o.proxy, backend, "logged").await?);
@@ -789,6 +845,7 @@ async fn run(o: Options) -> Result<(), String> {
         for t in targets[1..].iter().filter(|_| o.wants("rss")) {
             let fresh = match t.name {
                 "nginx" => start_nginx(backend).await,
+                "haproxy" => start_haproxy(backend).await,
                 name => start_ours(&o.proxy, backend, name).await.ok(),
             };
             match fresh {
