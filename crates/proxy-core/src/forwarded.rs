@@ -193,20 +193,27 @@ fn ip_text(addr: IpAddr) -> String {
     let IpAddr::V4(v4) = addr else {
         return addr.to_string();
     };
-    let mut out = String::with_capacity(15);
+    // Written on the stack, then copied into a string of its exact length,
+    // which becomes the header value without another allocation.
+    let mut text = [0u8; 15];
+    let mut n = 0;
+    let mut push = |b: u8| {
+        text[n] = b;
+        n += 1;
+    };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        out.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
-    out
+    String::from_utf8_lossy(&text[..n]).into_owned()
 }
 
 /// Appends `element` to the list field `name`, joining existing lines into one

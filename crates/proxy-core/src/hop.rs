@@ -98,7 +98,16 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// assert!(h.contains_key("accept"));
 /// ```
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // The usual `Connection` names only fixed fields (`keep-alive`, `close`,
+    // `upgrade`) or absent ones: looked up by their text, which allocates
+    // nothing, and a list of names is built only when one is there.
+    let names_a_present_field = list_elements(headers, &header::CONNECTION).any(|e| {
+        !HOP_BY_HOP
+            .iter()
+            .any(|fixed| fixed.as_str().as_bytes().eq_ignore_ascii_case(e))
+            && std::str::from_utf8(e).is_ok_and(|name| headers.contains_key(name))
+    });
+    if names_a_present_field {
         let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
             .filter_map(|e| HeaderName::from_bytes(e).ok())
             .collect();
@@ -174,6 +183,28 @@ mod tests {
         assert!(has_token(&h, &header::TE, "trailers"));
         assert!(has_token(&h, &header::TE, "gzip"));
         assert!(!has_token(&h, &header::TE, "deflate"));
+    }
+
+    // The usual Connection names fixed fields (any case) or absent ones: it
+    // is answered without building a list of names, to the same effect.
+    #[test]
+    fn connection_naming_fixed_or_absent_fields_removes_those_alone() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, x-absent, UPGRADE"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // One present field after absent and fixed ones is still found.
+        let mut h = map(&[
+            ("connection", "keep-alive, x-absent, X-Named"),
+            ("x-named", "1"),
+            ("x-kept", "2"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
