@@ -86,8 +86,44 @@ pub(crate) struct Upstream {
     ejections: metrics::Counter,
     tunnels_opened: metrics::Counter,
     tunnels_open: metrics::Gauge,
+    tunnel_ends: TunnelEnds,
     /// The upstream's URI, as labels and log lines name it.
     name: SharedString,
+}
+
+/// The `how` labels of [`TUNNELS_CLOSED`] (`TunnelEnding::as_str`).
+pub(crate) const HOWS: [&str; 6] = [
+    "clean",
+    "idle_timeout",
+    "half_close_timeout",
+    "reset",
+    "error",
+    "closed_by_proxy",
+];
+/// The `side` labels of [`TUNNEL_FIRST_EOF`].
+const FIRST_EOF_SIDES: [&str; 3] = ["client", "upstream", "none"];
+
+/// The counters of tunnel ends. Not per upstream: every upstream holds
+/// handles to the same series, registered once, so that a tunnel's end
+/// pays atomic increments rather than a key built (and allocated) and
+/// looked up per counter.
+struct TunnelEnds {
+    closed: [metrics::Counter; 6],
+    /// Client to upstream, upstream to client.
+    bytes: [metrics::Counter; 2],
+    first_eof: [metrics::Counter; 3],
+}
+
+impl TunnelEnds {
+    fn new() -> Self {
+        TunnelEnds {
+            closed: HOWS.map(|how| metrics::counter!(TUNNELS_CLOSED, "how" => how)),
+            bytes: ["client_to_upstream", "upstream_to_client"]
+                .map(|direction| metrics::counter!(TUNNEL_BYTES, "direction" => direction)),
+            first_eof: FIRST_EOF_SIDES
+                .map(|side| metrics::counter!(TUNNEL_FIRST_EOF, "side" => side)),
+        }
+    }
 }
 
 impl Upstream {
@@ -101,6 +137,7 @@ impl Upstream {
             ejections: metrics::counter!(EJECTIONS, "upstream" => u()),
             tunnels_opened: metrics::counter!(TUNNELS_OPENED, "upstream" => u()),
             tunnels_open: metrics::gauge!(TUNNELS_OPEN),
+            tunnel_ends: TunnelEnds::new(),
             name: upstream.clone(),
         }
     }
@@ -147,6 +184,24 @@ impl OpenTunnel {
     pub(crate) fn upstream(&self) -> &str {
         &self.0.name
     }
+
+    /// How the tunnel ended (it leaves the gauge when this is dropped).
+    pub(crate) fn closed(&self, ended: Ended) {
+        let ends = &self.0.tunnel_ends;
+        match HOWS.iter().position(|how| *how == ended.how) {
+            Some(i) => ends.closed[i].increment(1),
+            None => metrics::counter!(TUNNELS_CLOSED, "how" => ended.how).increment(1),
+        }
+        ends.bytes[0].increment(ended.client_to_upstream);
+        ends.bytes[1].increment(ended.upstream_to_client);
+        match FIRST_EOF_SIDES
+            .iter()
+            .position(|side| *side == ended.first_eof)
+        {
+            Some(i) => ends.first_eof[i].increment(1),
+            None => metrics::counter!(TUNNEL_FIRST_EOF, "side" => ended.first_eof).increment(1),
+        }
+    }
 }
 
 impl Drop for OpenTunnel {
@@ -155,22 +210,12 @@ impl Drop for OpenTunnel {
     }
 }
 
-/// How a tunnel ended, for [`tunnel_closed`].
+/// How a tunnel ended, for [`OpenTunnel::closed`].
 pub(crate) struct Ended {
     pub(crate) how: &'static str,
     pub(crate) client_to_upstream: u64,
     pub(crate) upstream_to_client: u64,
     pub(crate) first_eof: &'static str,
-}
-
-/// How a tunnel ended (the gauge of open tunnels is its [`OpenTunnel`]'s).
-pub(crate) fn tunnel_closed(ended: Ended) {
-    metrics::counter!(TUNNELS_CLOSED, "how" => ended.how).increment(1);
-    metrics::counter!(TUNNEL_BYTES, "direction" => "client_to_upstream")
-        .increment(ended.client_to_upstream);
-    metrics::counter!(TUNNEL_BYTES, "direction" => "upstream_to_client")
-        .increment(ended.upstream_to_client);
-    metrics::counter!(TUNNEL_FIRST_EOF, "side" => ended.first_eof).increment(1);
 }
 
 pub(crate) fn reset_passed(side: &'static str) {

@@ -87,3 +87,35 @@ pub struct TunnelEnd {
     /// From the 101 to the end.
     pub duration: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every ending has a counter registered ahead (`metrics::HOWS`, in the
+    /// same order), so that a tunnel's end builds no metric key.
+    #[test]
+    fn every_ending_has_a_registered_counter() {
+        let all = [
+            TunnelEnding::Clean,
+            TunnelEnding::IdleTimeout,
+            TunnelEnding::HalfCloseTimeout,
+            TunnelEnding::Reset,
+            TunnelEnding::Error,
+            TunnelEnding::ClosedByProxy,
+        ];
+        let labels = all.map(TunnelEnding::as_str);
+        assert_eq!(labels, crate::metrics::HOWS);
+        // A new ending must be added to the list above (and to HOWS).
+        for e in all {
+            match e {
+                TunnelEnding::Clean
+                | TunnelEnding::IdleTimeout
+                | TunnelEnding::HalfCloseTimeout
+                | TunnelEnding::Reset
+                | TunnelEnding::Error
+                | TunnelEnding::ClosedByProxy => {}
+            }
+        }
+    }
+}

@@ -222,7 +222,7 @@ pub(crate) fn spawn(
                     error = %e,
                     "upstream connection could not be upgraded"
                 );
-                crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
+                gauge.closed(ended(TunnelEnding::Error, None));
                 return;
             }
         };
@@ -236,7 +236,7 @@ pub(crate) fn spawn(
                     error = %e,
                     "client connection could not be upgraded"
                 );
-                crate::metrics::tunnel_closed(ended(TunnelEnding::Error, None));
+                gauge.closed(ended(TunnelEnding::Error, None));
                 return;
             }
         };
@@ -272,7 +272,7 @@ pub(crate) fn spawn(
                     how = ?how,
                     "tunnel closed by the proxy"
                 );
-                crate::metrics::tunnel_closed(ended(TunnelEnding::ClosedByProxy, None));
+                gauge.closed(ended(TunnelEnding::ClosedByProxy, None));
                 return;
             }
         };
@@ -292,7 +292,7 @@ pub(crate) fn spawn(
             }
             _ => {}
         }
-        crate::metrics::tunnel_closed(match &result {
+        gauge.closed(match &result {
             Ok(t) => ended(TunnelEnding::Clean, Some(t)),
             Err(e) => ended(
                 if e.is_idle_timeout() {
