@@ -168,7 +168,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         *span = (name, field.name.len(), value, field.value.len());
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
+    // Room for the fields a proxy adds on the way back (a request ID, Via)
+    // without the map growing.
+    let mut headers = HeaderMap::with_capacity(n + 2);
     for &(name, name_len, value, value_len) in &spans[..n] {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| invalid("invalid header name in the response"))?;
