@@ -9,7 +9,8 @@
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks (ARGS go to criterion).
 //! - `cargo xtask bench e2e [ARGS]`: the end-to-end benchmark: the release
 //!   binary in front of an in-tree backend, against a direct connection and
-//!   nginx when installed (ARGS go to `tests/bench_e2e.rs`, e.g. `--rounds 5`).
+//!   nginx and HAProxy when installed (ARGS go to `tests/bench_e2e.rs`, e.g.
+//!   `--rounds 5`).
 //! - `cargo xtask soak [ARGS]`: thousands of tunnels and requests through the
 //!   release binary, every byte checked (ARGS go to the soak program, e.g.
 //!   `--tunnels 5000 --concurrency 1000`).
