@@ -4,12 +4,15 @@
 //! recorded and next to nothing is paid. Every name is listed,
 //! with its labels, in `docs/metrics.md`.
 //!
-//! At the bottom of the crate: imports nothing of it.
+//! Near the bottom of the crate: imports only the plain values of
+//! `tunnel_end` (which imports nothing of it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+
+use crate::tunnel_end::{TunnelEnding, TunnelSide};
 use metrics::SharedString;
 
 /// Responses sent to clients, by upstream and status class.
@@ -91,17 +94,15 @@ pub(crate) struct Upstream {
     name: SharedString,
 }
 
-/// The `how` labels of [`TUNNELS_CLOSED`] (`TunnelEnding::as_str`).
-pub(crate) const HOWS: [&str; 6] = [
-    "clean",
-    "idle_timeout",
-    "half_close_timeout",
-    "reset",
-    "error",
-    "closed_by_proxy",
-];
-/// The `side` labels of [`TUNNEL_FIRST_EOF`].
-const FIRST_EOF_SIDES: [&str; 3] = ["client", "upstream", "none"];
+/// The first EOF of a tunnel, in the order of its counters
+/// ([`first_eof_slot`]).
+const FIRST_EOF: [Option<TunnelSide>; 3] =
+    [Some(TunnelSide::Client), Some(TunnelSide::Upstream), None];
+
+/// Where `side` is in [`FIRST_EOF`].
+fn first_eof_slot(side: Option<TunnelSide>) -> usize {
+    side.map_or(2, |s| s as usize)
+}
 
 /// The counters of tunnel ends. Not per upstream: every upstream holds
 /// handles to the same series, registered once, so that a tunnel's end
@@ -117,11 +118,14 @@ struct TunnelEnds {
 impl TunnelEnds {
     fn new() -> Self {
         TunnelEnds {
-            closed: HOWS.map(|how| metrics::counter!(TUNNELS_CLOSED, "how" => how)),
+            closed: TunnelEnding::ALL
+                .map(|how| metrics::counter!(TUNNELS_CLOSED, "how" => how.as_str())),
             bytes: ["client_to_upstream", "upstream_to_client"]
                 .map(|direction| metrics::counter!(TUNNEL_BYTES, "direction" => direction)),
-            first_eof: FIRST_EOF_SIDES
-                .map(|side| metrics::counter!(TUNNEL_FIRST_EOF, "side" => side)),
+            first_eof: FIRST_EOF.map(|side| {
+                let side = side.map_or("none", TunnelSide::as_str);
+                metrics::counter!(TUNNEL_FIRST_EOF, "side" => side)
+            }),
         }
     }
 }
@@ -188,19 +192,10 @@ impl OpenTunnel {
     /// How the tunnel ended (it leaves the gauge when this is dropped).
     pub(crate) fn closed(&self, ended: Ended) {
         let ends = &self.0.tunnel_ends;
-        match HOWS.iter().position(|how| *how == ended.how) {
-            Some(i) => ends.closed[i].increment(1),
-            None => metrics::counter!(TUNNELS_CLOSED, "how" => ended.how).increment(1),
-        }
+        ends.closed[ended.how as usize].increment(1);
         ends.bytes[0].increment(ended.client_to_upstream);
         ends.bytes[1].increment(ended.upstream_to_client);
-        match FIRST_EOF_SIDES
-            .iter()
-            .position(|side| *side == ended.first_eof)
-        {
-            Some(i) => ends.first_eof[i].increment(1),
-            None => metrics::counter!(TUNNEL_FIRST_EOF, "side" => ended.first_eof).increment(1),
-        }
+        ends.first_eof[first_eof_slot(ended.first_eof)].increment(1);
     }
 }
 
@@ -212,12 +207,25 @@ impl Drop for OpenTunnel {
 
 /// How a tunnel ended, for [`OpenTunnel::closed`].
 pub(crate) struct Ended {
-    pub(crate) how: &'static str,
+    pub(crate) how: TunnelEnding,
     pub(crate) client_to_upstream: u64,
     pub(crate) upstream_to_client: u64,
-    pub(crate) first_eof: &'static str,
+    pub(crate) first_eof: Option<TunnelSide>,
 }
 
 pub(crate) fn reset_passed(side: &'static str) {
     metrics::counter!(RESETS_PASSED, "side" => side).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each first EOF increments the counter registered with its label.
+    #[test]
+    fn first_eof_slots_follow_the_registered_order() {
+        for (i, side) in FIRST_EOF.into_iter().enumerate() {
+            assert_eq!(first_eof_slot(side), i, "{side:?}");
+        }
+    }
 }

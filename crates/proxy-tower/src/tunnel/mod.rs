@@ -23,10 +23,10 @@ use crate::tunnels::Closing;
 use crate::{ResetHandle, TunnelEnd, TunnelEnding, TunnelSide};
 use io::{H2Stream, TunnelIo};
 
-fn side(s: Side) -> &'static str {
+fn side(s: Side) -> TunnelSide {
     match s {
-        Side::A => "client",
-        Side::B => "upstream",
+        Side::A => TunnelSide::Client,
+        Side::B => TunnelSide::Upstream,
     }
 }
 
@@ -189,6 +189,9 @@ fn task(
         let _ = (&open, &gauge);
         // The metrics of the end, and the hook's report.
         let ended = |how: TunnelEnding, t: Option<&halfclose_io::Transfer>| {
+            let client_to_upstream = t.map_or(0, |t| t.a_to_b);
+            let upstream_to_client = t.map_or(0, |t| t.b_to_a);
+            let first_eof = t.and_then(|t| t.first_eof).map(side);
             if let Some(Reported { report: r, started }) = reported.as_deref() {
                 let (_, _, request_id) = named(&label);
                 (r.hook)(&TunnelEnd {
@@ -197,21 +200,18 @@ fn task(
                     // The URI the gauge was named after, so it parses.
                     upstream: gauge.upstream().parse().unwrap_or_default(),
                     protocol: r.protocol.clone(),
-                    client_to_upstream: t.map_or(0, |t| t.a_to_b),
-                    upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                    first_eof: t.and_then(|t| t.first_eof).map(|s| match s {
-                        Side::A => TunnelSide::Client,
-                        Side::B => TunnelSide::Upstream,
-                    }),
+                    client_to_upstream,
+                    upstream_to_client,
+                    first_eof,
                     ending: how,
                     duration: started.elapsed(),
                 });
             }
             crate::metrics::Ended {
-                how: how.as_str(),
-                client_to_upstream: t.map_or(0, |t| t.a_to_b),
-                upstream_to_client: t.map_or(0, |t| t.b_to_a),
-                first_eof: t.and_then(|t| t.first_eof).map_or("none", side),
+                how,
+                client_to_upstream,
+                upstream_to_client,
+                first_eof,
             }
         };
         // A line about this tunnel: the fields that name it (its request
@@ -341,7 +341,7 @@ fn task(
                     $level,
                     client_to_upstream = t.a_to_b,
                     upstream_to_client = t.b_to_a,
-                    first_eof = t.first_eof.map(side),
+                    first_eof = t.first_eof.map(|s| side(s).as_str()),
                     duration_ms = t.duration.as_millis() as u64,
                     $($rest)+
                 )
@@ -363,7 +363,7 @@ fn task(
             Err(e) => log_end!(
                 warn,
                 error = %e,
-                failed = failing_side(e).map(side),
+                failed = failing_side(e).map(|s| side(s).as_str()),
                 "tunnel failed"
             ),
         }
