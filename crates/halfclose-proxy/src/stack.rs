@@ -124,10 +124,6 @@ where
             Some(id) => id.clone(),
             None => {
                 let id = self.ids.next();
-                // Room for it and the forwarding fields the proxy adds, at
-                // once: the map hyper made holds the client's fields only,
-                // and would otherwise grow (two allocations) up to 3 times.
-                req.headers_mut().reserve(5);
                 req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
                 id
             }
