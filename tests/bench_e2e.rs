@@ -258,11 +258,39 @@ async fn free_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0").await?.local_addr()
 }
 
-/// nginx as a careful user configures it, when it is installed.
-async fn start_nginx(backend: SocketAddr) -> Option<Target> {
+/// A fresh directory for one start of the peer proxy `name` (each start
+/// gets its own: a fresh process is started for the RSS figures).
+fn peer_dir(name: &str) -> Option<std::path::PathBuf> {
     static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("bench-e2e-nginx-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("bench-e2e-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// Starts a peer proxy, silenced, and waits (up to 10 s) until it answers
+/// on `addr`.
+async fn start_peer(mut command: Command, addr: SocketAddr) -> Option<Child> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(child)
+}
+
+/// nginx as a careful user configures it, when it is installed.
+async fn start_nginx(backend: SocketAddr) -> Option<Target> {
+    let dir = peer_dir("nginx")?;
     std::fs::create_dir_all(dir.join("logs")).ok()?;
     let addr = free_port().await.ok()?;
     let conf = format!(
@@ -295,27 +323,15 @@ http {{
         dir = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
-    let child = Command::new("nginx")
+    let mut nginx = Command::new("nginx");
+    nginx
         .arg("-c")
         .arg(dir.join("nginx.conf"))
         .arg("-p")
         .arg(&dir)
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
+        .args(["-g", "daemon off;"]);
+    let child = start_peer(nginx, addr).await?;
     let master = child.id()?;
-    // Up when it answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let workers = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
         .unwrap_or_default()
         .split_whitespace()
@@ -333,10 +349,7 @@ http {{
 /// mode, one process with a thread per core (its default), keep-alive to
 /// the backend with its default connection reuse, no logging.
 async fn start_haproxy(backend: SocketAddr) -> Option<Target> {
-    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("bench-e2e-haproxy-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
+    let dir = peer_dir("haproxy")?;
     let addr = free_port().await.ok()?;
     let conf = format!(
         // No `maxconn`: HAProxy derives it from the file descriptor limit.
@@ -354,25 +367,14 @@ backend backend
 "#
     );
     std::fs::write(dir.join("haproxy.cfg"), conf).ok()?;
-    let child = Command::new("haproxy")
+    let mut haproxy = Command::new("haproxy");
+    haproxy
         .arg("-f")
         .arg(dir.join("haproxy.cfg"))
         // In the foreground: one process, the one whose CPU and RSS count.
-        .arg("-db")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
+        .arg("-db");
+    let child = start_peer(haproxy, addr).await?;
     let pid = child.id()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Some(Target {
         name: "haproxy",
         addr,
