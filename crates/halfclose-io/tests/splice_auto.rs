@@ -12,18 +12,8 @@ mod common;
 
 const SPLICED: bool = true;
 
-use common::{pipes, tcp_pair, within};
+use common::{across, fin_both, pipes, tcp_pair, within};
 use halfclose_io::Tunnel;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Sends `msg` on `from` and reads it whole at `to`.
-async fn across(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {
-    from.write_all(msg).await.unwrap();
-    let mut got = vec![0; msg.len()];
-    to.read_exact(&mut got).await.unwrap();
-    assert!(got == msg, "bytes changed on the way");
-}
 
 #[tokio::test]
 async fn small_messages_take_no_pipe_and_a_bulk_read_does() {
@@ -48,12 +38,7 @@ async fn small_messages_take_no_pipe_and_a_bulk_read_does() {
         across(&mut client, &mut server, &small).await;
         across(&mut server, &mut client, &bulk).await;
         assert!(pipes() > baseline, "no pipe after a bulk read");
-        client.shutdown().await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.unwrap();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
+        fin_both(&mut client, &mut server).await;
     };
     // The copy is dropped with this block, before the last count.
     let (transfer, ()) = within("the tunnel", async {

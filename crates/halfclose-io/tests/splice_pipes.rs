@@ -16,9 +16,8 @@ const SPLICED: bool = true;
 use std::future::Future;
 use std::pin::Pin;
 
-use common::within;
+use common::{across, fin_both, within};
 use halfclose_io::{Transfer, Tunnel, TunnelError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Tunnels in all.
@@ -57,14 +56,6 @@ struct Open {
     tunnel: Running,
 }
 
-/// Sends `CHUNK` bytes of `byte` on `from` and reads them at `to`.
-async fn across(from: &mut TcpStream, to: &mut TcpStream, byte: u8) {
-    from.write_all(&[byte; CHUNK]).await.unwrap();
-    let mut got = [0u8; CHUNK];
-    to.read_exact(&mut got).await.unwrap();
-    assert!(got.iter().all(|&b| b == byte), "bytes changed on the way");
-}
-
 /// Opens a tunnel over two socket pairs and moves bytes each way through it.
 async fn start(ends: [TcpStream; 4]) -> Open {
     let [mut client, mut a, mut b, mut server] = ends;
@@ -78,8 +69,8 @@ async fn start(ends: [TcpStream; 4]) -> Open {
             .await
     });
     let traffic = async {
-        across(&mut client, &mut server, b'c').await;
-        across(&mut server, &mut client, b's').await;
+        across(&mut client, &mut server, &[b'c'; CHUNK]).await;
+        across(&mut server, &mut client, &[b's'; CHUNK]).await;
     };
     tokio::select! {
         () = traffic => {}
@@ -95,14 +86,9 @@ async fn start(ends: [TcpStream; 4]) -> Open {
 /// Moves bytes each way again, then FIN from each side: the tunnel ends.
 async fn finish(mut open: Open) {
     let traffic = async {
-        across(&mut open.client, &mut open.server, b'C').await;
-        across(&mut open.server, &mut open.client, b'S').await;
-        open.client.shutdown().await.unwrap();
-        open.server.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        open.server.read_to_end(&mut rest).await.unwrap();
-        open.client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
+        across(&mut open.client, &mut open.server, &[b'C'; CHUNK]).await;
+        across(&mut open.server, &mut open.client, &[b'S'; CHUNK]).await;
+        fin_both(&mut open.client, &mut open.server).await;
     };
     let (transfer, ()) = tokio::join!(&mut open.tunnel, traffic);
     let transfer = transfer.expect("a clean end");

@@ -12,7 +12,7 @@ mod common;
 
 const SPLICED: bool = true;
 
-use common::{pipes, tcp_pair, within};
+use common::{fin_both, pipes, tcp_pair, within};
 use halfclose_io::Tunnel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,12 +101,7 @@ fn out_of_fds() {
             drop(hog);
             round(&mut client, &mut server, &up, &down).await;
             assert!(pipes() > baseline, "no pipe once descriptors were free");
-            client.shutdown().await.unwrap();
-            server.shutdown().await.unwrap();
-            let mut rest = Vec::new();
-            server.read_to_end(&mut rest).await.unwrap();
-            client.read_to_end(&mut rest).await.unwrap();
-            assert!(rest.is_empty());
+            fin_both(&mut client, &mut server).await;
         };
         // A small buffer: any read of 2 KiB is a bulk one, which moves a
         // direction to splice (or tries to).

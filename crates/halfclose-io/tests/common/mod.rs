@@ -88,6 +88,25 @@ pub async fn must_write(conn: &mut TcpStream, msg: &str) {
         .expect("write");
 }
 
+/// Sends `msg` on `from` and reads it whole at `to`.
+pub async fn across(from: &mut TcpStream, to: &mut TcpStream, msg: &[u8]) {
+    from.write_all(msg).await.unwrap();
+    let mut got = vec![0; msg.len()];
+    to.read_exact(&mut got).await.unwrap();
+    assert!(got == msg, "bytes changed on the way");
+}
+
+/// A FIN from each end of a tunnel; each end then reads the other's FIN
+/// with no byte before it.
+pub async fn fin_both(client: &mut TcpStream, server: &mut TcpStream) {
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.unwrap();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
 /// `shutdown(SHUT_WR)`: sends FIN, keeps reading.
 pub async fn close_write(conn: &mut TcpStream) {
     conn.shutdown().await.expect("shutdown write half");
