@@ -69,7 +69,8 @@ pub(crate) struct Config {
     pub(crate) http2_only: bool,
     pub(crate) pool_max_idle: usize,
     pub(crate) pool_idle_timeout: Option<Duration>,
-    pub(crate) tunnel: Tunnel,
+    /// Shared: every tunnel's task holds it (one word, not 40 bytes).
+    pub(crate) tunnel: std::sync::Arc<Tunnel>,
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) rewrite: Option<Rewrite>,
     pub(crate) modify_response: Option<ModifyResponse>,
@@ -121,7 +122,7 @@ impl Config {
             http2_only: false,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: Some(DEFAULT_POOL_IDLE_TIMEOUT),
-            tunnel: Tunnel::new(),
+            tunnel: std::sync::Arc::new(Tunnel::new()),
             error_handler: None,
             rewrite: None,
             modify_response: None,

@@ -216,14 +216,14 @@ impl Builder {
     /// Close an upgraded tunnel when no byte moves either way for `timeout`
     /// (default: never).
     pub fn tunnel_idle_timeout(self, timeout: Duration) -> Self {
-        self.map(|c| c.tunnel = c.tunnel.idle_timeout(timeout))
+        self.map(|c| c.tunnel = std::sync::Arc::new(c.tunnel.idle_timeout(timeout)))
     }
 
     /// Once one side of a tunnel has sent its FIN, close the tunnel when no byte
     /// moves either way for `timeout` (default: never). An inactivity timeout: a
     /// reply still streaming after the client's FIN is not cut.
     pub fn tunnel_half_close_timeout(self, timeout: Duration) -> Self {
-        self.map(|c| c.tunnel = c.tunnel.half_close_timeout(timeout))
+        self.map(|c| c.tunnel = std::sync::Arc::new(c.tunnel.half_close_timeout(timeout)))
     }
 
     /// Changes the outbound request head after the proxy's own rules ran (hop-by-hop
