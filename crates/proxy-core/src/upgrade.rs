@@ -116,24 +116,35 @@ impl UpgradePolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
     /// The request's `Upgrade` lines, as sent.
-    value: Vec<HeaderValue>,
+    value: Lines,
+}
+
+/// A request's `Upgrade` lines: almost always one, held without an
+/// allocation of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lines {
+    One(HeaderValue),
+    Many(Vec<HeaderValue>),
 }
 
 impl UpgradeRequest {
     pub(crate) fn single(protocol: HeaderValue) -> Self {
         UpgradeRequest {
-            value: vec![protocol],
+            value: Lines::One(protocol),
         }
     }
 
     /// The `Upgrade` values to forward upstream, as the client sent them.
     pub fn header_values(&self) -> &[HeaderValue] {
-        &self.value
+        match &self.value {
+            Lines::One(v) => std::slice::from_ref(v),
+            Lines::Many(v) => v,
+        }
     }
 
     /// The requested protocols, in the client's order of preference.
     pub fn protocols(&self) -> impl Iterator<Item = &str> {
-        self.value
+        self.header_values()
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .filter_map(|e| std::str::from_utf8(e.trim_ascii()).ok())
@@ -191,7 +202,17 @@ pub fn requested_upgrade(
     }
     // An Upgrade field with no protocol in it asks for nothing.
     list_elements(headers, &header::UPGRADE).next()?;
-    let value: Vec<HeaderValue> = headers.get_all(header::UPGRADE).iter().cloned().collect();
+    let mut lines = headers.get_all(header::UPGRADE).iter();
+    let first = lines.next()?.clone();
+    let value = match lines.next() {
+        None => Lines::One(first),
+        Some(second) => Lines::Many(
+            [first, second.clone()]
+                .into_iter()
+                .chain(lines.cloned())
+                .collect(),
+        ),
+    };
     Some(UpgradeRequest { value })
 }
 
@@ -245,12 +266,14 @@ pub(crate) fn check_switch(
             String::from_utf8_lossy(other)
         )));
     }
-    // Send the client the upstream's own value, joined if it came in several lines.
-    let lines: Vec<&HeaderValue> = response.get_all(header::UPGRADE).iter().collect();
-    match lines.as_slice() {
-        [one] => Ok((*one).clone()),
-        many => {
-            let joined: Vec<&[u8]> = many.iter().map(|v| v.as_bytes()).collect();
+    // Send the client the upstream's own value, joined if it came in several
+    // lines (one line, the usual case, costs no allocation).
+    let lines = response.get_all(header::UPGRADE);
+    let mut iter = lines.iter();
+    match (iter.next(), iter.next()) {
+        (Some(one), None) => Ok(one.clone()),
+        _ => {
+            let joined: Vec<&[u8]> = lines.iter().map(|v| v.as_bytes()).collect();
             HeaderValue::from_bytes(&joined.join(&b", "[..]))
                 .map_err(|_| ProxyError::bad_upgrade_response("invalid Upgrade field in 101"))
         }
@@ -374,5 +397,48 @@ mod tests {
         assert!(check_switch(Some(&up), &headers(&[])).is_err());
         let unasked = check_switch(None, &headers(&[("upgrade", "websocket")])).unwrap_err();
         assert_eq!(unasked.status(), http::StatusCode::BAD_GATEWAY);
+    }
+
+    // RFC 9110 section 5.3: several `Upgrade` lines are one list, in order.
+    #[test]
+    fn several_upgrade_lines_are_kept_as_sent_and_read_as_one_list() {
+        let one = upgrade_of(
+            &[("connection", "upgrade"), ("upgrade", "websocket, echo")],
+            Version::HTTP_11,
+        )
+        .unwrap();
+        assert_eq!(one.header_values(), ["websocket, echo"]);
+        let two = upgrade_of(
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "echo, h2c"),
+                ("upgrade", "tls/1.3"),
+            ],
+            Version::HTTP_11,
+        )
+        .unwrap();
+        assert_eq!(two.header_values(), ["websocket", "echo, h2c", "tls/1.3"]);
+        let protocols: Vec<&str> = two.protocols().collect();
+        assert_eq!(protocols, ["websocket", "echo", "h2c", "tls/1.3"]);
+        assert_ne!(one, two);
+    }
+
+    // A 101 whose `Upgrade` came in several lines is sent on as one line.
+    #[test]
+    fn a_switch_in_several_lines_is_joined_and_each_protocol_checked() {
+        let up = upgrade_of(
+            &[("connection", "upgrade"), ("upgrade", "websocket, echo")],
+            Version::HTTP_11,
+        )
+        .unwrap();
+        let two = headers(&[("upgrade", "echo"), ("upgrade", "websocket")]);
+        assert_eq!(check_switch(Some(&up), &two).unwrap(), "echo, websocket");
+        let one_unasked = headers(&[("upgrade", "echo"), ("upgrade", "h2c")]);
+        assert!(
+            check_switch(Some(&up), &one_unasked)
+                .unwrap_err()
+                .is_bad_upgrade_response()
+        );
     }
 }
