@@ -159,6 +159,23 @@ fn listed(parts: &http::request::Parts) -> Vec<String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    // Differential: the one-walk removal against the plain rule (every field
+    // Connection names, then each fixed hop-by-hop name, removed by name).
+    #[test]
+    fn remove_hop_by_hop_matches_removing_every_name(case in case()) {
+        let original = build(&case);
+        let mut walked = original.headers.clone();
+        proxy_core::remove_hop_by_hop(&mut walked);
+        let mut model = original.headers.clone();
+        for name in listed(&original) {
+            model.remove(name.as_str());
+        }
+        for name in hop_by_hop_fields() {
+            model.remove(name);
+        }
+        prop_assert_eq!(walked, model);
+    }
+
     #[test]
     fn no_hop_by_hop_field_survives(case in case()) {
         let rules = ProxyRules::new("http://upstream:9000").unwrap();
