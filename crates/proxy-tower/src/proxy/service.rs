@@ -125,20 +125,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let config = self.config.clone();
-        let client = self.client.clone();
         // No span per request here: tower-http's `TraceLayer` in front of the
         // proxy makes one where it is wanted (the binary does). Errors and
         // tunnels log at WARN/INFO with the request's method, path and
-        // `x-request-id` themselves.
-        let fut = async move {
-            let mut upstream_time = None;
-            let res = forward(&config, client, req, &mut upstream_time).await;
-            config.metrics.response(res.status(), upstream_time);
-            res
-        };
+        // `x-request-id` themselves. The request rules run here, at once.
         ResponseFuture {
-            inner: Box::pin(fut),
+            inner: Box::pin(forward(self.config.clone(), self.client.clone(), req)),
         }
     }
 }
@@ -170,5 +162,27 @@ impl<B> Future for ResponseFuture<B> {
 impl<B> fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The future every request is boxed in: 1,160 bytes, in a release build
+    /// as in a debug one.
+    /// As an `async fn` taking the request, with the request rules inside it,
+    /// it was 1,904: the request and its parts, the rules' result twice, and
+    /// each argument beside its moved copy, all copied into the box whole.
+    #[tokio::test]
+    async fn a_requests_future_stays_small() {
+        let mut proxy = ReverseProxy::new("http://127.0.0.1:1").unwrap();
+        let req = Request::get("/x")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let fut = proxy.call(req);
+        let size = std::mem::size_of_val(&*fut.inner);
+        // mimalloc's 1,280-byte size class (the old one took a 2,048 block).
+        assert!(size <= 1_280, "a request's future is {size} bytes");
     }
 }
