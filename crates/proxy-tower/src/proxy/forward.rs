@@ -7,7 +7,6 @@
 
 use std::future::{Future as _, poll_fn};
 
-use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use std::sync::Arc;
 use std::task::Poll;
@@ -80,12 +79,7 @@ where
     CB: Send + 'static,
 {
     match start(&config, req) {
-        Ok(started) => Either::Left(exchange(config.clone(), client, started).map(
-            move |(res, upstream_time)| {
-                config.metrics.response(res.status(), upstream_time);
-                res
-            },
-        )),
+        Ok(started) => Either::Left(exchange(config, client, started)),
         Err(refused) => {
             config.metrics.response(refused.status(), None);
             Either::Right(std::future::ready(refused))
@@ -191,11 +185,10 @@ where
 }
 
 /// The upstream call under the response timeout, the response rules, and
-/// the tunnel on a checked 101; with the response, when its head came (for
-/// the metrics). A plain function around an `async move` block, so that its
-/// arguments are the future's only copy of them; fields of `started` are
-/// used where they are (a local taken from it would be another slot in the
-/// future).
+/// the tunnel on a checked 101; the response counted in the metrics. A plain
+/// function around an `async move` block, so that its arguments are the
+/// future's only copy of them; fields of `started` are used where they are
+/// (a local taken from it would be another slot in the future).
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would keep its arguments beside their moved copies: 560 more bytes in every request's future"
@@ -204,9 +197,7 @@ fn exchange<C, CB>(
     config: Arc<Config>,
     mut client: C,
     started: Started,
-) -> impl std::future::Future<Output = (Response<ProxyBody<CB>>, Option<std::time::Duration>)>
-+ Send
-+ 'static
+) -> impl std::future::Future<Output = Response<ProxyBody<CB>>> + Send + 'static
 where
     C: Service<Request<RequestBody>, Response = Response<CB>> + Send + 'static,
     C::Future: Send,
@@ -217,171 +208,167 @@ where
         let config = &*config;
         // When the response head came, for the metrics.
         let mut upstream_time = None;
-        let sent_at = std::time::Instant::now();
-        let call = async {
-            poll_fn(|cx| client.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            client.call(started.out).await.map_err(Into::into)
-        };
-        let result = match config.response_timeout {
-            Some(limit) => {
-                let late = sent::late(started.progress.as_deref(), limit);
-                let (mut call, mut late) = (std::pin::pin!(call), std::pin::pin!(late));
-                let raced = poll_fn(|cx| match call.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Ok(r)),
-                    Poll::Pending => late.as_mut().poll(cx).map(Err),
-                })
-                .await;
-                match raced {
-                    Ok(r) => r,
-                    Err(sent::Late::Head) => {
-                        return (
-                            error_response_logged(
-                                config,
-                                &started.origin,
-                                ProxyError::timeout(format!(
-                                    "no response head within {limit:?} of sending the request"
-                                )),
-                                false,
-                                Verdict::Failed,
-                            ),
-                            upstream_time,
-                        );
-                    }
-                    Err(sent::Late::Body) => {
-                        return (
-                            error_response(
-                                config,
-                                &started.origin,
-                                ProxyError::timeout(format!(
-                                    "the upstream took none of the request body for {limit:?}"
-                                )),
-                            ),
-                            upstream_time,
-                        );
-                    }
-                    // The client's fault: 408, logged as client errors are.
-                    Err(sent::Late::ClientBody) => {
-                        return (
-                            error_response(
-                                config,
-                                &started.origin,
-                                ProxyError::client_timeout(format!(
-                                    "the client sent none of its body for {limit:?}"
-                                )),
-                            ),
-                            upstream_time,
-                        );
-                    }
-                }
-            }
-            None => call.await,
-        };
-        let res = match result {
-            Ok(res) => {
-                upstream_time = Some(sent_at.elapsed());
-                res
-            }
-            Err(e) => {
-                let busy = e.is::<crate::client::Busy>();
-                let unsent = busy || is_unsent(&*e);
-                if unsent && !busy {
-                    config.metrics.connect_failure();
-                }
-                // The upstream failed if it took no connection, or if it ended
-                // the exchange without a valid answer once it had the whole
-                // request (before that, the client's body may be what failed).
-                let whole_request = started.progress.as_ref().is_none_or(|p| p.is_sent());
-                let verdict = match !busy && (unsent || (whole_request && !is_invalid_answer(&*e)))
-                {
-                    true => Verdict::Failed,
-                    false => Verdict::NotJudged,
-                };
-                // Behind a balancer, an unsent request is retried elsewhere, and
-                // an upstream that keeps refusing is ejected with a WARN line.
-                let quiet = unsent && config.balanced;
-                let err = upstream_error(e);
-                let verdict = match err.status() {
-                    http::StatusCode::PAYLOAD_TOO_LARGE => Verdict::NotJudged,
-                    _ => verdict,
-                };
-                let mut res = error_response_logged(config, &started.origin, err, quiet, verdict);
-                if unsent {
-                    res.extensions_mut().insert(Unsent);
-                }
-                return (res, upstream_time);
-            }
-        };
-
-        let (mut parts, body) = res.into_parts();
-        let outcome = match config.rules.prepare_response(&started.prepared, &mut parts) {
-            Ok(o) => o,
-            Err(e) => return (error_response(config, &started.origin, e), upstream_time),
-        };
-        if outcome == Outcome::Tunnel {
-            // From the default client's own HTTP/1.1 path, the connection
-            // itself; from hyper's, the promise of it.
-            let upstream_upgrade = match parts.extensions.remove::<crate::client::h1::Upgraded>() {
-                Some(ready) => ready
-                    .take()
-                    .map(|r| tunnel::UpstreamEnd::Ready(Box::new(r))),
-                None => parts
-                    .extensions
-                    .remove::<OnUpgrade>()
-                    .map(tunnel::UpstreamEnd::Pending),
+        // Every way out gives the response (`break 'answer`), counted below.
+        let res = 'answer: {
+            let sent_at = std::time::Instant::now();
+            let call = async {
+                poll_fn(|cx| client.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
+                client.call(started.out).await.map_err(Into::into)
             };
-            let (Some(client_io), Some(upstream_io)) = (started.client_upgrade, upstream_upgrade)
-            else {
-                return (
-                    error_response(
+            let result = match config.response_timeout {
+                Some(limit) => {
+                    let late = sent::late(started.progress.as_deref(), limit);
+                    let (mut call, mut late) = (std::pin::pin!(call), std::pin::pin!(late));
+                    let raced = poll_fn(|cx| match call.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Ok(r)),
+                        Poll::Pending => late.as_mut().poll(cx).map(Err),
+                    })
+                    .await;
+                    match raced {
+                        Ok(r) => r,
+                        Err(late) => {
+                            let (err, verdict) = match late {
+                                sent::Late::Head => (
+                                    ProxyError::timeout(format!(
+                                        "no response head within {limit:?} of sending the request"
+                                    )),
+                                    Verdict::Failed,
+                                ),
+                                sent::Late::Body => (
+                                    ProxyError::timeout(format!(
+                                        "the upstream took none of the request body for {limit:?}"
+                                    )),
+                                    Verdict::NotJudged,
+                                ),
+                                // The client's fault: 408, logged as client errors are.
+                                sent::Late::ClientBody => (
+                                    ProxyError::client_timeout(format!(
+                                        "the client sent none of its body for {limit:?}"
+                                    )),
+                                    Verdict::NotJudged,
+                                ),
+                            };
+                            break 'answer error_response_logged(
+                                config,
+                                &started.origin,
+                                err,
+                                false,
+                                verdict,
+                            );
+                        }
+                    }
+                }
+                None => call.await,
+            };
+            let res = match result {
+                Ok(res) => {
+                    upstream_time = Some(sent_at.elapsed());
+                    res
+                }
+                Err(e) => {
+                    let busy = e.is::<crate::client::Busy>();
+                    let unsent = busy || is_unsent(&*e);
+                    if unsent && !busy {
+                        config.metrics.connect_failure();
+                    }
+                    // The upstream failed if it took no connection, or if it ended
+                    // the exchange without a valid answer once it had the whole
+                    // request (before that, the client's body may be what failed).
+                    let whole_request = started.progress.as_ref().is_none_or(|p| p.is_sent());
+                    let verdict =
+                        match !busy && (unsent || (whole_request && !is_invalid_answer(&*e))) {
+                            true => Verdict::Failed,
+                            false => Verdict::NotJudged,
+                        };
+                    // Behind a balancer, an unsent request is retried elsewhere, and
+                    // an upstream that keeps refusing is ejected with a WARN line.
+                    let quiet = unsent && config.balanced;
+                    let err = upstream_error(e);
+                    let verdict = match err.status() {
+                        http::StatusCode::PAYLOAD_TOO_LARGE => Verdict::NotJudged,
+                        _ => verdict,
+                    };
+                    let mut res =
+                        error_response_logged(config, &started.origin, err, quiet, verdict);
+                    if unsent {
+                        res.extensions_mut().insert(Unsent);
+                    }
+                    break 'answer res;
+                }
+            };
+
+            let (mut parts, body) = res.into_parts();
+            let outcome = match config.rules.prepare_response(&started.prepared, &mut parts) {
+                Ok(o) => o,
+                Err(e) => break 'answer error_response(config, &started.origin, e),
+            };
+            if outcome == Outcome::Tunnel {
+                // From the default client's own HTTP/1.1 path, the connection
+                // itself; from hyper's, the promise of it.
+                let upstream_upgrade =
+                    match parts.extensions.remove::<crate::client::h1::Upgraded>() {
+                        Some(ready) => ready
+                            .take()
+                            .map(|r| tunnel::UpstreamEnd::Ready(Box::new(r))),
+                        None => parts
+                            .extensions
+                            .remove::<OnUpgrade>()
+                            .map(tunnel::UpstreamEnd::Pending),
+                    };
+                let (Some(client_io), Some(upstream_io)) =
+                    (started.client_upgrade, upstream_upgrade)
+                else {
+                    break 'answer error_response(
                         config,
                         &started.origin,
                         ProxyError::upstream("the upstream connection cannot be upgraded"),
-                    ),
-                    upstream_time,
+                    );
+                };
+                // The hook sees the 101 before any tunnel byte moves.
+                if let Some(modify) = &config.modify_response {
+                    modify(&mut parts);
+                }
+                let client_side = match started.protocol {
+                    Some(_) => tunnel::ClientSide::H2Stream,
+                    None => tunnel::ClientSide::Connection(started.client_reset),
+                };
+                let upstream_side = match started.protocol.is_some() && config.http2_only {
+                    true => tunnel::UpstreamSide::H2Stream,
+                    false => tunnel::UpstreamSide::Connection,
+                };
+                // What the tunnel's end reports, gathered only for a hook.
+                let report = config.on_tunnel_end.clone().map(|hook| tunnel::Report {
+                    hook,
+                    client: started.client_info.addr(),
+                    protocol: started.protocol.clone().or_else(|| {
+                        parts
+                            .headers
+                            .get(http::header::UPGRADE)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    }),
+                });
+                tunnel::spawn(
+                    client_io,
+                    upstream_io,
+                    client_side,
+                    upstream_side,
+                    config,
+                    &started.origin,
+                    report,
                 );
-            };
-            // The hook sees the 101 before any tunnel byte moves.
-            if let Some(modify) = &config.modify_response {
+            } else if let Some(modify) = &config.modify_response {
                 modify(&mut parts);
             }
-            let client_side = match started.protocol {
-                Some(_) => tunnel::ClientSide::H2Stream,
-                None => tunnel::ClientSide::Connection(started.client_reset),
+            let body = match outcome {
+                Outcome::Tunnel => ProxyBody::empty(),
+                _ => ProxyBody::upstream(body, config.read_timeout),
             };
-            let upstream_side = match started.protocol.is_some() && config.http2_only {
-                true => tunnel::UpstreamSide::H2Stream,
-                false => tunnel::UpstreamSide::Connection,
-            };
-            // What the tunnel's end reports, gathered only for a hook.
-            let report = config.on_tunnel_end.clone().map(|hook| tunnel::Report {
-                hook,
-                client: started.client_info.addr(),
-                protocol: started.protocol.clone().or_else(|| {
-                    parts
-                        .headers
-                        .get(http::header::UPGRADE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                }),
-            });
-            tunnel::spawn(
-                client_io,
-                upstream_io,
-                client_side,
-                upstream_side,
-                config,
-                &started.origin,
-                report,
-            );
-        } else if let Some(modify) = &config.modify_response {
-            modify(&mut parts);
-        }
-        let body = match outcome {
-            Outcome::Tunnel => ProxyBody::empty(),
-            _ => ProxyBody::upstream(body, config.read_timeout),
+            Response::from_parts(parts, body)
         };
-        (Response::from_parts(parts, body), upstream_time)
+        config.metrics.response(res.status(), upstream_time);
+        res
     }
 }
