@@ -18,30 +18,16 @@ use crate::{ProxyError, normalize_path};
 /// assert_eq!(join_paths("", ""), "/");
 /// ```
 pub fn join_paths(base: &str, path: &str) -> String {
-    let mut out = String::with_capacity(joined_len(base, path));
-    push_joined(&mut out, base, path);
-    out
+    joined(base, path).concat()
 }
 
-/// The length of [`join_paths`]'s result.
-fn joined_len(base: &str, path: &str) -> usize {
+/// The pieces of [`join_paths`]'s result: the base, a slash when neither side
+/// has one, and the path (without its slash when the base ends in one).
+fn joined<'a>(base: &'a str, path: &'a str) -> [&'a str; 3] {
     match (base.ends_with('/'), path.starts_with('/')) {
-        (true, true) => base.len() + path.len() - 1,
-        (false, false) => base.len() + path.len() + 1,
-        _ => base.len() + path.len(),
-    }
-}
-
-/// Appends [`join_paths`]'s result to `out`.
-fn push_joined(out: &mut String, base: &str, path: &str) {
-    out.push_str(base);
-    match (base.ends_with('/'), path.starts_with('/')) {
-        (true, true) => out.push_str(&path[1..]),
-        (false, false) => {
-            out.push('/');
-            out.push_str(path);
-        }
-        _ => out.push_str(path),
+        (true, true) => [base, "", &path[1..]],
+        (false, false) => [base, "/", path],
+        _ => [base, "", path],
     }
 }
 
@@ -217,29 +203,17 @@ impl Target {
         let path = normalize_path(req.path())?;
         let req_query = req.query().map(clean_query);
         let req_query = req_query.as_deref().filter(|q| !q.is_empty());
-        // Sized exactly: a `String` whose length is its capacity becomes the
-        // URI's bytes as it is; one with room to spare took a second
-        // allocation (`Bytes` from a `Vec`), on every request.
-        let query_len = match (self.query.as_deref(), req_query) {
-            (Some(b), Some(r)) => b.len() + r.len() + 2,
-            (Some(q), None) | (None, Some(q)) => q.len() + 1,
-            (None, None) => 0,
+        let [base, slash, path] = joined(&self.path, &path);
+        let query = match (self.query.as_deref(), req_query) {
+            (Some(b), Some(r)) => ["?", b, "&", r],
+            (Some(q), None) | (None, Some(q)) => ["?", q, "", ""],
+            (None, None) => [""; 4],
         };
-        let mut pq = String::with_capacity(joined_len(&self.path, &path) + query_len);
-        push_joined(&mut pq, &self.path, &path);
-        match (self.query.as_deref(), req_query) {
-            (Some(b), Some(r)) => {
-                pq.push('?');
-                pq.push_str(b);
-                pq.push('&');
-                pq.push_str(r);
-            }
-            (Some(q), None) | (None, Some(q)) => {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            (None, None) => {}
-        }
+        let [q1, q2, q3, q4] = query;
+        // Joined in one `String` of exactly their length, which becomes the
+        // URI's bytes as it is (`Bytes` from a `Vec` with room to spare took a
+        // second allocation, on every request).
+        let pq = [base, slash, path, q1, q2, q3, q4].concat();
         debug_assert_eq!(pq.len(), pq.capacity());
         let pq = PathAndQuery::try_from(pq)
             .map_err(|e| ProxyError::bad_request(format!("target: {e}")))?;
